@@ -1,0 +1,34 @@
+# Two commands set everything up: `make demo` (the main job) and `make test`.
+# Both create ./.venv on first use and install medvol into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch is pinned so installs are reproducible; on PyPI this is the CUDA build on
+# Linux. For a small CPU-only install use PyTorch's CPU wheel index instead
+# (see README, "Installing").
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test lint clean
+
+$(BIN)/medvol: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+install: $(BIN)/medvol
+
+demo: install
+	$(BIN)/medvol demo
+
+lint: install
+	$(BIN)/ruff check medvol tests benchmarks
+	$(BIN)/ruff format --check medvol tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) medvol-demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""The ``medvol`` command line: one entry point, one verb per task.
+
+Heavy libraries are imported inside the verbs so that ``medvol --help`` is
+instant. Errors print one line naming the file and the problem and exit
+non-zero; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medvol.volume import Volume
+
+EXIT_ERROR = 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="medvol: %(levelname)s: %(message)s",
+    )
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("medvol: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        from medvol.errors import MedvolError
+
+        if args.debug:
+            raise
+        if isinstance(error, MedvolError):
+            print(f"medvol: error: {error}", file=sys.stderr)
+        else:
+            print(
+                f"medvol: unexpected error: {type(error).__name__}: {error} (rerun with --debug)",
+                file=sys.stderr,
+            )
+        return EXIT_ERROR
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+
+    parser = argparse.ArgumentParser(
+        prog="medvol",
+        description="3D medical image classification and segmentation toolkit.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"medvol {_version()}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    info = verbs.add_parser(
+        "info", parents=[common], help="describe an image or the DICOM series in a folder"
+    )
+    info.add_argument("path", type=Path, help="DICOM folder or file, NIfTI, NRRD or MetaImage")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.add_argument("--series", help="with a DICOM folder: describe only this series (number or UID)")
+    info.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
+    info.set_defaults(run=run_info)
+
+    convert = verbs.add_parser("convert", parents=[common], help="convert a scan to NIfTI, NRRD or MetaImage")
+    convert.add_argument("source", type=Path, help="DICOM folder or file, NIfTI, NRRD or MetaImage")
+    convert.add_argument("target", type=Path, help="output file: .nii, .nii.gz, .nrrd or .mha")
+    convert.add_argument("--series", help="with a DICOM folder of several series: which one (number or UID)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    convert.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
+    convert.set_defaults(run=run_convert)
+
+    demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("medvol-demo"),
+        help="output folder (default: ./medvol-demo)",
+    )
+    demo.set_defaults(run=run_demo)
+    return parser
+
+
+def _version() -> str:
+    from medvol import __version__
+
+    return __version__
+
+
+def describe(volume: Volume) -> dict[str, Any]:
+    """The geometry and intensity summary ``medvol info`` prints (no patient data)."""
+    array = volume.array
+    meta = volume.meta
+    summary: dict[str, Any] = {
+        "path": meta.get("source_path"),
+        "format": meta.get("format"),
+        "reader": meta.get("reader"),
+        "modality": meta.get("modality"),
+        "shape": list(volume.shape),
+        "channels": volume.num_channels,
+        "spacing": [round(s, 6) for s in volume.spacing],
+        "orientation": volume.orientation,
+        "affine": [[round(float(v), 6) for v in row] for row in volume.affine],
+        "dtype": str(array.dtype),
+        "intensity_range": [_number(array.min()), _number(array.max())] if array.size else None,
+    }
+    for key in (
+        "series_uid",
+        "series_number",
+        "series_description",
+        "transfer_syntax",
+        "gantry_tilt_deg",
+        "mosaic",
+        "multiframe",
+        "slice_step_from",
+        "affine_from",
+    ):
+        if meta.get(key) is not None:
+            summary[key] = meta[key]
+    if meta.get("skipped_files"):
+        summary["skipped_files"] = len(meta["skipped_files"])
+    return summary
+
+
+def _number(value: Any) -> float | int:
+    return int(value) if float(value).is_integer() else round(float(value), 6)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = []
+    for key, value in summary.items():
+        if key == "affine":
+            rows = ["[" + ", ".join(f"{v:10.4f}" for v in row) + "]" for row in value]
+            lines.append(f"  {'affine':<18} " + f"\n  {'':<18} ".join(rows))
+        else:
+            lines.append(f"  {key:<18} {value}")
+    return "\n".join(lines)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from medvol.io import load, load_all
+
+    path: Path = args.path
+    if args.series is None:
+        volumes = load_all(path, allow_nan=args.allow_nan)
+    else:
+        volumes = [load(path, series=args.series, allow_nan=args.allow_nan)]
+    summaries = [describe(volume) for volume in volumes]
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+    else:
+        for number, summary in enumerate(summaries, 1):
+            title = f"series {number} of {len(summaries)}" if len(summaries) > 1 else "image"
+            print(f"{path} ({title})")
+            print(format_summary(summary))
+    return 0
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from medvol.errors import MedvolError
+    from medvol.io import load, save
+
+    target: Path = args.target
+    if target.exists() and not args.overwrite:
+        raise MedvolError(target, "output exists; pass --overwrite to replace it")
+    volume = load(args.source, series=args.series, allow_nan=args.allow_nan)
+    save(volume, target)
+    print(
+        f"wrote {target}  shape {list(volume.shape)}  spacing {[round(s, 4) for s in volume.spacing]} mm  {volume.orientation}"
+    )
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from medvol.demo import run
+
+    return run(args.out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,662 @@
+"""DICOM: series discovery from headers, geometry from positions, pixels via SimpleITK.
+
+The path a DICOM folder takes:
+
+1. ``scan_folder`` reads only headers (pydicom, ``stop_before_pixels``), in
+   parallel processes for large folders, and skips what is not an image
+   (non-DICOM files, DICOMDIR, SR, SEG, RTSTRUCT, presentation states, ...).
+2. ``group_series`` groups images by SeriesInstanceUID and splits a series
+   further when orientation or matrix size differ.
+3. ``load_series`` sorts slices along the slice normal, derives the slice step
+   from ImagePositionPatient (never SliceThickness), refuses duplicates,
+   missing slices and uneven spacing with a clear error, keeps gantry tilt as
+   an exact sheared affine (recorded in ``meta``), and reads the pixels with
+   SimpleITK/GDCM (rescale slope/intercept applied, every transfer syntax GDCM
+   decodes). Enhanced multi-frame files and Siemens mosaics are read with
+   pydicom (pylibjpeg decoders) and nibabel's mosaic geometry.
+
+Patient identifiers are never read into medvol's records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from medvol.errors import SeriesError, UnreadableFileError
+from medvol.io.geometry import affine_from_columns, lps_to_ras
+from medvol.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+# SOP classes that hold no image volume: DICOMDIR, SR, SEG, RT objects,
+# presentation states, key objects, encapsulated documents, raw data.
+NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
+    "1.2.840.10008.5.1.4.1.1.88.",  # Structured reports and key object selection
+    "1.2.840.10008.5.1.4.1.1.11.",  # Presentation states
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw data, registration, fiducials, segmentation
+    "1.2.840.10008.5.1.4.1.1.481.",  # RT structure sets, plans, doses, ...
+    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated PDF/CDA
+)
+
+# Header tags medvol reads: geometry, grouping and display only, never identifiers.
+HEADER_TAGS = [
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Modality",
+    "ImageType",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "InstanceNumber",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+]
+
+PARALLEL_SCAN_MIN_FILES = 256
+POSITION_TOLERANCE_MM = 1e-3
+RELATIVE_SPACING_TOLERANCE = 0.01
+TILT_TOLERANCE_DEG = 0.01
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What medvol needs from one DICOM image file (no patient data).
+
+    For an enhanced multi-frame file, ``frame_positions`` holds one position
+    per frame and ``position`` the first frame's.
+    """
+
+    path: str
+    series_uid: str
+    series_number: int | None
+    series_description: str
+    modality: str
+    sop_class_uid: str
+    transfer_syntax: str
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    orientation: tuple[float, ...] | None
+    position: tuple[float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    rescale_slope: float
+    rescale_intercept: float
+    instance_number: int | None
+    is_mosaic: bool
+    frame_positions: tuple[tuple[float, float, float], ...] | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file in a DICOM folder that is not part of any image series, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """The image files of one series (one orientation, one matrix size)."""
+
+    key: str
+    headers: tuple[SliceHeader, ...]
+
+    @property
+    def first(self) -> SliceHeader:
+        return self.headers[0]
+
+    def describe(self) -> str:
+        """One line for listings: number, description, modality, size."""
+        h = self.first
+        number = "?" if h.series_number is None else str(h.series_number)
+        count = sum(header.frames for header in self.headers)
+        return (
+            f"series {number} '{h.series_description}' {h.modality} "
+            f"{h.columns}x{h.rows}, {count} image(s), uid {self.key or '(empty)'}"
+        )
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file has the DICOM preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_header(path: str | Path) -> SliceHeader | SkippedFile:
+    """Read one file's header (no pixel data).
+
+    Returns:
+        A ``SliceHeader`` for an image, or ``SkippedFile`` for a file that is
+        not DICOM or holds no image.
+
+    Raises:
+        UnreadableFileError: an empty file, or a DICOM file whose header is
+            truncated or corrupt.
+    """
+    path = Path(path)
+    if path.stat().st_size == 0:
+        raise UnreadableFileError(path, "empty file (0 bytes)")
+    if not is_dicom_file(path):
+        return SkippedFile(str(path), "not a DICOM file (no DICM preamble)")
+    try:
+        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        return _header_from_dataset(path, dataset)
+    except SeriesError:
+        raise
+    except Exception as error:  # pydicom raises many types for corrupt files
+        raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error
+
+
+def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if path.name.upper() == "DICOMDIR" or sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
+        name = pydicom.uid.UID(sop_class).name if sop_class else "DICOMDIR"
+        return SkippedFile(str(path), f"not an image ({name})")
+    if "Rows" not in ds or "Columns" not in ds:
+        return SkippedFile(str(path), "DICOM object without an image (no Rows/Columns)")
+    image_type = [str(value).upper() for value in ds.get("ImageType", [])]
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    orientation, position, spacing, slope, intercept = _plane_geometry(ds)
+    frame_positions = _frame_positions(ds) if frames > 1 else None
+    if frame_positions:
+        position = frame_positions[0]
+    series_number = ds.get("SeriesNumber")
+    instance_number = ds.get("InstanceNumber")
+    return SliceHeader(
+        path=str(path),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        series_number=None if series_number in (None, "") else int(series_number),
+        series_description=str(ds.get("SeriesDescription", "")),
+        modality=str(ds.get("Modality", "")),
+        sop_class_uid=sop_class,
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        frames=frames,
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        orientation=orientation,
+        position=position,
+        pixel_spacing=spacing,
+        slice_thickness=_float_or_none(ds.get("SliceThickness")),
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+        instance_number=None if instance_number in (None, "") else int(instance_number),
+        is_mosaic="MOSAIC" in image_type,
+        frame_positions=frame_positions,
+    )
+
+
+def _plane_geometry(
+    ds: Dataset,
+) -> tuple[
+    tuple[float, ...] | None,
+    tuple[float, float, float] | None,
+    tuple[float, float] | None,
+    float,
+    float,
+]:
+    """Orientation, position, pixel spacing and rescale, from the top level or
+    (enhanced multi-frame) the shared / first per-frame functional groups."""
+    sources: list[Dataset] = [ds]
+    for sequence_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        sequence = ds.get(sequence_name)
+        if sequence:
+            sources.append(sequence[0])
+
+    def find(macro: str | None, keyword: str) -> Any:
+        for source in sources:
+            holder = source
+            if macro is not None and source is not ds:
+                macro_sequence = source.get(macro)
+                if not macro_sequence:
+                    continue
+                holder = macro_sequence[0]
+            value = holder.get(keyword)
+            if value not in (None, ""):
+                return value
+        return None
+
+    orientation = find("PlaneOrientationSequence", "ImageOrientationPatient")
+    position = find("PlanePositionSequence", "ImagePositionPatient")
+    spacing = find("PixelMeasuresSequence", "PixelSpacing")
+    slope = find("PixelValueTransformationSequence", "RescaleSlope")
+    intercept = find("PixelValueTransformationSequence", "RescaleIntercept")
+    return (
+        None if orientation is None else tuple(float(v) for v in orientation),
+        None if position is None else (float(position[0]), float(position[1]), float(position[2])),
+        None if spacing is None else (float(spacing[0]), float(spacing[1])),
+        1.0 if slope is None else float(slope),
+        0.0 if intercept is None else float(intercept),
+    )
+
+
+def _frame_positions(ds: Dataset) -> tuple[tuple[float, float, float], ...] | None:
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    positions = []
+    for item in per_frame:
+        plane = item.get("PlanePositionSequence")
+        if not plane or "ImagePositionPatient" not in plane[0]:
+            return None
+        p = plane[0].ImagePositionPatient
+        positions.append((float(p[0]), float(p[1]), float(p[2])))
+    return tuple(positions)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_headers(paths: Sequence[Path]) -> list[SliceHeader | SkippedFile]:
+    return [read_header(path) for path in paths]
+
+
+def scan_headers(paths: Sequence[Path], workers: int | None = None) -> list[SliceHeader | SkippedFile]:
+    """Read the headers of many files, in parallel processes for large lists."""
+    workers = workers or os.cpu_count() or 1
+    if len(paths) < PARALLEL_SCAN_MIN_FILES or workers == 1:
+        return _read_headers(paths)
+    chunk = max(32, len(paths) // (workers * 4))
+    chunks = [paths[start : start + chunk] for start in range(0, len(paths), chunk)]
+    results: list[SliceHeader | SkippedFile] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for part in pool.map(_read_headers, chunks):
+            results.extend(part)
+    return results
+
+
+def list_files(folder: Path) -> list[Path]:
+    """Every regular file below ``folder``, recursively, sorted, hidden files excluded."""
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
+    return files
+
+
+def scan_folder(folder: str | Path) -> tuple[list[DicomSeries], list[SkippedFile]]:
+    """Find the DICOM image series below a folder from headers alone.
+
+    Raises:
+        SeriesError: the folder does not exist or holds no files.
+        UnreadableFileError: a DICOM file below it is empty or corrupt.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SeriesError(folder, "not a folder")
+    files = list_files(folder)
+    if not files:
+        raise SeriesError(folder, "empty folder: no files to read")
+    results = scan_headers(files)
+    headers = [r for r in results if isinstance(r, SliceHeader)]
+    skipped = [r for r in results if isinstance(r, SkippedFile)]
+    return group_series(headers), skipped
+
+
+def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
+    """Group by SeriesInstanceUID, split by orientation and matrix size.
+
+    Enhanced multi-frame files and mosaics are volumes on their own and form a
+    group each. Groups are ordered by series number, then key.
+    """
+    groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
+    for header in headers:
+        orientation = None if header.orientation is None else tuple(np.round(header.orientation, 4))
+        own_volume = header.path if (header.frames > 1 or header.is_mosaic) else None
+        key = (header.series_uid, orientation, header.rows, header.columns, own_volume)
+        groups.setdefault(key, []).append(header)
+    by_uid: dict[str, int] = {}
+    series = []
+    for group_key in sorted(groups, key=lambda k: (_series_number(groups[k]), str(k))):
+        uid = group_key[0]
+        by_uid[uid] = by_uid.get(uid, 0) + 1
+        name = uid if by_uid[uid] == 1 else f"{uid}#{by_uid[uid]}"
+        series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
+    return series
+
+
+def _series_number(headers: list[SliceHeader]) -> int:
+    number = headers[0].series_number
+    return -1 if number is None else number
+
+
+def select_series(
+    folder: Path, series: list[DicomSeries], skipped: list[SkippedFile], choice: str | int | None
+) -> DicomSeries:
+    """Pick one series: the only one, or the one named by 1-based index or key/UID."""
+    if not series:
+        reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in skipped[:5])
+        raise SeriesError(folder, f"no DICOM image series found ({len(skipped)} file(s) skipped: {reasons})")
+    if choice is None:
+        if len(series) == 1:
+            return series[0]
+        listing = "\n".join(f"  {i}: {s.describe()}" for i, s in enumerate(series, 1))
+        raise SeriesError(
+            folder,
+            f"{len(series)} image series found; choose one with series=N or --series N:\n{listing}",
+        )
+    if isinstance(choice, int) or str(choice).isdigit():
+        index = int(choice)
+        if 1 <= index <= len(series):
+            return series[index - 1]
+    for candidate in series:
+        if candidate.key == str(choice):
+            return candidate
+    listing = "\n".join(f"  {i}: {s.describe()}" for i, s in enumerate(series, 1))
+    raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{listing}")
+
+
+def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
+    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file."""
+    path = Path(path)
+    if path.is_dir():
+        found, skipped = scan_folder(path)
+        chosen = select_series(path, found, skipped, series)
+    else:
+        header = read_header(path)
+        if isinstance(header, SkippedFile):
+            raise UnreadableFileError(path, header.reason)
+        chosen, skipped = DicomSeries(key=header.series_uid, headers=(header,)), []
+    for item in skipped:
+        logger.warning("skipped %s: %s", item.path, item.reason)
+    volume = load_series(chosen)
+    volume.meta["source_path"] = str(path)
+    volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+    return volume
+
+
+def load_series(series: DicomSeries) -> Volume:
+    """Turn one series into a Volume with exact geometry, or refuse clearly."""
+    first = series.first
+    if first.samples_per_pixel != 1:
+        raise SeriesError(first.path, "colour (RGB) DICOM images are not supported as volumes")
+    if first.is_mosaic:
+        if len(series.headers) > 1:
+            raise SeriesError(
+                first.path,
+                f"a series of {len(series.headers)} mosaic files; load one file at a time",
+            )
+        array, affine, notes = _read_mosaic(first)
+    elif first.frames > 1:
+        array, affine, notes = _read_multiframe(first)
+    else:
+        ordered, affine, notes = stack_geometry(series.headers)
+        array = _read_stack_pixels(ordered)
+    meta: dict[str, Any] = {
+        "source_path": str(Path(first.path).parent),
+        "format": "dicom",
+        "reader": f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}",
+        "modality": first.modality or None,
+        "series_uid": first.series_uid or None,
+        "series_number": first.series_number,
+        "series_description": first.series_description,
+        "transfer_syntax": first.transfer_syntax,
+        "source_affine": affine.tolist(),
+        "source_shape": list(array.shape),
+        "files": len(series.headers),
+        **notes,
+    }
+    return Volume(array=array[np.newaxis], affine=affine, meta=meta)
+
+
+def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row direction (increasing column index), column direction and slice normal, LPS."""
+    if header.orientation is None or len(header.orientation) != 6:
+        raise SeriesError(header.path, "no ImageOrientationPatient: the image cannot be placed in space")
+    orientation = np.array(header.orientation)
+    row_direction, column_direction = orientation[:3], orientation[3:]
+    norms = np.linalg.norm(row_direction), np.linalg.norm(column_direction)
+    if min(norms) < 1e-3 or abs(row_direction @ column_direction) / (norms[0] * norms[1]) > 1e-3:
+        raise SeriesError(header.path, f"invalid ImageOrientationPatient {list(orientation)}")
+    row_direction = row_direction / norms[0]
+    column_direction = column_direction / norms[1]
+    return row_direction, column_direction, np.cross(row_direction, column_direction)
+
+
+def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
+    if header.pixel_spacing is None or min(header.pixel_spacing) <= 0:
+        raise SeriesError(header.path, f"missing or invalid PixelSpacing {header.pixel_spacing}")
+    return header.pixel_spacing
+
+
+def stack_geometry(
+    headers: Sequence[SliceHeader],
+) -> tuple[list[SliceHeader], np.ndarray, dict[str, Any]]:
+    """Sort single-frame slices along the normal and derive the voxel→RAS affine.
+
+    Returns:
+        The slices in index-z order, the affine and notes for ``meta``.
+
+    Raises:
+        SeriesError: missing positions, mismatched pixel spacing, duplicate
+            positions, missing slices, uneven spacing, or positions off a line.
+    """
+    first = headers[0]
+    row_direction, column_direction, normal = _unit_axes(first)
+    spacing = _pixel_spacing(first)
+    for header in headers:
+        if header.position is None:
+            raise SeriesError(header.path, "no ImagePositionPatient: the slice cannot be placed")
+        if not np.allclose(_pixel_spacing(header), spacing, atol=1e-4):
+            raise SeriesError(
+                header.path,
+                f"PixelSpacing {header.pixel_spacing} differs from {first.path}'s {spacing}",
+            )
+    positions = np.array([h.position for h in headers], dtype=np.float64)
+    distance = positions @ normal
+    order = np.argsort(distance, kind="stable")
+    ordered = [headers[i] for i in order]
+    positions, distance = positions[order], distance[order]
+    notes: dict[str, Any] = {}
+    if len(ordered) == 1:
+        thickness = first.slice_thickness or 1.0
+        step = normal * thickness
+        notes["slice_step_from"] = "SliceThickness (single slice)"
+    else:
+        _check_slice_gaps(ordered, distance)
+        step = (positions[-1] - positions[0]) / (len(ordered) - 1)
+        expected = positions[0] + np.outer(np.arange(len(ordered)), step)
+        off_line = np.linalg.norm(positions - expected, axis=1).max()
+        if off_line > max(POSITION_TOLERANCE_MM, RELATIVE_SPACING_TOLERANCE * np.linalg.norm(step)):
+            raise SeriesError(
+                Path(first.path).parent,
+                f"slice positions do not lie on a line (off by up to {off_line:.3f} mm)",
+            )
+        notes["slice_step_from"] = "ImagePositionPatient"
+        tilt = np.degrees(np.arccos(min(1.0, abs(step @ normal) / np.linalg.norm(step))))
+        if tilt > TILT_TOLERANCE_DEG:
+            notes["gantry_tilt_deg"] = round(float(tilt), 4)
+            notes["sheared_affine"] = True
+            logger.warning(
+                "%s: gantry tilt of %.2f degrees kept as a sheared affine",
+                Path(first.path).parent,
+                tilt,
+            )
+    affine = affine_from_columns(
+        positions[0], (row_direction * spacing[1], column_direction * spacing[0], step)
+    )
+    return ordered, affine, notes
+
+
+def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray) -> None:
+    gaps = np.diff(distance)
+    folder = Path(ordered[0].path).parent
+    duplicate = np.flatnonzero(gaps < POSITION_TOLERANCE_MM)
+    if duplicate.size:
+        i = int(duplicate[0])
+        raise SeriesError(
+            folder,
+            f"{duplicate.size} slice(s) share a position with another slice (e.g. "
+            f"{Path(ordered[i].path).name} and {Path(ordered[i + 1].path).name} at "
+            f"{distance[i]:.3f} mm along the normal): several acquisitions, echoes or "
+            "time points in one series are not supported yet; split the series",
+        )
+    typical = float(np.median(gaps))
+    tolerance = POSITION_TOLERANCE_MM + RELATIVE_SPACING_TOLERANCE * typical
+    irregular = np.flatnonzero(np.abs(gaps - typical) > tolerance)
+    if not irregular.size:
+        return
+    i = int(irregular[0])
+    between = f"between {Path(ordered[i].path).name} and {Path(ordered[i + 1].path).name}"
+    ratio = gaps[irregular] / typical
+    if np.all(ratio > 1.5) and np.allclose(ratio, np.round(ratio), atol=0.05):
+        missing = int(np.sum(np.round(ratio) - 1))
+        raise SeriesError(
+            folder,
+            f"{missing} missing slice(s): a gap of {gaps[i]:.3f} mm {between} where the "
+            f"series' spacing is {typical:.3f} mm",
+        )
+    raise SeriesError(
+        folder,
+        f"uneven slice spacing: gaps from {gaps.min():.3f} to {gaps.max():.3f} mm (first "
+        f"irregular gap {gaps[i]:.3f} mm {between}); resample or split the series",
+    )
+
+
+def _read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
+    """Decode sorted slices with SimpleITK/GDCM; returns ``(X, Y, Z)`` rescaled values."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames([h.path for h in ordered])
+    if _needs_float(ordered):
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError:
+        _raise_for_bad_slice(ordered)
+        raise
+    array = sitk.GetArrayViewFromImage(image)
+    expected = (len(ordered), ordered[0].rows, ordered[0].columns)
+    if array.shape != expected:
+        raise SeriesError(Path(ordered[0].path).parent, f"decoded {array.shape} voxels, expected {expected}")
+    return np.ascontiguousarray(array.transpose(2, 1, 0))
+
+
+def _needs_float(headers: Sequence[SliceHeader]) -> bool:
+    """Float output unless every slice has the same integer rescale (slope 1)."""
+    slopes = {h.rescale_slope for h in headers}
+    intercepts = {h.rescale_intercept for h in headers}
+    return slopes != {1.0} or len(intercepts) != 1 or not float(next(iter(intercepts))).is_integer()
+
+
+def _raise_for_bad_slice(ordered: Sequence[SliceHeader]) -> None:
+    """Find the slice SimpleITK cannot decode and raise an error naming it."""
+    for header in ordered:
+        try:
+            sitk.ReadImage(header.path)
+        except RuntimeError as error:
+            lines = [line for line in str(error).splitlines() if line.strip()]
+            reason = lines[-1].strip() if lines else "decoding failed"
+            raise UnreadableFileError(header.path, f"cannot decode pixel data ({reason})") from error
+
+
+def _read_dataset(header: SliceHeader) -> Dataset:
+    try:
+        dataset = pydicom.dcmread(header.path)
+        _ = dataset.pixel_array
+    except Exception as error:
+        raise UnreadableFileError(header.path, f"cannot decode pixel data ({error})") from error
+    return dataset
+
+
+def _read_multiframe(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """An enhanced (multi-frame) CT/MR volume: frames sorted along the normal."""
+    if header.frame_positions is None or len(header.frame_positions) != header.frames:
+        raise SeriesError(
+            header.path,
+            f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
+        )
+    frame_headers = [
+        replace(header, position=position, frames=1, frame_positions=None, instance_number=index)
+        for index, position in enumerate(header.frame_positions)
+    ]
+    ordered, affine, notes = stack_geometry(frame_headers)
+    dataset = _read_dataset(header)
+    slopes, intercepts = _frame_rescale(dataset, header)
+    frames = dataset.pixel_array.astype(np.float32 if _needs_float_values(slopes, intercepts) else np.int32)
+    order = [int(frame.instance_number or 0) for frame in ordered]
+    frames = frames[order] * slopes[order, None, None] + intercepts[order, None, None]
+    if not _needs_float_values(slopes, intercepts):
+        frames = _smallest_int(frames)
+    notes["multiframe"] = True
+    return np.ascontiguousarray(frames.transpose(2, 1, 0)), affine, notes
+
+
+def _frame_rescale(dataset: Dataset, header: SliceHeader) -> tuple[np.ndarray, np.ndarray]:
+    slopes = np.full(header.frames, header.rescale_slope)
+    intercepts = np.full(header.frames, header.rescale_intercept)
+    for index, item in enumerate(dataset.get("PerFrameFunctionalGroupsSequence", [])):
+        transform = item.get("PixelValueTransformationSequence")
+        if transform:
+            slopes[index] = float(transform[0].get("RescaleSlope", slopes[index]))
+            intercepts[index] = float(transform[0].get("RescaleIntercept", intercepts[index]))
+    return slopes, intercepts
+
+
+def _needs_float_values(slopes: np.ndarray, intercepts: np.ndarray) -> bool:
+    return bool(np.any(slopes != 1.0) or np.any(intercepts != np.round(intercepts)))
+
+
+def _smallest_int(array: np.ndarray) -> np.ndarray:
+    for dtype in (np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if array.min() >= info.min and array.max() <= info.max:
+            return array.astype(dtype)
+    return array.astype(np.int64)
+
+
+def _read_mosaic(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A Siemens mosaic (many slices tiled in one image), with nibabel's CSA geometry."""
+    dataset = _read_dataset(header)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nibabel flags its DICOM readers as experimental
+        from nibabel.nicom import dicomwrappers
+
+        try:
+            wrapper = dicomwrappers.wrapper_from_data(dataset)
+            data = np.asarray(wrapper.get_data())  # (rows, columns, slices), rescaled
+            affine_lps = np.asarray(wrapper.affine, dtype=np.float64)
+        except Exception as error:
+            raise SeriesError(header.path, f"cannot unpack the Siemens mosaic ({error})") from error
+    # nibabel indexes (row, column, slice); medvol indexes (column, row, slice).
+    data = data.transpose(1, 0, 2)
+    affine_lps = affine_lps[:, [1, 0, 2, 3]]
+    if data.dtype.kind == "f" and np.array_equal(data, np.round(data)):
+        data = _smallest_int(data)
+    notes = {"mosaic": True, "slices_in_mosaic": int(data.shape[2])}
+    return (
+        np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="))),
+        lps_to_ras(affine_lps),
+        notes,
+    )
