@@ -173,9 +173,8 @@ def run_convert(args: argparse.Namespace) -> int:
         raise MedvolError(target, "output exists; pass --overwrite to replace it")
     volume = load(args.source, series=args.series, allow_nan=args.allow_nan)
     save(volume, target)
-    print(
-        f"wrote {target}  shape {list(volume.shape)}  spacing {[round(s, 4) for s in volume.spacing]} mm  {volume.orientation}"
-    )
+    spacing = [round(s, 4) for s in volume.spacing]
+    print(f"wrote {target}  shape {list(volume.shape)}  spacing {spacing} mm  {volume.orientation}")
     return 0
 
 
