@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/medvol demo
 
 lint: install
-	$(BIN)/ruff check medvol tests benchmarks
-	$(BIN)/ruff format --check medvol tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 test: lint

@@ -1,0 +1,133 @@
+"""The Volume type and NIfTI/NRRD/MetaImage reading and writing on synthetic images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+import medvol
+from medvol.errors import GeometryError, UnreadableFileError
+
+OBLIQUE = np.array(
+    [
+        [0.9, -0.3, 0.1, -20.5],
+        [0.31, 0.88, -0.2, 14.25],
+        [-0.05, 0.22, 2.4, 101.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+)
+
+
+def ramp(shape: tuple[int, ...], dtype: type = np.int16) -> np.ndarray:
+    return np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+
+
+def test_volume_properties() -> None:
+    affine = np.diag([-0.5, 2.0, 3.0, 1.0])
+    volume = medvol.Volume(ramp((1, 4, 5, 6)), affine)
+    assert volume.shape == (4, 5, 6)
+    assert volume.num_channels == 1
+    assert volume.spacing == (0.5, 2.0, 3.0)
+    assert volume.orientation == "LAS"
+    np.testing.assert_allclose(volume.world_coordinates(np.array([[1, 1, 1]])), [[-0.5, 2.0, 3.0]])
+
+
+@pytest.mark.parametrize(
+    ("array", "affine", "message"),
+    [
+        (np.zeros((4, 5, 6)), np.eye(4), r"\(C, X, Y, Z\)"),
+        (np.zeros((1, 4, 5, 6)), np.zeros((4, 4)), "invertible"),
+        (np.zeros((1, 4, 5, 6)), np.full((4, 4), np.nan), "invalid affine"),
+    ],
+)
+def test_volume_rejects_bad_shapes_and_affines(array: np.ndarray, affine: np.ndarray, message: str) -> None:
+    with pytest.raises(GeometryError, match=message):
+        medvol.Volume(array, affine)
+
+
+def test_nifti_oblique_round_trip_is_exact(tmp_path: Path) -> None:
+    path = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(ramp((6, 7, 8)), OBLIQUE), path)
+    first = medvol.load(path)
+    medvol.save(first, tmp_path / "again.nii")
+    second = medvol.load(tmp_path / "again.nii")
+    np.testing.assert_array_equal(second.affine, first.affine)
+    np.testing.assert_array_equal(second.array, first.array)
+    header = nib.load(tmp_path / "again.nii").header
+    assert int(header["sform_code"]) == 1
+    assert int(header["qform_code"]) == 0  # OBLIQUE is sheared: a qform cannot hold it
+
+
+def test_nifti_4d_becomes_channels_and_back(tmp_path: Path) -> None:
+    data = ramp((5, 6, 7, 3), np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "four.nii.gz")
+    volume = medvol.load(tmp_path / "four.nii.gz")
+    assert volume.array.shape == (3, 5, 6, 7)
+    np.testing.assert_array_equal(volume.array[2], data[..., 2])
+    medvol.save(volume, tmp_path / "out.nii.gz")
+    assert nib.load(tmp_path / "out.nii.gz").shape == (5, 6, 7, 3)
+
+
+def test_nifti_scaling_is_applied(tmp_path: Path) -> None:
+    image = nib.Nifti1Image(ramp((4, 4, 4)), np.eye(4))
+    image.header.set_slope_inter(0.5, -10.0)
+    nib.save(image, tmp_path / "scaled.nii")
+    volume = medvol.load(tmp_path / "scaled.nii")
+    assert volume.array.dtype.kind == "f"
+    assert volume.array[0, 0, 0, 1] == pytest.approx(-9.5)
+
+
+def test_bool_masks_are_saved_as_uint8(tmp_path: Path) -> None:
+    mask = medvol.Volume(np.ones((1, 3, 3, 3), dtype=bool), np.eye(4))
+    medvol.save(mask, tmp_path / "mask.nii.gz")
+    assert medvol.load(tmp_path / "mask.nii.gz").array.dtype == np.uint8
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_itk_formats_agree_with_simpleitk_world(tmp_path: Path, suffix: str) -> None:
+    image = sitk.GetImageFromArray(ramp((8, 7, 6)))  # (Z, Y, X)
+    image.SetSpacing((0.7, 0.8, 2.5))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    rotation = sitk.VersorTransform((0.2, 0.3, 0.9), 0.4).GetMatrix()
+    image.SetDirection(rotation)
+    path = tmp_path / f"image{suffix}"
+    sitk.WriteImage(image, str(path))
+    volume = medvol.load(path)
+    assert volume.shape == (6, 7, 8)
+    for index in [(0, 0, 0), (5, 6, 7), (2, 3, 4)]:
+        lps = np.array(image.TransformIndexToPhysicalPoint(index))
+        ras = volume.world_coordinates(np.array([index]))[0]
+        np.testing.assert_allclose(ras, lps * [-1, -1, 1], atol=1e-9)
+        assert volume.array[(0, *index)] == image[index]
+    medvol.save(volume, tmp_path / f"again{suffix}")
+    again = medvol.load(tmp_path / f"again{suffix}")
+    np.testing.assert_allclose(again.affine, volume.affine, atol=1e-9)
+
+
+def test_save_refuses_unknown_suffix_and_sheared_itk(tmp_path: Path) -> None:
+    volume = medvol.Volume(ramp((1, 3, 3, 3)), OBLIQUE)
+    with pytest.raises(UnreadableFileError, match=r"cannot write \.png"):
+        medvol.save(volume, tmp_path / "out.png")
+    with pytest.raises(GeometryError, match="sheared"):
+        medvol.save(volume, tmp_path / "out.nrrd")
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_save_is_atomic_when_writing_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "scan.nii.gz"
+    medvol.save(medvol.Volume(ramp((1, 3, 3, 3)), np.eye(4)), target)
+    before = target.read_bytes()
+
+    def broken_save(*args: object, **kwargs: object) -> None:
+        Path(str(args[1])).write_bytes(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(nib, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        medvol.save(medvol.Volume(ramp((1, 4, 4, 4)), np.eye(4)), target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["scan.nii.gz"]
