@@ -78,6 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
     convert.set_defaults(run=run_convert)
 
+    index = verbs.add_parser(
+        "index", parents=[common], help="find and validate the cases of a dataset folder, write a manifest"
+    )
+    index.add_argument("root", type=Path, help="dataset folder (imagesTr/labelsTr or images/labels)")
+    index.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    index.add_argument("--classes", help="allowed label values, e.g. 0,1,2 (default: dataset.json)")
+    index.add_argument("--json", action="store_true", help="print the validation report as JSON")
+    index.set_defaults(run=run_index)
+
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -175,6 +184,28 @@ def run_convert(args: argparse.Namespace) -> int:
     save(volume, target)
     spacing = [round(s, 4) for s in volume.spacing]
     print(f"wrote {target}  shape {list(volume.shape)}  spacing {spacing} mm  {volume.orientation}")
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from medvol.data import validate, write_manifest
+    from medvol.io.atomic import atomic_path
+
+    classes = None if args.classes is None else [int(v) for v in args.classes.split(",")]
+    report = validate(args.root, classes=classes)
+    write_manifest(report, args.out)
+    report_path = args.out.with_suffix(".report.json")
+    with atomic_path(report_path) as temporary:
+        temporary.write_text(json.dumps(report.to_json(), indent=2))
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    summary = report.summary()
+    print(f"{summary['layout']} layout, {summary['cases']} case ids, {summary['usable_pairs']} usable pairs")
+    for finding in report.findings:
+        where = f" {finding.path}" if finding.path else ""
+        print(f"  {finding.severity:<7} {finding.kind}{where}: {finding.message}")
+    print(f"wrote {args.out} and {report_path}")
     return 0
 
 

@@ -1,0 +1,91 @@
+"""Case discovery and validation (``medvol index``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from medvol.cli import main
+from medvol.data import validate
+
+
+def write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, np.eye(4) if affine is None else affine), path)
+
+
+@pytest.fixture()
+def msd_folder(tmp_path: Path) -> Path:
+    """An MSD-layout dataset with two channels and one problem of each kind."""
+    root = tmp_path / "Task99"
+    rng = np.random.default_rng(0)
+    (root / "dataset.json").parent.mkdir(parents=True)
+    (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "tumour"}}))
+    label = np.zeros((6, 6, 6), np.uint8)
+    label[2:4, 2:4, 2:4] = 1
+    for case in ("ok_1", "ok_2", "shifted", "bad_values", "twin", "broken"):
+        for channel in (0, 1):
+            write(
+                root / "imagesTr" / f"{case}_{channel:04d}.nii.gz",
+                rng.normal(size=(6, 6, 6)).astype(np.float32),
+            )
+        write(root / "labelsTr" / f"{case}.nii.gz", label)
+    write(root / "labelsTr" / "shifted.nii.gz", label, np.diag([1.0, 1.0, 2.0, 1.0]))
+    write(root / "labelsTr" / "bad_values.nii.gz", label * 3)
+    for channel in (0, 1):  # same content as ok_1
+        source = root / "imagesTr" / f"ok_1_{channel:04d}.nii.gz"
+        (root / "imagesTr" / f"twin_{channel:04d}.nii.gz").write_bytes(source.read_bytes())
+    (root / "imagesTr" / "broken_0001.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    write(root / "imagesTr" / "lonely_0000.nii.gz", np.zeros((6, 6, 6), np.float32))
+    return root
+
+
+def test_msd_layout_findings(msd_folder: Path) -> None:
+    report = validate(msd_folder)
+    assert report.layout == "msd"
+    assert [c.case_id for c in report.usable] == ["ok_1", "ok_2"]
+    ok = next(c for c in report.cases if c.case_id == "ok_1")
+    assert [p.name for p in ok.images] == ["ok_1_0000.nii.gz", "ok_1_0001.nii.gz"]
+    kinds = {(f.case_id, f.kind) for f in report.findings}
+    assert kinds == {
+        ("shifted", "grid_mismatch"),
+        ("bad_values", "label_values"),
+        ("twin", "duplicate_case"),
+        ("broken", "unreadable"),
+        ("lonely", "image_without_label"),
+    }
+    bad_values = next(f for f in report.findings if f.kind == "label_values")
+    assert "[3]" in bad_values.message and "[0, 1]" in bad_values.message
+    broken = next(f for f in report.findings if f.kind == "unreadable")
+    assert broken.path is not None and broken.path.endswith("broken_0001.nii.gz")
+
+
+def test_index_cli_writes_manifest_and_report(msd_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "cases.csv"
+    assert main(["index", str(msd_folder), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert {r["case_id"]: r["usable"] for r in rows}["ok_1"] == "1"
+    assert {r["case_id"]: r["usable"] for r in rows}["shifted"] == "0"
+    report = json.loads(out.with_suffix(".report.json").read_text())
+    assert report["usable_pairs"] == 2
+
+
+def test_hippocampus_reports_exactly_the_known_anomalies(shared_data: Path) -> None:
+    report = validate(shared_data / "msd-hippocampus")
+    assert len(report.usable) == 260
+    found = sorted((f.kind, f.case_id) for f in report.findings)
+    assert found == [
+        ("dtype_mix", None),
+        ("float_label", "hippocampus_003"),
+        ("float_label", "hippocampus_243"),
+        ("image_without_label", "hippocampus_118"),
+        ("label_without_image", "hippocampus_010"),
+        ("label_without_image", "hippocampus_281"),
+    ]
+    mix = next(f for f in report.findings if f.kind == "dtype_mix")
+    assert "55 uint8" in mix.message
