@@ -63,6 +63,7 @@ HEADER_TAGS = [
     "Columns",
     "NumberOfFrames",
     "SamplesPerPixel",
+    "BitsAllocated",
     "ImageOrientationPatient",
     "ImagePositionPatient",
     "PixelSpacing",
@@ -159,20 +160,100 @@ def read_header(path: str | Path) -> SliceHeader | SkippedFile:
 
     Raises:
         UnreadableFileError: an empty file, or a DICOM file whose header is
-            truncated or corrupt.
+            truncated or corrupt, or an image whose pixel data is missing or
+            (uncompressed) cut short.
     """
     path = Path(path)
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise UnreadableFileError(path, "empty file (0 bytes)")
     if not is_dicom_file(path):
         return SkippedFile(str(path), "not a DICOM file (no DICM preamble)")
     try:
-        dataset = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        return _header_from_dataset(path, dataset)
+        with open(path, "rb") as handle:
+            dataset = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=HEADER_TAGS)
+            # pydicom stops (and rewinds) at the pixel data element, if it finds one.
+            stop = handle.tell()
+            pixel_element = handle.read(12)
+        result = _header_from_dataset(path, dataset)
     except SeriesError:
         raise
     except Exception as error:  # pydicom raises many types for corrupt files
         raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error
+    _check_complete(path, dataset, result, size, stop, pixel_element)
+    return result
+
+
+def _check_complete(
+    path: Path,
+    ds: Dataset,
+    result: SliceHeader | SkippedFile,
+    size: int,
+    stop: int,
+    pixel_element: bytes,
+) -> None:
+    """Raise when a DICOM file ends before its header or pixel data does.
+
+    pydicom reads a truncated file without complaint (a cut header looks like
+    an object without an image, which would be skipped silently), so the end
+    of what was parsed is compared with the file size: a header element may
+    not run past the end of the file, an image must have a pixel data element,
+    and native (uncompressed) pixel data must be complete.
+
+    Args:
+        stop: the file offset where pydicom stopped reading (the start of the
+            pixel data element when there is one).
+        pixel_element: the (up to) 12 bytes of the file at ``stop``.
+    """
+    syntax = pydicom.uid.UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+    known_syntax = syntax.is_transfer_syntax  # False when the file meta lacks it (or is cut)
+    if known_syntax and syntax.is_deflated:
+        return  # parsed from an inflated copy: file offsets do not apply
+    if stop > size:
+        raise UnreadableFileError(
+            path, f"truncated DICOM file: the header runs past the end of the file ({size} bytes)"
+        )
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    is_image = isinstance(result, SliceHeader) or (
+        bool(sop_class) and "Image Storage" in pydicom.uid.UID(sop_class).name
+    )
+    if isinstance(result, SkippedFile) and not is_image:
+        return
+    little = syntax.is_little_endian if known_syntax else True
+    implicit = syntax.is_implicit_VR if known_syntax else False
+    if len(pixel_element) < 8:
+        raise UnreadableFileError(
+            path, f"truncated DICOM file: the image has no pixel data (the file ends at {size} bytes)"
+        )
+    order = "<" if little else ">"
+    group, element = np.frombuffer(pixel_element[:4], dtype=f"{order}u2").tolist()
+    if group != 0x7FE0 or element not in (0x0008, 0x0009, 0x0010):
+        raise UnreadableFileError(path, "truncated or corrupt DICOM file: the image has no pixel data")
+    if implicit:
+        header_length, length = 8, int(np.frombuffer(pixel_element[4:8], dtype=f"{order}u4")[0])
+    elif pixel_element[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+        if len(pixel_element) < 12:
+            raise UnreadableFileError(path, "truncated DICOM file: it ends inside the pixel data header")
+        header_length, length = 12, int(np.frombuffer(pixel_element[8:12], dtype=f"{order}u4")[0])
+    else:
+        header_length, length = 8, int(np.frombuffer(pixel_element[6:8], dtype=f"{order}u2")[0])
+    if length == 0xFFFFFFFF:
+        return  # encapsulated (compressed) frames: the decoder checks them
+    missing = stop + header_length + length - size
+    if missing > 0:
+        raise UnreadableFileError(
+            path,
+            f"truncated DICOM file: the pixel data ({length} bytes) is cut short, {missing} byte(s) missing",
+        )
+    if isinstance(result, SliceHeader) and element == 0x0010 and "BitsAllocated" in ds:
+        bits = int(ds.BitsAllocated)
+        expected = result.rows * result.columns * result.frames * result.samples_per_pixel * bits // 8
+        if length < expected:
+            raise UnreadableFileError(
+                path,
+                f"incomplete pixel data: {length} bytes where Rows×Columns×frames×samples×bits "
+                f"need {expected}",
+            )
 
 
 def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
@@ -604,11 +685,11 @@ def _read_multiframe(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[
     ordered, affine, notes = stack_geometry(frame_headers)
     dataset = _read_dataset(header)
     slopes, intercepts = _frame_rescale(dataset, header)
-    frames = dataset.pixel_array.astype(np.float32 if _needs_float_values(slopes, intercepts) else np.int32)
     order = [int(frame.instance_number or 0) for frame in ordered]
-    frames = frames[order] * slopes[order, None, None] + intercepts[order, None, None]
-    if not _needs_float_values(slopes, intercepts):
-        frames = _smallest_int(frames)
+    # Rescale in float64, then float32 like the single-frame path (or the smallest int).
+    frames = dataset.pixel_array.astype(np.float64)[order]
+    frames = frames * slopes[order, None, None] + intercepts[order, None, None]
+    frames = frames.astype(np.float32) if _needs_float_values(slopes, intercepts) else _smallest_int(frames)
     notes["multiframe"] = True
     return np.ascontiguousarray(frames.transpose(2, 1, 0)), affine, notes
 
