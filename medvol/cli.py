@@ -81,7 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     index = verbs.add_parser(
         "index", parents=[common], help="find and validate the cases of a dataset folder, write a manifest"
     )
-    index.add_argument("root", type=Path, help="dataset folder (imagesTr/labelsTr or images/labels)")
+    index.add_argument(
+        "root",
+        type=Path,
+        help="dataset folder (imagesTr/labelsTr or images/labels), a .csv or a MedMNIST .npz",
+    )
     index.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
     index.add_argument("--classes", help="allowed label values, e.g. 0,1,2 (default: dataset.json)")
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
@@ -191,6 +195,8 @@ def run_index(args: argparse.Namespace) -> int:
     from medvol.data import validate, write_manifest
     from medvol.io.atomic import atomic_path
 
+    if str(args.root).lower().endswith(".npz"):
+        return _index_medmnist(args)
     classes = None if args.classes is None else [int(v) for v in args.classes.split(",")]
     report = validate(args.root, classes=classes)
     write_manifest(report, args.out)
@@ -207,6 +213,31 @@ def run_index(args: argparse.Namespace) -> int:
         print(f"  {finding.severity:<7} {finding.kind}{where}: {finding.message}")
     print(f"wrote {args.out} and {report_path}")
     return 0
+
+
+def _index_medmnist(args: argparse.Namespace) -> int:
+    """``medvol index FILE.npz``: the official splits and their class balance."""
+    import csv
+
+    from medvol.io.atomic import atomic_path
+    from medvol.io.medmnist import describe_medmnist, load_medmnist
+
+    summary = describe_medmnist(args.root)
+    with atomic_path(args.out) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case_id", "split", "index", "class"])
+        for split, data in load_medmnist(args.root).items():
+            for index, target in enumerate(data.labels):
+                writer.writerow([f"{split}-{index:05d}", split, index, int(target)])
+    print(json.dumps(summary, indent=2) if args.json else _format_medmnist(summary))
+    return 0
+
+
+def _format_medmnist(summary: dict[str, Any]) -> str:
+    lines = [f"MedMNIST file, volumes of {summary['shape']} voxels"]
+    for split, info in summary["splits"].items():
+        lines.append(f"  {split:<5} {info['cases']:>5} cases, classes {info['class_counts']}")
+    return "\n".join(lines)
 
 
 def run_demo(args: argparse.Namespace) -> int:

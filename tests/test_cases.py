@@ -12,6 +12,7 @@ import pytest
 
 from medvol.cli import main
 from medvol.data import validate
+from medvol.errors import MedvolError
 
 
 def write(path: Path, array: np.ndarray, affine: np.ndarray | None = None) -> None:
@@ -89,3 +90,34 @@ def test_hippocampus_reports_exactly_the_known_anomalies(shared_data: Path) -> N
     ]
     mix = next(f for f in report.findings if f.kind == "dtype_mix")
     assert "55 uint8" in mix.message
+
+
+def test_csv_manifest_for_classification_with_patients(tmp_path: Path) -> None:
+    for number, name in enumerate("abcd"):
+        write(tmp_path / "scans" / f"{name}.nii.gz", np.full((4, 4, 4), number, np.float32))
+    (tmp_path / "cases.csv").write_text(
+        "case_id,image,class,patient_id\n"
+        "case-a,scans/a.nii.gz,1,p1\n"
+        "case-b,scans/b.nii.gz,0,p1\n"
+        "../escape,scans/c.nii.gz,0,p2\n"
+        "case-d,scans/missing.nii.gz,1,p3\n"
+        "case-e,scans/d.nii.gz,0,p4\n"
+        "case-e,scans/c.nii.gz,1,p5\n"
+    )
+    report = validate(tmp_path / "cases.csv")
+    assert report.layout == "manifest"
+    # An id given twice is ambiguous: neither row is used.
+    assert [(c.case_id, c.target, c.patient_id) for c in report.usable] == [
+        ("case-a", "1", "p1"),
+        ("case-b", "0", "p1"),
+    ]
+    kinds = sorted(f.kind for f in report.findings)
+    assert kinds == ["duplicate_case", "unreadable", "unsafe_case_id"]
+    unreadable = next(f for f in report.findings if f.kind == "unreadable")
+    assert unreadable.case_id == "case-d" and "no such file" in unreadable.message
+
+
+def test_manifest_without_image_column_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "cases.csv").write_text("scan,label\nx.nii.gz,y.nii.gz\n")
+    with pytest.raises(MedvolError, match="no 'image' column"):
+        validate(tmp_path / "cases.csv")

@@ -4,7 +4,11 @@ Layouts understood:
 
 - MSD / nnU-Net: ``imagesTr/`` (channels as ``CASE_0000.nii.gz``, ``_0001`` ...),
   ``labelsTr/`` and optionally ``dataset.json`` declaring the label classes;
-- flat ``images/`` + ``labels/`` folders with matching file names.
+- flat ``images/`` + ``labels/`` folders with matching file names;
+- a CSV manifest with a column ``image`` (or ``image_0000``, ``image_0001`` ...
+  for channels), and optionally ``case_id``, ``label`` (a label-map path),
+  ``class`` (a classification target) and ``patient_id``; relative paths are
+  relative to the CSV file.
 
 Validation never stops at the first problem: every case is checked and every
 finding is recorded with its case, file, severity and a sentence. A case with
@@ -30,18 +34,33 @@ from medvol.volume import Volume
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+CHANNEL_COLUMN = re.compile(r"^image_\d{4}$")
 GRID_TOLERANCE_MM = 1e-3
 
 Severity = Literal["error", "warning"]
 
 
+SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 @dataclass(frozen=True)
 class Case:
-    """One training case: image channel files and an optional label map."""
+    """One case: image channel files, and a label map or a class target.
+
+    ``case_id`` names every output written for the case, so it is restricted
+    to letters, digits, ``.``, ``_`` and ``-`` (no path can hide in it).
+    """
 
     case_id: str
     images: tuple[Path, ...]
     label: Path | None
+    target: str | None = None
+    patient_id: str | None = None
+
+    @property
+    def annotated(self) -> bool:
+        """True when the case has something to learn from (label map or class)."""
+        return self.label is not None or self.target is not None
 
 
 @dataclass(frozen=True)
@@ -70,9 +89,9 @@ class IndexReport:
 
     @property
     def usable(self) -> list[Case]:
-        """Cases with an image and a label and no error finding."""
+        """Cases with images and a label or class, and no error finding."""
         bad = self.unusable_ids
-        return [c for c in self.cases if c.case_id not in bad and c.images and c.label is not None]
+        return [c for c in self.cases if c.case_id not in bad and c.images and c.annotated]
 
     def summary(self) -> dict[str, object]:
         kinds = Counter(f.kind for f in self.findings)
@@ -100,15 +119,18 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
         MedvolError: ``root`` is not a folder in a known layout.
     """
     root = Path(root)
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return ("manifest", *read_manifest(root))
     if not root.is_dir():
-        raise MedvolError(root, "not a folder")
+        raise MedvolError(root, "not a folder or a .csv manifest")
     if (root / "imagesTr").is_dir():
         layout, image_dir, label_dir = "msd", root / "imagesTr", root / "labelsTr"
     elif (root / "images").is_dir():
         layout, image_dir, label_dir = "flat", root / "images", root / "labels"
     else:
         raise MedvolError(
-            root, "unknown layout: expected imagesTr/ + labelsTr/ (MSD, nnU-Net) or images/ + labels/"
+            root,
+            "unknown layout: expected imagesTr/ + labelsTr/ (MSD, nnU-Net), images/ + labels/, or a .csv",
         )
     findings: list[Finding] = []
     images = _files_by_case(image_dir, split_channels=layout == "msd", findings=findings)
@@ -129,6 +151,70 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
     return layout, cases, findings
 
 
+def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
+    """Cases from a CSV manifest (see the module docstring for its columns).
+
+    Raises:
+        MedvolError: the CSV cannot be read or has no image column.
+    """
+    import csv
+
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+            columns = list(rows[0]) if rows else []
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise MedvolError(path, f"cannot read the CSV manifest ({error})") from error
+    image_columns = sorted(c for c in columns if c == "image" or CHANNEL_COLUMN.match(c))
+    if not image_columns:
+        raise MedvolError(path, f"no 'image' column in the manifest (columns: {columns or 'none'})")
+    findings: list[Finding] = []
+    cases: list[Case] = []
+    seen: set[str] = set()
+    for number, row in enumerate(rows, start=1):
+        images = tuple(_manifest_path(path, row[c]) for c in image_columns if row.get(c))
+        case_id = (row.get("case_id") or "").strip() or (_file_stem(images[0]) if images else f"row{number}")
+        if not SAFE_CASE_ID.match(case_id):
+            findings.append(
+                Finding(
+                    "unsafe_case_id",
+                    "error",
+                    None,
+                    str(path),
+                    f"row {number}: case id {case_id!r} must use only letters, digits, '.', '_' and '-'",
+                )
+            )
+            continue
+        if case_id in seen:
+            findings.append(
+                Finding("duplicate_case", "error", case_id, str(path), f"row {number} repeats case {case_id}")
+            )
+            continue
+        seen.add(case_id)
+        label = _manifest_path(path, row["label"]) if row.get("label") else None
+        target = (row.get("class") or "").strip() or None
+        if not images:
+            findings.append(
+                Finding("missing_image", "error", case_id, str(path), f"row {number} has no image")
+            )
+        elif label is None and target is None:
+            findings.append(
+                Finding("image_without_label", "error", case_id, str(images[0]), "no label and no class")
+            )
+        cases.append(Case(case_id, images, label, target, (row.get("patient_id") or "").strip() or None))
+    return cases, findings
+
+
+def _manifest_path(manifest: Path, value: str) -> Path:
+    candidate = Path(value.strip())
+    return candidate if candidate.is_absolute() else manifest.parent / candidate
+
+
+def _file_stem(path: Path) -> str:
+    suffix = full_suffix(path)
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
 def _files_by_case(
     folder: Path, split_channels: bool, findings: list[Finding]
 ) -> dict[str, list[tuple[int, Path]]]:
@@ -138,7 +224,7 @@ def _files_by_case(
         suffix = full_suffix(path)
         if path.name.startswith(".") or suffix not in IMAGE_SUFFIXES:
             continue
-        stem = path.name[: -len(suffix)]
+        stem = _file_stem(path)
         channel = 0
         match = CHANNEL_SUFFIX.match(stem) if split_channels else None
         if match:
@@ -188,8 +274,8 @@ def validate(root: str | Path, classes: list[int] | None = None) -> IndexReport:
     image_dtypes: Counter[str] = Counter()
     content_owner: dict[str, str] = {}
     for case in cases:
-        if case.images and case.label is not None:
-            _check_pair(case, case.label, classes, report.findings, image_dtypes, content_owner)
+        if case.images and case.annotated:
+            _check_case(case, classes, report.findings, image_dtypes, content_owner)
     if len(image_dtypes) > 1:
         counts = ", ".join(f"{n} {dtype}" for dtype, n in sorted(image_dtypes.items()))
         report.findings.append(
@@ -198,9 +284,8 @@ def validate(root: str | Path, classes: list[int] | None = None) -> IndexReport:
     return report
 
 
-def _check_pair(
+def _check_case(
     case: Case,
-    label_path: Path,
     classes: list[int] | None,
     findings: list[Finding],
     image_dtypes: Counter[str],
@@ -208,7 +293,7 @@ def _check_pair(
 ) -> None:
     try:
         images = [load(path) for path in case.images]
-        label = load(label_path)
+        label = None if case.label is None else load(case.label)
     except MedvolError as error:
         findings.append(Finding("unreadable", "error", case.case_id, str(error.path), error.problem))
         return
@@ -226,27 +311,35 @@ def _check_pair(
             )
         )
     content_owner.setdefault(digest, case.case_id)
-    for image in [*images[1:], label]:
-        problem = _grid_difference(images[0], image)
+    others = images[1:] if label is None else [*images[1:], label]
+    for other in others:
+        problem = _grid_difference(images[0], other)
         if problem:
             findings.append(
-                Finding("grid_mismatch", "error", case.case_id, image.meta["source_path"], problem)
+                Finding("grid_mismatch", "error", case.case_id, other.meta["source_path"], problem)
             )
             return
+    if label is not None and case.label is not None:
+        _check_label_values(case.case_id, case.label, label, classes, findings)
+
+
+def _check_label_values(
+    case_id: str, label_path: Path, label: Volume, classes: list[int] | None, findings: list[Finding]
+) -> None:
     values = np.unique(label.array)
     if label.array.dtype.kind == "f":
         findings.append(
             Finding(
                 "float_label",
                 "warning",
-                case.case_id,
+                case_id,
                 str(label_path),
                 f"label stored as {label.array.dtype}; values {values.tolist()[:10]}",
             )
         )
     if not np.all(values == np.round(values)):
         findings.append(
-            Finding("label_values", "error", case.case_id, str(label_path), "label has non-integer values")
+            Finding("label_values", "error", case_id, str(label_path), "label has non-integer values")
         )
     elif classes is not None and not set(values.astype(int).tolist()) <= set(classes):
         extra = sorted(set(values.astype(int).tolist()) - set(classes))
@@ -254,7 +347,7 @@ def _check_pair(
             Finding(
                 "label_values",
                 "error",
-                case.case_id,
+                case_id,
                 str(label_path),
                 f"label values {extra} are not among the declared classes {classes}",
             )
@@ -272,7 +365,7 @@ def _grid_difference(reference: Volume, other: Volume) -> str | None:
     return None
 
 
-MANIFEST_COLUMNS = ("case_id", "images", "label", "usable", "problems")
+MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "usable", "problems")
 
 
 def write_manifest(report: IndexReport, path: str | Path) -> Path:
@@ -294,6 +387,8 @@ def write_manifest(report: IndexReport, path: str | Path) -> Path:
                     case.case_id,
                     ";".join(str(p) for p in case.images),
                     "" if case.label is None else str(case.label),
+                    case.target or "",
+                    case.patient_id or "",
                     int(case.case_id in usable),
                     " | ".join(problems.get(case.case_id, [])),
                 ]
