@@ -91,6 +91,14 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
 
+    plan = verbs.add_parser(
+        "plan", parents=[common], help="fingerprint a dataset and write an editable preprocessing plan"
+    )
+    plan.add_argument("root", type=Path, help="dataset folder or .csv manifest")
+    plan.add_argument("--out", type=Path, default=Path("plan.yaml"), help="plan to write (default plan.yaml)")
+    plan.add_argument("--modality", help="CT, MR, ... (default: from the images' metadata)")
+    plan.set_defaults(run=run_plan)
+
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -238,6 +246,22 @@ def _format_medmnist(summary: dict[str, Any]) -> str:
     for split, info in summary["splits"].items():
         lines.append(f"  {split:<5} {info['cases']:>5} cases, classes {info['class_counts']}")
     return "\n".join(lines)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from medvol.data import validate
+    from medvol.data.fingerprint import fingerprint, make_plan, write_plan
+
+    report = validate(args.root)
+    if report.unusable_ids:
+        print(f"skipping {len(report.unusable_ids)} unusable case(s); see `medvol index` for why")
+    measured = fingerprint(report.usable, modality=args.modality)
+    plan = make_plan(measured)
+    write_plan(plan, measured, args.out, source=str(args.root))
+    print(f"{measured['cases']} cases, modality {measured['modality'] or 'unknown'}")
+    print(f"target spacing {plan['preprocess']['spacing_mm']} mm, patch {plan['patch_size']}")
+    print(f"wrote {args.out}")
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -1,0 +1,142 @@
+"""Dataset fingerprint and the preprocessing plan derived from it.
+
+The fingerprint summarises what a dataset is (spacings, shapes, intensities
+inside the labelled foreground, class frequencies); the plan turns it into
+choices (target spacing, patch size, normalisation) by the rules nnU-Net made
+standard, written as a YAML file the user can read and edit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medvol.data.cases import Case
+from medvol.io import load
+
+FOREGROUND_SAMPLES_PER_CASE = 10_000
+ANISOTROPY_RATIO = 3.0
+PATCH_MULTIPLE = 8  # three 2x poolings
+MAX_PATCH_VOXELS = 128**3
+
+
+def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """Measure a dataset: per-case spacing (mm) and shape, foreground intensities, class voxels.
+
+    Args:
+        cases: usable cases (images and label maps).
+        modality: ``"CT"``, ``"MR"``...; default from the first image's metadata.
+        seed: for the sample of foreground voxels kept per case.
+    """
+    rng = np.random.default_rng(seed)
+    spacings, shapes, samples = [], [], []
+    class_voxels: Counter[int] = Counter()
+    for case in cases:
+        image = load(case.images[0])
+        spacings.append(image.spacing)
+        shapes.append(image.shape)
+        modality = modality or image.meta.get("modality")
+        if case.label is None:
+            foreground = image.array[0].ravel()
+        else:
+            label = load(case.label).array[0]
+            values, counts = np.unique(label, return_counts=True)
+            class_voxels.update({int(v): int(c) for v, c in zip(values, counts, strict=True)})
+            foreground = image.array[0][label > 0]
+        if foreground.size:
+            take = min(FOREGROUND_SAMPLES_PER_CASE, foreground.size)
+            samples.append(rng.choice(foreground.astype(np.float64), take, replace=False))
+    intensities = np.concatenate(samples) if samples else np.zeros(1)
+    total = sum(class_voxels.values()) or 1
+    return {
+        "cases": len(cases),
+        "modality": modality,
+        "spacings_mm": [list(s) for s in spacings],
+        "shapes": [list(s) for s in shapes],
+        "median_spacing_mm": np.median(spacings, axis=0).tolist(),
+        "median_shape": np.median(shapes, axis=0).tolist(),
+        "foreground_intensity": {
+            "mean": float(intensities.mean()),
+            "std": float(intensities.std()),
+            "percentile_00_5": float(np.percentile(intensities, 0.5)),
+            "percentile_99_5": float(np.percentile(intensities, 99.5)),
+            "min": float(intensities.min()),
+            "max": float(intensities.max()),
+        },
+        "class_fraction": {str(k): class_voxels[k] / total for k in sorted(class_voxels)},
+    }
+
+
+def target_spacing(spacings_mm: Sequence[Sequence[float]]) -> list[float]:
+    """Median spacing; for anisotropic data the coarse axis takes its 10th percentile.
+
+    This is nnU-Net's rule: resampling thick slices to their median would
+    interpolate too much, so the coarse axis is made finer only as far as a
+    tenth of the cases already are.
+    """
+    spacings = np.asarray(spacings_mm, dtype=np.float64)
+    target = np.median(spacings, axis=0)
+    coarse = int(np.argmax(target))
+    if target[coarse] > ANISOTROPY_RATIO * np.min(target):
+        target[coarse] = np.percentile(spacings[:, coarse], 10)
+    return [round(float(v), 4) for v in target]
+
+
+def patch_size(median_shape_at_target: Sequence[float]) -> list[int]:
+    """Median shape rounded up to a multiple of 8, shrunk along its largest axis to fit the budget."""
+    patch = [int(np.ceil(s / PATCH_MULTIPLE) * PATCH_MULTIPLE) for s in median_shape_at_target]
+    while np.prod(patch) > MAX_PATCH_VOXELS:
+        largest = int(np.argmax(patch))
+        patch[largest] -= PATCH_MULTIPLE
+    return patch
+
+
+def make_plan(measured: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing and patch plan for a fingerprint (see ``fingerprint``)."""
+    spacing = target_spacing(measured["spacings_mm"])
+    shapes_at_target = [
+        np.asarray(shape) * np.asarray(case_spacing) / np.asarray(spacing)
+        for shape, case_spacing in zip(measured["shapes"], measured["spacings_mm"], strict=True)
+    ]
+    is_ct = str(measured.get("modality") or "").upper() == "CT"
+    intensity = measured["foreground_intensity"]
+    normalize: dict[str, Any] = (
+        {
+            "method": "ct",
+            "clip_hu": [intensity["percentile_00_5"], intensity["percentile_99_5"]],
+            "mean": intensity["mean"],
+            "std": intensity["std"],
+        }
+        if is_ct
+        else {"method": "zscore", "per_scan": True}
+    )
+    return {
+        "preprocess": {"orientation": "RAS", "spacing_mm": spacing},
+        "normalize": normalize,
+        "patch_size": patch_size(np.median(shapes_at_target, axis=0)),
+    }
+
+
+def write_plan(plan: dict[str, Any], measured: dict[str, Any], path: str | Path, source: str) -> Path:
+    """Write the plan as commented YAML, the fingerprint summary beside it as JSON."""
+    import yaml
+
+    from medvol.io.atomic import atomic_path
+
+    path = Path(path)
+    header = (
+        f"# medvol plan for {source}, from {measured['cases']} cases.\n"
+        "# Derived from the dataset fingerprint (see the .fingerprint.json beside this file).\n"
+        "# Edit freely before training.\n"
+    )
+    with atomic_path(path) as temporary:
+        temporary.write_text(header + yaml.safe_dump(plan, sort_keys=False, default_flow_style=None))
+    summary = {k: v for k, v in measured.items() if k not in ("spacings_mm", "shapes")}
+    with atomic_path(path.with_suffix(".fingerprint.json")) as temporary:
+        temporary.write_text(json.dumps(summary, indent=2))
+    return path
