@@ -93,7 +93,7 @@ class VolumeCache:
         temporary.mkdir()
         try:
             for name, array in arrays.items():
-                np.save(temporary / f"{name}.npy", np.ascontiguousarray(array))
+                np.save(temporary / f"{name}.npy", array)  # keeps C or Fortran order, no copy
             (temporary / "meta.json").write_text(json.dumps({**meta, "arrays": sorted(arrays)}))
             os.rename(temporary, final)
         except OSError:

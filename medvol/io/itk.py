@@ -30,7 +30,7 @@ def load_itk(path: Path) -> Volume:
         array = array.transpose(3, 2, 1, 0)
     affine = affine_from_itk(image)
     return Volume(
-        array=np.ascontiguousarray(array),
+        array=array,  # a transposed view of SimpleITK's buffer: no copy
         affine=affine,
         meta={
             "source_path": str(path),
