@@ -9,6 +9,7 @@ import yaml
 
 from medvol.cli import main
 from medvol.data.fingerprint import MAX_PATCH_VOXELS, patch_size, target_spacing
+from medvol.transforms import Normalizer, PreprocessConfig, ZScore
 
 
 def test_target_spacing_is_median_unless_anisotropic() -> None:
@@ -32,5 +33,8 @@ def test_hippocampus_plan_matches_the_field(shared_data: Path, tmp_path: Path) -
     plan = yaml.safe_load(out.read_text())
     assert plan["preprocess"]["spacing_mm"] == [1.0, 1.0, 1.0]
     assert plan["patch_size"] == [40, 56, 40]  # what nnU-Net plans for this task
-    assert plan["normalize"] == {"method": "zscore", "per_scan": True}
+    assert plan["normalize"]["params"]["per_scan"] is True  # MR: z-score each scan
+    assert PreprocessConfig.from_dict(plan["preprocess"]).spacing_mm == (1.0, 1.0, 1.0)
+    normalizer = Normalizer.from_dict({**plan["normalize"], "learned": {}})
+    assert isinstance(normalizer, ZScore)
     assert out.with_suffix(".fingerprint.json").is_file()

@@ -103,18 +103,17 @@ def make_plan(measured: dict[str, Any]) -> dict[str, Any]:
         np.asarray(shape) * np.asarray(case_spacing) / np.asarray(spacing)
         for shape, case_spacing in zip(measured["shapes"], measured["spacings_mm"], strict=True)
     ]
+    # CT: nnU-Net's scheme, fitted later on the training fold only (clip to the
+    # foreground's 0.5/99.5 percentiles, then z-score); other modalities: per scan.
     is_ct = str(measured.get("modality") or "").upper() == "CT"
-    intensity = measured["foreground_intensity"]
-    normalize: dict[str, Any] = (
-        {
-            "method": "ct",
-            "clip_hu": [intensity["percentile_00_5"], intensity["percentile_99_5"]],
-            "mean": intensity["mean"],
-            "std": intensity["std"],
-        }
-        if is_ct
-        else {"method": "zscore", "per_scan": True}
-    )
+    normalize = {
+        "type": "ZScore",
+        "params": {
+            "per_scan": not is_ct,
+            "use_foreground_mask": is_ct,
+            "clip_percentiles": [0.5, 99.5] if is_ct else None,
+        },
+    }
     return {
         "preprocess": {"orientation": "RAS", "spacing_mm": spacing},
         "normalize": normalize,
