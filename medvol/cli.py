@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--modality", help="CT, MR, ... (default: from the images' metadata)")
     plan.set_defaults(run=run_plan)
 
+    synthesize = verbs.add_parser(
+        "synthesize", parents=[common], help="write synthetic training variants of labelled cases"
+    )
+    synthesize.add_argument("source", type=Path, help="dataset folder, .csv manifest, or experiment YAML")
+    synthesize.add_argument("--per-case", type=int, required=True, help="variants per labelled case")
+    synthesize.add_argument("--out", type=Path, required=True, help="output folder (flat images/ labels/)")
+    synthesize.add_argument(
+        "--mode",
+        choices=["augment", "labels-to-image"],
+        default="augment",
+        help="augment real images, or draw new images from label maps (SynthSeg-style)",
+    )
+    synthesize.add_argument("--seed", type=int, default=0)
+    synthesize.set_defaults(run=run_synthesize)
+
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -262,6 +277,38 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"target spacing {plan['preprocess']['spacing_mm']} mm, patch {plan['patch_size']}")
     print(f"wrote {args.out}")
     return 0
+
+
+def run_synthesize(args: argparse.Namespace) -> int:
+    import csv
+
+    from medvol.augment import augment_config_from_dict, synthesize_cases
+    from medvol.data import validate
+    from medvol.errors import MedvolError
+    from medvol.io.atomic import atomic_path
+
+    if args.per_case < 1:
+        raise MedvolError(None, "--per-case must be at least 1")
+    root, augment = args.source, None
+    if args.source.suffix.lower() in (".yaml", ".yml"):
+        from medvol.config import load_config
+
+        config = load_config(args.source)
+        root, augment = config.data.root, augment_config_from_dict(config.augment)
+    report = validate(root)
+    cases = [(case.images, case.label) for case in report.usable if case.label is not None]
+    if not cases:
+        raise MedvolError(root, "no usable labelled cases to synthesize from (see `medvol index`)")
+    result = synthesize_cases(cases, args.per_case, args.out, args.seed, args.mode, augment=augment)
+    print(f"{len(cases)} cases: wrote {len(result.written)} variants, {result.skipped} already there")
+    if result.errors:
+        with atomic_path(args.out / "errors.csv") as temporary, open(temporary, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["path", "reason"])
+            writer.writerows(result.errors)
+        print(f"{len(result.errors)} case(s) failed; see {args.out / 'errors.csv'}")
+    print(f"manifest {result.manifest}, preview {result.preview}")
+    return 1 if result.errors else 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

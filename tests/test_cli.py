@@ -116,3 +116,21 @@ def test_demo_runs_on_bundled_sample(tmp_path: Path) -> None:
     assert "same geometry: True, same voxels: True" in result.stdout
     assert (tmp_path / "sample_ct.nii.gz").is_file()
     assert result.stderr == ""  # no warnings about the bundled files
+
+
+def test_synthesize_writes_variants_and_resumes(shared_data: Path, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for case in ("hippocampus_001", "hippocampus_004"):
+        for kind in ("images", "labels"):
+            (source / kind).mkdir(parents=True, exist_ok=True)
+            data = (shared_data / "msd-hippocampus" / kind / f"{case}.nii.gz").read_bytes()
+            (source / kind / f"{case}.nii.gz").write_bytes(data)
+    out = tmp_path / "out"
+    assert main(["synthesize", str(source), "--per-case", "2", "--out", str(out)]) == 0
+    assert len(list((out / "images").glob("*.nii.gz"))) == 4
+    variant = medvol.load(next((out / "labels").glob("hippocampus_001_*.nii.gz")))
+    original = medvol.load(source / "labels" / "hippocampus_001.nii.gz")
+    np.testing.assert_array_equal(variant.affine, original.affine)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    assert main(["synthesize", str(source), "--per-case", "2", "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == before

@@ -1,0 +1,156 @@
+"""Label-to-image synthesis and writing synthetic variants of real labelled cases."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medvol.augment import (
+    AugmentConfig,
+    SynthesisConfig,
+    labels_to_image,
+    synthesis_config_from_dict,
+    synthesize_cases,
+)
+from medvol.errors import MedvolError
+from medvol.io import load
+
+HIPPOCAMPUS_CASES = ("hippocampus_001", "hippocampus_003")  # uint8 image; float32 image with a float label
+
+
+def label_map() -> np.ndarray:
+    label = np.zeros((1, 32, 36, 30), np.uint8)
+    label[0, 6:20, 8:30, 5:25] = 1
+    label[0, 10:16, 12:20, 10:18] = 2
+    return label
+
+
+def region_means(image: np.ndarray, label: np.ndarray) -> np.ndarray:
+    return np.array([image[label == value].mean() for value in np.unique(label)])
+
+
+def test_labels_to_image_draws_new_contrasts_on_an_unchanged_label() -> None:
+    label = label_map()
+    means = []
+    for seed in range(3):
+        image, out_label = labels_to_image(label, seed)
+        assert np.array_equal(out_label, label) and out_label.dtype == label.dtype
+        assert image.dtype == np.float32 and image.shape == label.shape
+        assert image.min() == 0.0 and image.max() == 1.0
+        means.append(region_means(image, label))
+    # Each draw separates the regions (background included) ...
+    assert all(np.ptp(m) > 0.05 for m in means)
+    # ... with a different contrast from draw to draw.
+    assert not np.allclose(means[0], means[1], atol=0.05)
+    assert not np.allclose(means[1], means[2], atol=0.05)
+
+
+def test_labels_to_image_is_reproducible() -> None:
+    label = label_map()
+    spatial = AugmentConfig(affine_prob=1.0)
+    first, again = labels_to_image(label, 11, spatial=spatial), labels_to_image(label, 11, spatial=spatial)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], labels_to_image(label, 12, spatial=spatial)[0])
+
+
+def test_labels_to_image_with_spatial_augmentation_moves_image_and_label_together() -> None:
+    label = label_map()
+    config = SynthesisConfig(mean_range=(0.0, 1.0), std_range=(0.0, 0.01), noise_std=0.0)
+    image, moved = labels_to_image(label, 4, config, AugmentConfig(affine_prob=1.0, rotate_deg=25.0))
+    assert not np.array_equal(moved, label)
+    assert set(np.unique(moved).tolist()) <= {0, 1, 2}
+    # Inside each moved region the intensity is homogeneous: the image was drawn on the moved label.
+    within = max(image[moved == value].std() for value in np.unique(moved))
+    assert within < 0.5 * np.ptp(region_means(image, moved))
+
+
+def test_synthesis_config_unknown_keys_are_named() -> None:
+    with pytest.raises(MedvolError, match="mean_rnage"):
+        synthesis_config_from_dict({"mean_rnage": [0, 1]})
+    assert synthesis_config_from_dict({"gamma_range": [0.9, 1.1]}).gamma_range == (0.9, 1.1)
+
+
+@pytest.fixture
+def hippocampus_cases(shared_data: Path) -> list[tuple[Path, Path]]:
+    root = shared_data / "msd-hippocampus"
+    return [
+        (root / "images" / f"{case}.nii.gz", root / "labels" / f"{case}.nii.gz") for case in HIPPOCAMPUS_CASES
+    ]
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("mode", ["augment", "labels-to-image"])
+def test_synthesize_cases_writes_variants_on_the_source_grid(
+    hippocampus_cases: list[tuple[Path, Path]], tmp_path: Path, mode: str
+) -> None:
+    out = tmp_path / "synthetic"
+    report = synthesize_cases(hippocampus_cases, 2, out, seed=3, mode=mode)  # type: ignore[arg-type]
+    assert report.errors == [] and len(report.written) == 4 and report.skipped == 0
+
+    with open(out / "manifest.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["case_id"], row["variant"]) for row in rows] == [
+        (case, str(k)) for case in HIPPOCAMPUS_CASES for k in range(2)
+    ]
+    for row in rows:
+        source_image, source_label = load(row["source_image"]), load(row["source_label"])
+        image, label = load(out / row["image"]), load(out / row["label"])
+        np.testing.assert_allclose(image.affine, source_image.affine, atol=1e-5)
+        np.testing.assert_allclose(label.affine, source_label.affine, atol=1e-5)
+        assert image.shape == label.shape == source_image.shape
+        assert image.array.dtype == np.float32 and label.array.dtype.kind in "iu"
+        assert set(np.unique(label.array).tolist()) <= {0, 1, 2}
+        assert not np.array_equal(image.array, source_image.array.astype(np.float32))
+
+    png = (out / "preview.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    from matplotlib.image import imread
+
+    pixels = imread(out / "preview.png")
+    assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and np.ptp(pixels[..., :3]) > 0
+
+
+@pytest.mark.shared
+def test_synthesize_cases_resumes_and_is_deterministic(
+    hippocampus_cases: list[tuple[Path, Path]], tmp_path: Path
+) -> None:
+    first = synthesize_cases(hippocampus_cases, 2, tmp_path / "a", seed=5, mode="labels-to-image")
+    files = sorted(p for p in (tmp_path / "a").rglob("*") if p.is_file())
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+
+    again = synthesize_cases(hippocampus_cases, 2, tmp_path / "a", seed=5, mode="labels-to-image")
+    assert again.written == [] and again.skipped == 4
+    assert sorted(p for p in (tmp_path / "a").rglob("*") if p.is_file()) == files
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps, "a rerun must not rewrite anything"
+
+    # A lost variant is redone identically; a case processed alone gets the same variants.
+    lost = first.written[1]
+    expected = load(lost).array
+    lost.unlink()
+    redo = synthesize_cases(hippocampus_cases[:1], 2, tmp_path / "a", seed=5, mode="labels-to-image")
+    assert redo.written == [lost]
+    np.testing.assert_array_equal(load(lost).array, expected)
+    assert len((tmp_path / "a" / "manifest.csv").read_text().splitlines()) == 1 + 4, (
+        "rows of other cases kept"
+    )
+
+    # Another seed into the same folder would mix runs: refused.
+    with pytest.raises(MedvolError, match="seed 5"):
+        synthesize_cases(hippocampus_cases, 2, tmp_path / "a", seed=6, mode="labels-to-image")
+
+
+def test_synthesize_cases_reports_a_broken_case_and_goes_on(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    label = label_map()
+    good_image, good_label = tmp_path / "good_img.nii.gz", tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(label[0].astype(np.float32), np.eye(4)), good_image)
+    nib.save(nib.Nifti1Image(label[0], np.eye(4)), good_label)
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not a nifti")
+    report = synthesize_cases([(good_image, broken), (good_image, good_label)], 1, tmp_path / "out", seed=0)
+    assert len(report.errors) == 1 and "broken.nii.gz" in report.errors[0][1]
+    assert [p.name for p in report.written] == ["good_aug000.nii.gz"]
