@@ -70,7 +70,7 @@ class Normalizer(BaseEstimator):
             NotFittedError: the normaliser learns statistics and was not fitted.
             ValueError: the scan's channel count differs from the training volumes'.
         """
-        if self._needs_fit():
+        if self.needs_fit():
             check_is_fitted(
                 self,
                 msg=f"this {type(self).__name__} is not fitted: call fit(training_volumes) first, "
@@ -112,7 +112,8 @@ class Normalizer(BaseEstimator):
             setattr(normalizer, key, np.asarray(value, dtype=np.float64))
         return normalizer
 
-    def _needs_fit(self) -> bool:
+    def needs_fit(self) -> bool:
+        """True when ``transform`` needs statistics learned by ``fit``."""
         return False
 
     def _transform(
@@ -181,7 +182,7 @@ class ZScore(Normalizer):
             self.lower_, self.upper_ = np.array([np.percentile(v, self.clip_percentiles) for v in pooled]).T
         return self
 
-    def _needs_fit(self) -> bool:
+    def needs_fit(self) -> bool:
         return not self.per_scan
 
     def _transform(
@@ -233,7 +234,7 @@ class PercentileClip(Normalizer):
         self.lower_, self.upper_ = np.array([np.percentile(v, (self.lower, self.upper)) for v in pooled]).T
         return self
 
-    def _needs_fit(self) -> bool:
+    def needs_fit(self) -> bool:
         return not self.per_scan
 
     def _transform(

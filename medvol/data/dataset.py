@@ -1,0 +1,225 @@
+"""Torch datasets: cases in, ``Sample`` dicts out.
+
+Segmentation: each case is loaded, preprocessed (``medvol.transforms``),
+normalised with a normaliser fitted on the training fold, and stored in the
+on-disk cache once (``medvol.data.cache``); every later epoch reads the
+memory-mapped entry. Training samples are random patches (a third of them
+centred on a labelled voxel, as nnU-Net does) passed through the augmenter;
+validation samples are whole volumes.
+
+Classification (MedMNIST): the arrays are small and already in memory.
+
+A sample is a dict ``{"case_id": str, "image": (C, X, Y, Z) float32 tensor,
+"label": (1, X, Y, Z) int64 tensor | () int64 tensor}``.
+
+Randomness: ``set_epoch(epoch)`` and ``seed_worker`` (the DataLoader's
+``worker_init_fn``) reseed the patch sampler and the augmenter from
+``worker_seed(seed, rank, worker_id, epoch)``, so no two workers or ranks
+repeat each other's draws and a resumed run draws what the original would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, get_worker_info
+
+from medvol.augment import Augmenter, worker_seed
+from medvol.data.cache import CacheEntry, VolumeCache
+from medvol.data.cases import Case
+from medvol.io import load
+from medvol.transforms import Normalizer, PreprocessConfig, preprocess
+from medvol.volume import Volume
+
+CACHE_FORMAT = 1  # bump when what a cache entry holds changes
+FOREGROUND_FRACTION = 1 / 3
+
+
+def load_case(case: Case) -> tuple[Volume, Volume | None]:
+    """The case's channels stacked into one Volume, and its label map (if any)."""
+    channels = [load(path) for path in case.images]
+    image = channels[0]
+    if len(channels) > 1:
+        array = np.concatenate([channel.array.astype(np.float32) for channel in channels])
+        image = Volume(array, image.affine, image.meta)
+    label = None if case.label is None else load(case.label)
+    if label is not None and label.array.dtype.kind == "f":
+        label = Volume(label.array.astype(np.int16), label.affine, label.meta)  # validated integral
+    return image, label
+
+
+class _Reseedable(Dataset[dict[str, Any]]):
+    """Reseeding for epochs, DataLoader workers and DDP ranks."""
+
+    def __init__(self, augmenter: Augmenter | None, seed: int, rank: int) -> None:
+        self.augmenter = augmenter
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self.rng = np.random.default_rng(worker_seed(seed, rank, 0, 0))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Call before each epoch; workers started afterwards see the new epoch."""
+        self.epoch = epoch
+        self.reseed(worker_id=0)
+
+    def reseed(self, worker_id: int) -> None:
+        sequence = worker_seed(self.seed, self.rank, worker_id, self.epoch)
+        self.rng = np.random.default_rng(sequence.spawn(1)[0])
+        if self.augmenter is not None:
+            self.augmenter.reseed(sequence)
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn`` for DataLoaders over medvol datasets."""
+    info = get_worker_info()
+    if info is not None and isinstance(info.dataset, _Reseedable):
+        info.dataset.reseed(worker_id)
+        torch.manual_seed(
+            int(worker_seed(info.dataset.seed, info.dataset.rank, worker_id).generate_state(1)[0])
+        )
+
+
+class SegmentationDataset(_Reseedable):
+    """Preprocessed, cached segmentation cases; patches for training, volumes for validation.
+
+    Args:
+        cases: usable cases with label maps.
+        preprocess_config: the grid every case is put on.
+        normalizer: fitted on the training fold (``fit_normalizer``).
+        cache: where preprocessed cases are kept.
+        patch_size: training patch ``(X, Y, Z)`` in voxels; ``None`` gives whole volumes.
+        augmenter: applied to training patches.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        preprocess_config: PreprocessConfig,
+        normalizer: Normalizer,
+        cache: VolumeCache,
+        patch_size: tuple[int, int, int] | None = None,
+        augmenter: Augmenter | None = None,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(augmenter, seed, rank)
+        self.cases = list(cases)
+        self.preprocess_config = preprocess_config
+        self.normalizer = normalizer
+        self.cache = cache
+        self.patch_size = patch_size
+        self.cache_config = {
+            "format": CACHE_FORMAT,
+            "preprocess": preprocess_config.to_dict(),
+            "normalize": normalizer.to_dict(),
+        }
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def entry(self, index: int) -> CacheEntry:
+        """The preprocessed, normalised case, from the cache (built on first use)."""
+        case = self.cases[index]
+        sources = [*case.images, *([case.label] if case.label is not None else [])]
+
+        def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            image, label = load_case(case)
+            image, label, record = preprocess(image, label, self.preprocess_config)
+            image = self.normalizer.transform(image)
+            arrays = {"image": image.array.astype(np.float32)}
+            if label is not None:
+                arrays["label"] = label.array
+            return arrays, {"case_id": case.case_id, "record": record.to_dict()}
+
+        return self.cache.get_or_build(sources, self.cache_config, build)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entry(index)
+        image, label = entry.arrays["image"], entry.arrays["label"]
+        if self.patch_size is not None:
+            image, label = random_patch(image, label, self.patch_size, self.rng)
+        sample = {"image": np.array(image, dtype=np.float32), "label": np.array(label)}
+        if self.augmenter is not None:
+            sample = self.augmenter(sample)
+        return {
+            "case_id": self.cases[index].case_id,
+            "image": torch.from_numpy(np.ascontiguousarray(sample["image"], dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(sample["label"]).astype(np.int64)),
+        }
+
+
+def random_patch(
+    image: np.ndarray, label: np.ndarray, size: tuple[int, int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size`` patch of ``(C, X, Y, Z)`` arrays, padded where the volume is smaller.
+
+    With probability 1/3 the patch is centred on a random labelled voxel (so rare
+    foreground is seen often enough); otherwise its corner is uniform.
+    """
+    pad = [(0, 0)] + [
+        (max(0, (s - n + 1) // 2), max(0, s - n - (s - n + 1) // 2))
+        for n, s in zip(image.shape[1:], size, strict=True)
+    ]
+    if any(p != (0, 0) for p in pad):
+        image = np.pad(image, pad, constant_values=float(image.min()))
+        label = np.pad(label, pad)
+    shape = np.array(image.shape[1:])
+    high = shape - np.array(size)
+    foreground = np.argwhere(label[0] > 0)
+    if foreground.size and rng.random() < FOREGROUND_FRACTION:
+        centre = foreground[rng.integers(len(foreground))]
+        corner = np.clip(centre - np.array(size) // 2, 0, high)
+    else:
+        corner = np.array([rng.integers(h + 1) for h in high])
+    window = (slice(None), *(slice(c, c + s) for c, s in zip(corner, size, strict=True)))
+    return image[window], label[window]
+
+
+class ArrayClassificationDataset(_Reseedable):
+    """In-memory volumes with class targets (MedMNIST): uint8 ``(N, D, H, W)`` scaled to [0, 1]."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        augmenter: Augmenter | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        prefix: str = "case",
+    ) -> None:
+        super().__init__(augmenter, seed, rank)
+        self.images = images
+        self.labels = labels
+        self.prefix = prefix
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image = self.images[index][np.newaxis].astype(np.float32) / 255.0
+        if self.augmenter is not None:
+            image = self.augmenter({"image": image})["image"]
+        return {
+            "case_id": f"{self.prefix}-{index:05d}",
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.tensor(int(self.labels[index]), dtype=torch.int64),
+        }
+
+
+def fit_normalizer(
+    normalizer: Normalizer, cases: Sequence[Case], preprocess_config: PreprocessConfig
+) -> Normalizer:
+    """Fit on the training cases only, on their preprocessed grids with label masks."""
+    if not normalizer.needs_fit():
+        return normalizer
+    images, masks = [], []
+    for case in cases:
+        image, label = load_case(case)
+        image, label, _ = preprocess(image, label, preprocess_config)
+        images.append(image)
+        masks.append(label)
+    return normalizer.fit(images, masks if all(m is not None for m in masks) else None)
