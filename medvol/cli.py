@@ -114,6 +114,26 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--seed", type=int, default=0)
     synthesize.set_defaults(run=run_synthesize)
 
+    train = verbs.add_parser("train", parents=[common], help="train a model from a YAML config")
+    train.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key",
+    )
+    train.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    train.set_defaults(run=run_train)
+
+    runs = verbs.add_parser(
+        "runs", parents=[common], help="compare runs: settings and best metrics side by side"
+    )
+    runs.add_argument("folder", type=Path, nargs="?", default=Path("runs"), help="folder of run folders")
+    runs.add_argument("--json", action="store_true", help="machine-readable output")
+    runs.set_defaults(run=run_runs)
+
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -294,7 +314,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
         from medvol.config import load_config
 
         config = load_config(args.source)
-        root, augment = config.data.root, augment_config_from_dict(config.augment)
+        root, augment = config.data.root, augment_config_from_dict(config.augment or {})
     report = validate(root)
     cases = [(case.images, case.label) for case in report.usable if case.label is not None]
     if not cases:
@@ -309,6 +329,24 @@ def run_synthesize(args: argparse.Namespace) -> int:
         print(f"{len(result.errors)} case(s) failed; see {args.out / 'errors.csv'}")
     print(f"manifest {result.manifest}, preview {result.preview}")
     return 1 if result.errors else 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from medvol.config import load_config
+    from medvol.engine.train import train
+
+    config = load_config(args.config, args.overrides)
+    run_dir = train(config, resume=args.resume)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def run_runs(args: argparse.Namespace) -> int:
+    from medvol.engine.runs import format_runs, list_runs
+
+    rows = list_runs(args.folder)
+    print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

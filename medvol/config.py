@@ -112,7 +112,7 @@ class ExperimentConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     preprocess: dict[str, Any] = {}  # medvol.transforms.PreprocessConfig fields
     normalize: dict[str, Any] | None = None  # medvol.transforms.Normalizer.to_dict() form
-    augment: dict[str, Any] = {}  # medvol.augment fields
+    augment: dict[str, Any] | None = None  # medvol.augment.AugmentConfig fields; {} = defaults, null = none
 
     @field_validator("preprocess")
     @classmethod

@@ -1,0 +1,1 @@
+"""The engine: training (one CPU to many GPUs), checkpoints, tracking, validation."""

@@ -1,0 +1,91 @@
+"""One process or many: the device and the torch.distributed process group.
+
+``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; when they are
+present medvol joins the process group (NCCL on CUDA, gloo on CPU) and each
+rank takes its share of the data. Without them it is rank 0 of 1 and nothing
+distributed is touched. medvol reads no other environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process runs and which share of the work is its own."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main rank writes files and logs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
+    """CUDA (this rank's GPU), then Apple MPS, then CPU; or what the user asked for."""
+    if preference == "auto":
+        if torch.cuda.is_available():
+            preference = "cuda"
+        elif torch.backends.mps.is_available():
+            preference = "mps"
+        else:
+            preference = "cpu"
+    if preference == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' was requested but CUDA is not available")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device(preference)
+
+
+def start(preference: str = "auto") -> Runtime:
+    """Join the torchrun process group if launched by torchrun; pick the device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = choose_device(preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+
+
+def stop(runtime: Runtime) -> None:
+    if runtime.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_objects(runtime: Runtime, items: list[Any]) -> list[Any]:
+    """Every rank's list, concatenated in rank order, on every rank."""
+    if not runtime.distributed:
+        return list(items)
+    gathered: list[list[Any] | None] = [None] * runtime.world_size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in (part or [])]
+
+
+def barrier(runtime: Runtime) -> None:
+    if runtime.distributed:
+        dist.barrier()
+
+
+def broadcast_flag(runtime: Runtime, flag: bool) -> bool:
+    """Rank 0's decision (e.g. early stop), on every rank."""
+    if not runtime.distributed:
+        return flag
+    value = [flag]
+    dist.broadcast_object_list(value, src=0)
+    return bool(value[0])

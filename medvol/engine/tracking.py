@@ -1,0 +1,130 @@
+"""Experiment tracking, offline by default: everything about a run lives in its folder.
+
+A run folder holds:
+
+- ``config.yaml``: the resolved config;
+- ``split.json``: the case ids of each split;
+- ``fingerprint.json``: what the data looked like (counts, classes, shapes);
+- ``environment.json``: medvol version, git commit (when run from a git
+  checkout), package versions, Python, device and world size, seeds;
+- ``metrics.jsonl``: one JSON line per epoch (training loss, validation
+  metrics, learning rate, time);
+- ``checkpoints/last.pt`` and ``checkpoints/best.pt``;
+- ``tensorboard/``: event files (when enabled);
+- ``normalizer.json``: the fitted intensity normaliser.
+
+MLflow logging is optional (``tracking.mlflow: true``, package ``mlflow``).
+Only the main rank writes.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from medvol.io.atomic import atomic_path
+
+PACKAGES = ("medvol", "torch", "monai", "numpy", "nibabel", "pydicom", "SimpleITK", "scikit-learn")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, default=str))
+
+
+def git_commit(folder: Path) -> str | None:
+    """The commit of the git checkout holding ``folder`` (``+dirty`` if modified), if any."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
+
+
+def environment(extra: dict[str, Any]) -> dict[str, Any]:
+    """Versions and machine facts that let someone rerun the experiment."""
+    versions: dict[str, str | None] = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "git_commit": git_commit(Path(__file__).resolve().parent),
+        **extra,
+    }
+
+
+class MetricsLogger:
+    """Appends one JSON line per epoch; mirrors scalars to TensorBoard and MLflow."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, mlflow_uri: str | None, run_name: str) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        self.mlflow: Any = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        if mlflow_uri is not None:
+            import mlflow
+
+            mlflow.set_tracking_uri(mlflow_uri)
+            mlflow.set_experiment("medvol")
+            mlflow.start_run(run_name=run_name)
+            self.mlflow = mlflow
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.mlflow is not None:
+            self.mlflow.log_params(params)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Record one epoch: ``{"epoch": int, <name>: float, ...}``."""
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        epoch = int(record["epoch"])
+        scalars = {k: float(v) for k, v in record.items() if k != "epoch" and isinstance(v, int | float)}
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, epoch)
+            self.writer.flush()
+        if self.mlflow is not None:
+            self.mlflow.log_metrics(scalars, step=epoch)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        if self.mlflow is not None:
+            self.mlflow.end_run()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The epochs recorded in a run folder's ``metrics.jsonl``."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Replace ``metrics.jsonl`` with the epochs a checkpoint recorded (used when resuming)."""
+    with atomic_path(run_dir / "metrics.jsonl") as temporary:
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in history))

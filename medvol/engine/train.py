@@ -1,0 +1,361 @@
+"""Training from a config: one code path for one CPU, one GPU, or many under torchrun.
+
+``train(config)`` builds the data, model, loss, optimiser and schedule, then
+for each epoch: trains on this rank's share of the training cases, validates
+every ``val_every`` epochs on this rank's share of the validation cases (the
+per-case results are gathered, so every case counts exactly once), keeps the
+best checkpoint by the chosen metric, writes the last checkpoint atomically,
+and stops early when the metric stops improving. Only rank 0 writes.
+
+Resuming (``resume=True``) reloads the last checkpoint, including every RNG
+state and the early-stopping counter; since the data order and augmentation
+are reseeded from (seed, epoch), the resumed run continues exactly as the
+uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from medvol.config import ExperimentConfig, dump_config
+from medvol.engine import distributed
+from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from medvol.engine.data import TaskData, build_task_data
+from medvol.engine.distributed import Runtime
+from medvol.engine.tracking import MetricsLogger, environment, rewrite_metrics, write_json
+from medvol.engine.validate import validate
+from medvol.errors import MedvolError
+from medvol.losses import create_loss
+from medvol.models import create_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Progress:
+    """What carries over from epoch to epoch (and through a resume)."""
+
+    epoch: int = 0  # the next epoch to run
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    stale_validations: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(config: ExperimentConfig, resume: bool = False) -> Path:
+    """Run (or resume) the experiment; returns its run folder."""
+    runtime = distributed.start(config.train.device)
+    try:
+        return _train(config, runtime, resume)
+    finally:
+        distributed.stop(runtime)
+
+
+def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
+    run_dir = config.tracking.output_dir / config.tracking.name
+    checkpoint_dir = run_dir / "checkpoints"
+    if runtime.is_main:
+        _prepare_run_dir(run_dir, resume)
+    distributed.barrier(runtime)
+    torch.manual_seed(config.train.seed)
+    np.random.seed(config.train.seed)
+
+    data = build_task_data(config, runtime, run_dir)
+    model = create_model(config.model.name, **config.model.options).to(runtime.device)
+    if runtime.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    loss_fn = create_loss(config.loss.name, **config.loss.options).to(runtime.device)
+    optimizer = build_optimizer(config, model.parameters())
+    schedule = build_schedule(config, optimizer)
+    progress = Progress()
+
+    if resume:
+        state = load_checkpoint(checkpoint_dir / "last.pt", map_location=runtime.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        progress = Progress(**state["progress"])
+        restore_rng(state["rng"])
+        if runtime.is_main:
+            rewrite_metrics(run_dir, progress.history)
+    elif runtime.is_main:
+        _write_run_files(config, runtime, run_dir, data)
+
+    trained: nn.Module = model
+    if runtime.distributed:
+        trained = DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
+    tracker = (
+        MetricsLogger(
+            run_dir, config.tracking.tensorboard, _mlflow_uri(config, run_dir), config.tracking.name
+        )
+        if runtime.is_main
+        else None
+    )
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        data.train,
+        num_replicas=runtime.world_size,
+        rank=runtime.rank,
+        shuffle=True,
+        seed=config.train.seed,
+        drop_last=True,
+    )
+    loader = _loader(data.train, config, sampler, runtime)
+    autocast = _autocast(config.train.amp, runtime.device)
+    scaler = torch.amp.GradScaler(enabled=config.train.amp == "fp16" and runtime.device.type == "cuda")
+
+    try:
+        while progress.epoch < config.train.epochs:
+            epoch = progress.epoch
+            started = time.perf_counter()
+            sampler.set_epoch(epoch)
+            data.train.set_epoch(epoch)
+            train_loss = _train_one_epoch(
+                trained, loader, loss_fn, optimizer, scaler, autocast, config, runtime, epoch
+            )
+            record: dict[str, Any] = {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+            }
+            schedule.step()
+            if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
+                model.eval()
+                metrics = validate(model, data, config, runtime, autocast, loss_fn)
+                model.train()
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                _update_best(progress, metrics, config, epoch)
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            progress.history.append(record)
+            progress.epoch = epoch + 1
+            stop = (
+                config.train.early_stop_patience is not None
+                and progress.stale_validations >= config.train.early_stop_patience
+            )
+            if runtime.is_main and tracker is not None:
+                # Checkpoint first: it carries the history, so metrics.jsonl can be rebuilt.
+                _save(model, optimizer, schedule, progress, config, data, checkpoint_dir, epoch)
+                tracker.log(record)
+                logger.info(_epoch_line(record, config))
+                print(_epoch_line(record, config), flush=True)
+            if distributed.broadcast_flag(runtime, stop):
+                if runtime.is_main:
+                    print(
+                        f"early stop: no improvement in {progress.stale_validations} validations", flush=True
+                    )
+                break
+    finally:
+        if tracker is not None:
+            tracker.close()
+    distributed.barrier(runtime)
+    return run_dir
+
+
+def build_optimizer(config: ExperimentConfig, parameters: Iterator[nn.Parameter]) -> torch.optim.Optimizer:
+    settings = config.optimizer
+    if settings.name == "sgd":
+        return torch.optim.SGD(
+            parameters,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            weight_decay=settings.weight_decay,
+            nesterov=True,
+        )
+    optimizer = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
+    return optimizer(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def learning_rate_factor(config: ExperimentConfig, epoch: int) -> float:
+    """The multiplier of the base learning rate for ``epoch`` (0-based)."""
+    schedule, epochs = config.schedule, config.train.epochs
+    if epoch < schedule.warmup_epochs:
+        return (epoch + 1) / (schedule.warmup_epochs + 1)
+    if schedule.name == "multistep":
+        return schedule.gamma ** sum(epoch >= milestone for milestone in schedule.milestones)
+    progress = (epoch - schedule.warmup_epochs) / max(1, epochs - schedule.warmup_epochs)
+    if schedule.name == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if schedule.name == "poly":
+        return (1.0 - progress) ** schedule.power
+    return 1.0
+
+
+def build_schedule(
+    config: ExperimentConfig, optimizer: torch.optim.Optimizer
+) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: learning_rate_factor(config, epoch))
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    last = run_dir / "checkpoints" / "last.pt"
+    if resume and not last.is_file():
+        raise MedvolError(run_dir, "nothing to resume: no checkpoints/last.pt")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise MedvolError(
+            run_dir, "run folder exists; pass --resume to continue it or choose another tracking.name"
+        )
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def _write_run_files(config: ExperimentConfig, runtime: Runtime, run_dir: Path, data: TaskData) -> None:
+    from medvol.io.atomic import atomic_path
+
+    with atomic_path(run_dir / "config.yaml") as temporary:
+        temporary.write_text(dump_config(config))
+    write_json(run_dir / "split.json", data.split)
+    write_json(run_dir / "fingerprint.json", data.fingerprint)
+    if data.normalizer_state is not None:
+        write_json(run_dir / "normalizer.json", data.normalizer_state)
+    write_json(
+        run_dir / "environment.json",
+        environment(
+            {
+                "device": str(runtime.device),
+                "world_size": runtime.world_size,
+                "seeds": {"train": config.train.seed, "split": config.data.split.seed},
+                "torch_threads": torch.get_num_threads(),
+            }
+        ),
+    )
+
+
+def _mlflow_uri(config: ExperimentConfig, run_dir: Path) -> str | None:
+    if not config.tracking.mlflow:
+        return None
+    return config.tracking.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+
+
+def _loader(
+    dataset: Dataset[Any], config: ExperimentConfig, sampler: DistributedSampler[Any], runtime: Runtime
+) -> DataLoader[Any]:
+    from medvol.data.dataset import seed_worker
+
+    per_rank = config.train.batch_size // runtime.world_size
+    if per_rank * runtime.world_size != config.train.batch_size:
+        raise MedvolError(
+            None, f"train.batch_size {config.train.batch_size} is not divisible by {runtime.world_size} ranks"
+        )
+    return DataLoader(
+        dataset,
+        batch_size=per_rank,
+        sampler=sampler,
+        num_workers=config.data.num_workers,
+        worker_init_fn=seed_worker,
+        pin_memory=runtime.device.type == "cuda",
+        drop_last=True,
+    )
+
+
+def _autocast(amp: str, device: torch.device) -> AbstractContextManager[Any]:
+    if amp == "none":
+        return nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: AbstractContextManager[Any],
+    config: ExperimentConfig,
+    runtime: Runtime,
+    epoch: int,
+) -> float:
+    """One pass over this rank's training share; returns the mean loss over all ranks."""
+    model.train()
+    total, batches = 0.0, 0
+    bar = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{config.train.epochs}",
+        disable=None if runtime.is_main else True,
+        leave=False,
+    )
+    for batch in bar:
+        images = batch["image"].to(runtime.device, non_blocking=True)
+        targets = batch["label"].to(runtime.device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with autocast:
+            outputs = model(images)
+            loss = loss_fn(outputs, targets)
+        scaler.scale(loss).backward()
+        if config.train.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        total += float(loss.detach())
+        batches += 1
+        bar.set_postfix(loss=f"{total / batches:.4f}")
+    losses = distributed.gather_objects(runtime, [(total, batches)])
+    return sum(t for t, _ in losses) / max(1, sum(n for _, n in losses))
+
+
+def _update_best(progress: Progress, metrics: dict[str, float], config: ExperimentConfig, epoch: int) -> None:
+    name = config.train.metric
+    if name not in metrics:
+        raise MedvolError(
+            None, f"train.metric {name!r} is not a validation metric here; choose from {sorted(metrics)}"
+        )
+    value = metrics[name]
+    better = (
+        progress.best_metric is None
+        or (config.train.metric_mode == "max" and value > progress.best_metric)
+        or (config.train.metric_mode == "min" and value < progress.best_metric)
+    )
+    if better and not math.isnan(value):
+        progress.best_metric, progress.best_epoch, progress.stale_validations = value, epoch, 0
+    else:
+        progress.stale_validations += 1
+
+
+def _save(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LambdaLR,
+    progress: Progress,
+    config: ExperimentConfig,
+    data: TaskData,
+    checkpoint_dir: Path,
+    epoch: int,
+) -> None:
+    import medvol
+
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "progress": progress.__dict__,
+        "rng": capture_rng(),
+        "config": config.model_dump(mode="json"),
+        "normalizer": data.normalizer_state,
+        "medvol_version": medvol.__version__,
+    }
+    save_checkpoint(state, checkpoint_dir / "last.pt")
+    if progress.best_epoch == epoch:
+        save_checkpoint(state, checkpoint_dir / "best.pt")
+
+
+def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
+    parts = [f"epoch {record['epoch'] + 1}/{config.train.epochs}", f"loss {record['train_loss']:.4f}"]
+    parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float)]
+    parts.append(f"lr {record['lr']:.2e}")
+    parts.append(f"{record['seconds']:.1f}s")
+    return "  ".join(parts)

@@ -1,0 +1,120 @@
+"""Models by name: ``create_model("resnet18", num_classes=3)``.
+
+The same small lookup (:func:`build`) serves the losses in ``medvol.losses``:
+a name that is not registered, or an option the factory does not take, is a
+:class:`ConfigurationError` that names it, suggests the closest known name and
+lists what is accepted. Options are checked against the factory's signature
+*before* it is called, so a misspelt option never surfaces as a ``TypeError``
+from deep inside a network constructor.
+
+The model modules are imported on first use, so ``medvol.models.resnet`` and
+``medvol.losses`` can import :class:`ConfigurationError` from here without an
+import cycle.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+from torch import nn
+
+from medvol.errors import MedvolError
+
+T = TypeVar("T")
+
+
+class ConfigurationError(MedvolError, ValueError):
+    """A model or loss name, or an option value, that medvol cannot build.
+
+    A ``ValueError`` too, so callers that expect the standard exception for a
+    bad argument still catch it; a ``MedvolError`` so that the CLI prints it as
+    a one-line user error.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(None, problem)
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: one of :func:`available_models`, e.g. ``"resnet18"`` or ``"dynunet"``.
+        **options: keyword options of that model (see its factory's docstring),
+            e.g. ``in_channels``, ``num_classes``, ``norm``.
+
+    Returns:
+        The model, in training mode, on the CPU.
+
+    Raises:
+        ConfigurationError: unknown name, unknown option or invalid option value.
+    """
+    return build("model", _models(), name, options)
+
+
+def available_models() -> list[str]:
+    """The registered model names: the ResNets by depth, then the segmenters."""
+    return list(_models())
+
+
+def build(kind: str, factories: Mapping[str, Callable[..., T]], name: str, options: Mapping[str, Any]) -> T:
+    """Call ``factories[name](**options)`` after checking the name and the option names.
+
+    Args:
+        kind: what is being built, for messages ("model", "loss").
+        factories: registered names and their factories (functions or classes).
+        name: the requested name.
+        options: keyword options for the factory.
+
+    Raises:
+        ConfigurationError: the name is not registered, an option is not a keyword
+            the factory takes, or a required option is missing.
+    """
+    if not isinstance(name, str) or name not in factories:
+        known = sorted(factories)
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigurationError(f"unknown {kind} {name!r}{hint}; available: {', '.join(known)}")
+    factory = factories[name]
+    parameters = inspect.signature(factory).parameters
+    accepted = [
+        key
+        for key, parameter in parameters.items()
+        if parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigurationError(
+            f"{kind} {name!r} got unknown option(s) {', '.join(hints)}; "
+            f"its options are: {', '.join(accepted) or 'none'}"
+        )
+    missing = [
+        key for key in accepted if parameters[key].default is inspect.Parameter.empty and key not in options
+    ]
+    if missing:
+        raise ConfigurationError(f"{kind} {name!r} needs the option(s) {', '.join(missing)}")
+    return factory(**options)
+
+
+@functools.cache
+def _models() -> dict[str, Callable[..., nn.Module]]:
+    from medvol.models import resnet, segmenters
+
+    table: dict[str, Callable[..., nn.Module]] = {
+        f"resnet{depth}": functools.partial(resnet.ResNet3d, depth) for depth in resnet.DEPTHS
+    }
+    table.update(
+        unet=segmenters.unet,
+        residual_unet=segmenters.residual_unet,
+        segresnet=segmenters.segresnet,
+        dynunet=segmenters.dynunet,
+    )
+    return table
