@@ -225,3 +225,18 @@ def test_learning_rate_schedules() -> None:
     factors = [learning_rate_factor(cosine, e) for e in range(10)]
     assert factors[0] < factors[1] < factors[2] == 1.0
     assert all(a >= b for a, b in itertools.pairwise(factors[2:]))
+
+
+def test_mlflow_logging_to_a_local_store(adrenal_subset: Path, tmp_path: Path) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "tracked", epochs=2)
+    config["tracking"]["mlflow"] = True
+    assert main(["train", str(write_config(tmp_path / "tracked.yaml", config))]) == 0
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'tracked' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("medvol")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.data.params["model.name"] == "resnet10"
+    assert run.data.params["train.epochs"] == "2"
+    history = client.get_metric_history(run.info.run_id, "val_auc")
+    assert [m.step for m in history] == [0, 1]
+    assert history[-1].value == pytest.approx(metrics(tmp_path / "runs" / "tracked")[-1]["val_auc"])

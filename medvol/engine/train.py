@@ -107,6 +107,8 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
         if runtime.is_main
         else None
     )
+    if tracker is not None and not resume:
+        tracker.log_params(_flatten(config.model_dump(mode="json")))
     sampler: DistributedSampler[Any] = DistributedSampler(
         data.train,
         num_replicas=runtime.world_size,
@@ -237,7 +239,7 @@ def _write_run_files(config: ExperimentConfig, runtime: Runtime, run_dir: Path, 
 def _mlflow_uri(config: ExperimentConfig, run_dir: Path) -> str | None:
     if not config.tracking.mlflow:
         return None
-    return config.tracking.mlflow_uri or (run_dir / "mlruns").resolve().as_uri()
+    return config.tracking.mlflow_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
 
 
 def _loader(
@@ -351,6 +353,17 @@ def _save(
     save_checkpoint(state, checkpoint_dir / "last.pt")
     if progress.best_epoch == epoch:
         save_checkpoint(state, checkpoint_dir / "best.pt")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}`` (MLflow params are flat)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
