@@ -15,7 +15,6 @@ uninterrupted one would have.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -41,8 +40,6 @@ from medvol.engine.validate import validate
 from medvol.errors import MedvolError
 from medvol.losses import create_loss
 from medvol.models import create_model
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -127,13 +124,12 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             started = time.perf_counter()
             sampler.set_epoch(epoch)
             data.train.set_epoch(epoch)
-            train_loss = _train_one_epoch(
-                trained, loader, loss_fn, optimizer, scaler, autocast, config, runtime, epoch
-            )
             record: dict[str, Any] = {
                 "epoch": epoch,
-                "train_loss": train_loss,
                 "lr": optimizer.param_groups[0]["lr"],
+                **_train_one_epoch(
+                    trained, loader, loss_fn, optimizer, scaler, autocast, config, runtime, epoch
+                ),
             }
             schedule.step()
             if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
@@ -153,7 +149,6 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 # Checkpoint first: it carries the history, so metrics.jsonl can be rebuilt.
                 _save(model, optimizer, schedule, progress, config, data, checkpoint_dir, epoch)
                 tracker.log(record)
-                logger.info(_epoch_line(record, config))
                 print(_epoch_line(record, config), flush=True)
             if distributed.broadcast_flag(runtime, stop):
                 if runtime.is_main:
@@ -280,17 +275,26 @@ def _train_one_epoch(
     config: ExperimentConfig,
     runtime: Runtime,
     epoch: int,
-) -> float:
-    """One pass over this rank's training share; returns the mean loss over all ranks."""
+) -> dict[str, float]:
+    """One pass over this rank's training share.
+
+    Returns:
+        ``train_loss`` (mean over all ranks' batches), ``samples_per_s`` (all
+        ranks) and ``data_wait_share``: the fraction of the epoch this rank
+        spent waiting for the next batch rather than computing.
+    """
     model.train()
-    total, batches = 0.0, 0
+    total, batches, samples, waited = 0.0, 0, 0, 0.0
+    started = time.perf_counter()
     bar = tqdm(
         loader,
         desc=f"epoch {epoch + 1}/{config.train.epochs}",
         disable=None if runtime.is_main else True,
         leave=False,
     )
+    ready = time.perf_counter()
     for batch in bar:
+        waited += time.perf_counter() - ready
         images = batch["image"].to(runtime.device, non_blocking=True)
         targets = batch["label"].to(runtime.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
@@ -305,9 +309,16 @@ def _train_one_epoch(
         scaler.update()
         total += float(loss.detach())
         batches += 1
+        samples += len(images)
         bar.set_postfix(loss=f"{total / batches:.4f}")
-    losses = distributed.gather_objects(runtime, [(total, batches)])
-    return sum(t for t, _ in losses) / max(1, sum(n for _, n in losses))
+        ready = time.perf_counter()
+    elapsed = time.perf_counter() - started
+    parts = distributed.gather_objects(runtime, [(total, batches, samples)])
+    return {
+        "train_loss": sum(p[0] for p in parts) / max(1, sum(p[1] for p in parts)),
+        "samples_per_s": round(sum(p[2] for p in parts) / elapsed, 3),
+        "data_wait_share": round(waited / elapsed, 4),
+    }
 
 
 def _update_best(progress: Progress, metrics: dict[str, float], config: ExperimentConfig, epoch: int) -> None:
@@ -370,5 +381,6 @@ def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
     parts = [f"epoch {record['epoch'] + 1}/{config.train.epochs}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float)]
     parts.append(f"lr {record['lr']:.2e}")
+    parts.append(f"{record['samples_per_s']:.1f} samples/s (data wait {100 * record['data_wait_share']:.0f}%)")
     parts.append(f"{record['seconds']:.1f}s")
     return "  ".join(parts)
