@@ -381,6 +381,7 @@ def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
     parts = [f"epoch {record['epoch'] + 1}/{config.train.epochs}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float)]
     parts.append(f"lr {record['lr']:.2e}")
-    parts.append(f"{record['samples_per_s']:.1f} samples/s (data wait {100 * record['data_wait_share']:.0f}%)")
+    wait = 100 * record["data_wait_share"]
+    parts.append(f"{record['samples_per_s']:.1f} samples/s (data wait {wait:.0f}%)")
     parts.append(f"{record['seconds']:.1f}s")
     return "  ".join(parts)
