@@ -12,6 +12,7 @@ import pytest
 
 from medvol.cli import main
 from medvol.data import validate
+from medvol.data.dataset import load_case
 from medvol.errors import MedvolError
 
 
@@ -121,3 +122,31 @@ def test_manifest_without_image_column_is_refused(tmp_path: Path) -> None:
     (tmp_path / "cases.csv").write_text("scan,label\nx.nii.gz,y.nii.gz\n")
     with pytest.raises(MedvolError, match="no 'image' column"):
         validate(tmp_path / "cases.csv")
+
+
+def test_dicom_folders_become_unlabelled_cases(tmp_path: Path) -> None:
+    from tests.dicom_factory import Geometry, write_series
+
+    root = tmp_path / "scans"
+    first = write_series(root / "patient-a" / "study", Geometry(), series_number=1)
+    write_series(root / "patient-b", Geometry(slices=5), series_number=1)
+    write_series(root / "patient-b", Geometry(rows=8, columns=8), series_number=2, seed=1)
+    broken = write_series(root / "patient-c", Geometry(), series_number=1)
+    victim = next(p for p in (root / "patient-c").iterdir())
+    victim.write_bytes(victim.read_bytes()[:300])
+    (root / "notes.txt").write_text("not an image")
+    report = validate(root)
+    assert report.layout == "dicom"
+    assert len(report.cases) == 4
+    assert all(c.case_id.startswith("dicom-") and c.series is not None for c in report.cases)
+    assert validate(root).cases == report.cases  # stable ids
+    unreadable = [f for f in report.findings if f.kind == "unreadable"]
+    assert any(f.path == str(victim) for f in unreadable)
+    patient_c = next(c for c in report.cases if c.images[0] == root / "patient-c")
+    assert patient_c.case_id in report.unusable_ids
+    two = [c for c in report.cases if c.images[0] == root / "patient-b"]
+    shapes = sorted(load_case(c)[0].shape for c in two)
+    assert shapes == [(8, 8, 8), (16, 12, 5)]
+    assert first is not None and broken is not None
+    # Patient folder names are paths, not ids: nothing of "patient" leaks into case ids.
+    assert not any("patient" in c.case_id for c in report.cases)

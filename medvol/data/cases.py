@@ -5,6 +5,9 @@ Layouts understood:
 - MSD / nnU-Net: ``imagesTr/`` (channels as ``CASE_0000.nii.gz``, ``_0001`` ...),
   ``labelsTr/`` and optionally ``dataset.json`` declaring the label classes;
 - flat ``images/`` + ``labels/`` folders with matching file names;
+- any other folder: every DICOM image series below it is an (unlabelled)
+  case, named ``dicom-<hash>`` by a stable hash of its series UID and folder
+  (never by patient data), for indexing and prediction;
 - a CSV manifest with a column ``image`` (or ``image_0000``, ``image_0001`` ...
   for channels), and optionally ``case_id``, ``label`` (a label-map path),
   ``class`` (a classification target) and ``patient_id``; relative paths are
@@ -56,6 +59,7 @@ class Case:
     label: Path | None
     target: str | None = None
     patient_id: str | None = None
+    series: str | None = None  # which DICOM series of ``images[0]`` (a folder), when it holds several
 
     @property
     def annotated(self) -> bool:
@@ -128,10 +132,7 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
     elif (root / "images").is_dir():
         layout, image_dir, label_dir = "flat", root / "images", root / "labels"
     else:
-        raise MedvolError(
-            root,
-            "unknown layout: expected imagesTr/ + labelsTr/ (MSD, nnU-Net), images/ + labels/, or a .csv",
-        )
+        return ("dicom", *discover_dicom(root))
     findings: list[Finding] = []
     images = _files_by_case(image_dir, split_channels=layout == "msd", findings=findings)
     labels = _files_by_case(label_dir, split_channels=False, findings=findings) if label_dir.is_dir() else {}
@@ -149,6 +150,48 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
             )
         cases.append(Case(case_id, channel_files, label_files[0] if label_files else None))
     return layout, cases, findings
+
+
+def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
+    """Each DICOM image series below ``root`` as an unlabelled case.
+
+    Case ids hash the series UID and the series' folder relative to ``root``,
+    so they are stable between runs and carry no patient data. An unreadable
+    DICOM file makes every series in its folder unusable (its slice may
+    belong to any of them).
+
+    Raises:
+        MedvolError: nothing below ``root`` is a DICOM image.
+    """
+    from medvol.io.dicom import scan_folder
+
+    series, skipped = scan_folder(root, collect_errors=True)
+    if not series:
+        raise MedvolError(
+            root,
+            "unknown layout: no DICOM series, no imagesTr/ + labelsTr/ (MSD, nnU-Net), no images/ + labels/",
+        )
+    findings: list[Finding] = []
+    corrupt_folders = {Path(s.path).parent for s in skipped if s.corrupt}
+    for item in skipped:
+        if item.corrupt:
+            findings.append(Finding("unreadable", "error", None, item.path, item.reason))
+    cases = []
+    for found in series:
+        folder = Path(found.first.path).parent
+        identity = f"{found.key}|{folder.relative_to(root)}".encode()
+        case_id = "dicom-" + hashlib.sha256(identity).hexdigest()[:12]
+        cases.append(Case(case_id, (folder,), None, series=found.key))
+        if folder in corrupt_folders:
+            findings.append(
+                Finding(
+                    "unreadable", "error", case_id, str(folder), "an unreadable DICOM file is in this folder"
+                )
+            )
+        findings.append(
+            Finding("image_without_label", "error", case_id, str(folder), "no label (DICOM series)")
+        )
+    return sorted(cases, key=lambda c: c.case_id), findings
 
 
 def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
@@ -292,7 +335,7 @@ def _check_case(
     content_owner: dict[str, str],
 ) -> None:
     try:
-        images = [load(path) for path in case.images]
+        images = [load(path, series=case.series) for path in case.images]
         label = None if case.label is None else load(case.label)
     except MedvolError as error:
         findings.append(Finding("unreadable", "error", case.case_id, str(error.path), error.problem))

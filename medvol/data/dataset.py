@@ -40,7 +40,7 @@ FOREGROUND_FRACTION = 1 / 3
 
 def load_case(case: Case) -> tuple[Volume, Volume | None]:
     """The case's channels stacked into one Volume, and its label map (if any)."""
-    channels = [load(path) for path in case.images]
+    channels = [load(path, series=case.series) for path in case.images]
     image = channels[0]
     if len(channels) > 1:
         array = np.concatenate([channel.array.astype(np.float32) for channel in channels])

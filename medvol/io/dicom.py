@@ -117,10 +117,15 @@ class SliceHeader:
 
 @dataclass(frozen=True)
 class SkippedFile:
-    """A file in a DICOM folder that is not part of any image series, and why."""
+    """A file in a DICOM folder that is not part of any image series, and why.
+
+    ``corrupt`` marks a DICOM file that could not be read (only reported when a
+    scan is asked to collect errors instead of raising).
+    """
 
     path: str
     reason: str
+    corrupt: bool = False
 
 
 @dataclass(frozen=True)
@@ -364,20 +369,34 @@ def _float_or_none(value: Any) -> float | None:
         return None
 
 
-def _read_headers(paths: Sequence[Path]) -> list[SliceHeader | SkippedFile]:
-    return [read_header(path) for path in paths]
+def _read_headers(paths: Sequence[Path], collect_errors: bool = False) -> list[SliceHeader | SkippedFile]:
+    results: list[SliceHeader | SkippedFile] = []
+    for path in paths:
+        try:
+            results.append(read_header(path))
+        except UnreadableFileError as error:
+            if not collect_errors:
+                raise
+            results.append(SkippedFile(str(path), error.problem, corrupt=True))
+    return results
 
 
-def scan_headers(paths: Sequence[Path], workers: int | None = None) -> list[SliceHeader | SkippedFile]:
-    """Read the headers of many files, in parallel processes for large lists."""
+def scan_headers(
+    paths: Sequence[Path], workers: int | None = None, collect_errors: bool = False
+) -> list[SliceHeader | SkippedFile]:
+    """Read the headers of many files, in parallel processes for large lists.
+
+    With ``collect_errors`` an unreadable file becomes a ``SkippedFile`` marked
+    ``corrupt`` instead of raising, so one bad file does not stop a whole scan.
+    """
     workers = workers or os.cpu_count() or 1
     if len(paths) < PARALLEL_SCAN_MIN_FILES or workers == 1:
-        return _read_headers(paths)
+        return _read_headers(paths, collect_errors)
     chunk = max(32, len(paths) // (workers * 4))
     chunks = [paths[start : start + chunk] for start in range(0, len(paths), chunk)]
     results: list[SliceHeader | SkippedFile] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        for part in pool.map(_read_headers, chunks):
+        for part in pool.map(_read_headers, chunks, [collect_errors] * len(chunks)):
             results.extend(part)
     return results
 
@@ -391,12 +410,15 @@ def list_files(folder: Path) -> list[Path]:
     return files
 
 
-def scan_folder(folder: str | Path) -> tuple[list[DicomSeries], list[SkippedFile]]:
+def scan_folder(
+    folder: str | Path, collect_errors: bool = False
+) -> tuple[list[DicomSeries], list[SkippedFile]]:
     """Find the DICOM image series below a folder from headers alone.
 
     Raises:
         SeriesError: the folder does not exist or holds no files.
-        UnreadableFileError: a DICOM file below it is empty or corrupt.
+        UnreadableFileError: a DICOM file below it is empty or corrupt (unless
+            ``collect_errors``: then it is returned as a corrupt ``SkippedFile``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -404,7 +426,7 @@ def scan_folder(folder: str | Path) -> tuple[list[DicomSeries], list[SkippedFile
     files = list_files(folder)
     if not files:
         raise SeriesError(folder, "empty folder: no files to read")
-    results = scan_headers(files)
+    results = scan_headers(files, collect_errors=collect_errors)
     headers = [r for r in results if isinstance(r, SliceHeader)]
     skipped = [r for r in results if isinstance(r, SkippedFile)]
     return group_series(headers), skipped
