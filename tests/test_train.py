@@ -240,3 +240,14 @@ def test_mlflow_logging_to_a_local_store(adrenal_subset: Path, tmp_path: Path) -
     history = client.get_metric_history(run.info.run_id, "val_auc")
     assert [m.step for m in history] == [0, 1]
     assert history[-1].value == pytest.approx(metrics(tmp_path / "runs" / "tracked")[-1]["val_auc"])
+
+
+def test_early_stopping_ends_a_run_that_stops_improving(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "stale", epochs=6, norm="group")
+    config["optimizer"]["lr"] = 1e-12  # weights, and with group norm the validation AUC, never change
+    config["train"]["early_stop_patience"] = 2
+    assert main(["train", str(write_config(tmp_path / "stale.yaml", config))]) == 0
+    assert len(metrics(tmp_path / "runs" / "stale")) == 3  # epoch 1 sets the best, 2 and 3 do not improve
+    assert "early stop" in capsys.readouterr().out
