@@ -52,7 +52,7 @@ def load_medmnist(path: str | Path) -> dict[str, MedMNISTSplit]:
             raise UnreadableFileError(
                 path, f"{split}: {images.shape[0]} images but labels of shape {labels.shape}"
             )
-        flat = labels.reshape(labels.shape[0], -1)
+        flat = labels if labels.ndim == 2 else labels[:, np.newaxis]  # (N, 1) even for N = 0
         if flat.shape[1] != 1:
             raise UnreadableFileError(path, f"{split}: multi-label targets {labels.shape} are not supported")
         splits[split] = MedMNISTSplit(images=images, labels=flat[:, 0].astype(np.int64))
