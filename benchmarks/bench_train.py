@@ -26,10 +26,14 @@ Parts (every part times its baseline in the same run):
    c, ...) after warm-up steps: fp32 (default), ``channels_last_3d`` (model and
    input), bf16 autocast, both, and ``torch.compile`` (compile time, i.e. the
    first step minus a steady step, reported apart from the steady state). For
-   the ResNet-18 above (28³, batch 32, real images) and the hippocampus UNet of
-   ``configs/hippocampus-unet-cpu.yaml`` (40×56×40 patches, batch 4, Dice + CE,
-   random inputs). The first step's loss from identical weights and batch is
+   the ResNet-18 above at the protocol width (28³, batch 32, real images), the
+   hippocampus UNet of ``configs/hippocampus-unet-cpu.yaml`` (40×56×40
+   patches, batch 4, Dice + CE, random inputs) and the UNet with medvol's
+   defaults (64³, batch 2). Dynamo is reset before each model, so every model
+   compiles afresh. The first step's loss from identical weights and batch is
    recorded per option, to show what bf16 changes numerically.
+
+``--only trainer|options`` and ``--case NAME`` run a part or one case.
 
 The JSON report goes to stdout (and ``--out``); progress goes to stderr.
 """
