@@ -134,6 +134,47 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(run=run_runs)
 
+    evaluate = verbs.add_parser(
+        "evaluate", parents=[common], help="score a trained run on its validation or test cases, with CIs"
+    )
+    evaluate.add_argument("run_dir", type=Path, help="run folder written by `medvol train`")
+    which = evaluate.add_mutually_exclusive_group()
+    which.add_argument("--split", choices=["val", "test"], default="val", help="which split (default val)")
+    which.add_argument("--cases", type=Path, help="manifest CSV of other labelled cases (`medvol index`)")
+    evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    evaluate.add_argument("--out", type=Path, help="output folder (default RUN_DIR/evaluation-SPLIT)")
+    evaluate.add_argument("--threshold", type=float, default=0.5, help="classification decision threshold")
+    evaluate.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
+    evaluate.add_argument("--tta", action="store_true", help="average over axis flips (segmentation)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    evaluate.set_defaults(run=run_evaluate)
+
+    predict = verbs.add_parser("predict", parents=[common], help="run a trained model over a folder of scans")
+    predict.add_argument("run_dir", type=Path, help="run folder written by `medvol train`")
+    predict.add_argument(
+        "in_dir", type=Path, help="folder of scans (DICOM series, NIfTI, NRRD, MHA), searched recursively"
+    )
+    predict.add_argument("out_dir", type=Path, help="output folder")
+    predict.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    predict.add_argument("--tta", action="store_true", help="average over axis flips (segmentation)")
+    predict.add_argument(
+        "--largest-component", action="store_true", help="keep the largest component of each class"
+    )
+    predict.add_argument("--probabilities", action="store_true", help="also write probability maps")
+    predict.add_argument("--dicom-seg", action="store_true", help="also write DICOM SEG for DICOM inputs")
+    predict.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    predict.add_argument("--shard", default=None, metavar="I/N", help="take shard I of N (0-based)")
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    predict.set_defaults(run=run_predict)
+
+    report = verbs.add_parser(
+        "report", parents=[common], help="write an HTML or Markdown report and model card for a run"
+    )
+    report.add_argument("run_dir", type=Path, help="run folder written by `medvol train`")
+    report.add_argument("--format", choices=["html", "md"], default="html")
+    report.add_argument("--out", type=Path, help="output folder (default RUN_DIR/report)")
+    report.set_defaults(run=run_report)
+
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -347,6 +388,24 @@ def run_runs(args: argparse.Namespace) -> int:
     rows = list_runs(args.folder)
     print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
     return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from medvol.evaluate import run_cli
+
+    return run_cli(args)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from medvol.predict import run_cli
+
+    return run_cli(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from medvol.report import run_cli
+
+    return run_cli(args)
 
 
 def run_demo(args: argparse.Namespace) -> int:
