@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from medvol.cli import main
-from medvol.data import validate
+from medvol.data import validate, write_manifest
+from medvol.data.cases import declared_classes
 from medvol.data.dataset import load_case
 from medvol.errors import MedvolError
 
@@ -75,6 +76,16 @@ def test_index_cli_writes_manifest_and_report(msd_folder: Path, tmp_path: Path) 
     assert {r["case_id"]: r["usable"] for r in rows}["shifted"] == "0"
     report = json.loads(out.with_suffix(".report.json").read_text())
     assert report["usable_pairs"] == 2
+
+
+def test_written_manifest_reads_back_as_the_same_cases(msd_folder: Path, tmp_path: Path) -> None:
+    original = validate(msd_folder)
+    manifest = write_manifest(original, tmp_path / "cases.csv")
+    reread = validate(manifest, classes=declared_classes(msd_folder))  # a CSV has no dataset.json
+    assert [(c.case_id, c.images, c.label) for c in reread.cases] == [
+        (c.case_id, c.images, c.label) for c in original.cases
+    ]
+    assert sorted(c.case_id for c in reread.usable) == sorted(c.case_id for c in original.usable)
 
 
 def test_hippocampus_reports_exactly_the_known_anomalies(shared_data: Path) -> None:

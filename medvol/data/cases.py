@@ -9,9 +9,11 @@ Layouts understood:
   case, named ``dicom-<hash>`` by a stable hash of its series UID and folder
   (never by patient data), for indexing and prediction;
 - a CSV manifest with a column ``image`` (or ``image_0000``, ``image_0001`` ...
-  for channels), and optionally ``case_id``, ``label`` (a label-map path),
-  ``class`` (a classification target) and ``patient_id``; relative paths are
-  relative to the CSV file.
+  for channels, or ``images`` with channels joined by ``;`` as ``medvol index``
+  writes it), and optionally ``case_id``, ``label`` (a label-map path),
+  ``class`` (a classification target), ``patient_id`` and ``series`` (which
+  DICOM series of an image folder); relative paths are relative to the CSV
+  file. A manifest written by ``medvol index`` reads back as the same cases.
 
 Validation never stops at the first problem: every case is checked and every
 finding is recorded with its case, file, severity and a sentence. A case with
@@ -208,14 +210,17 @@ def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
             columns = list(rows[0]) if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise MedvolError(path, f"cannot read the CSV manifest ({error})") from error
-    image_columns = sorted(c for c in columns if c == "image" or CHANNEL_COLUMN.match(c))
+    image_columns = sorted(c for c in columns if c in ("image", "images") or CHANNEL_COLUMN.match(c))
     if not image_columns:
         raise MedvolError(path, f"no 'image' column in the manifest (columns: {columns or 'none'})")
+    if "images" in image_columns and len(image_columns) > 1:
+        raise MedvolError(path, f"use either 'images' or 'image'/'image_NNNN' columns, not both: {columns}")
     findings: list[Finding] = []
     cases: list[Case] = []
     seen: set[str] = set()
     for number, row in enumerate(rows, start=1):
-        images = tuple(_manifest_path(path, row[c]) for c in image_columns if row.get(c))
+        values = [part for c in image_columns for part in (row.get(c) or "").split(";") if part.strip()]
+        images = tuple(_manifest_path(path, value) for value in values)
         case_id = (row.get("case_id") or "").strip() or (_file_stem(images[0]) if images else f"row{number}")
         if not SAFE_CASE_ID.match(case_id):
             findings.append(
@@ -244,7 +249,9 @@ def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
             findings.append(
                 Finding("image_without_label", "error", case_id, str(images[0]), "no label and no class")
             )
-        cases.append(Case(case_id, images, label, target, (row.get("patient_id") or "").strip() or None))
+        patient_id = (row.get("patient_id") or "").strip() or None
+        series = (row.get("series") or "").strip() or None
+        cases.append(Case(case_id, images, label, target, patient_id, series))
     return cases, findings
 
 
@@ -408,7 +415,7 @@ def _grid_difference(reference: Volume, other: Volume) -> str | None:
     return None
 
 
-MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "usable", "problems")
+MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "series", "usable", "problems")
 
 
 def write_manifest(report: IndexReport, path: str | Path) -> Path:
@@ -432,6 +439,7 @@ def write_manifest(report: IndexReport, path: str | Path) -> Path:
                     "" if case.label is None else str(case.label),
                     case.target or "",
                     case.patient_id or "",
+                    case.series or "",
                     int(case.case_id in usable),
                     " | ".join(problems.get(case.case_id, [])),
                 ]
