@@ -175,6 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output folder (default RUN_DIR/report)")
     report.set_defaults(run=run_report)
 
+    reproduce = verbs.add_parser(
+        "reproduce", parents=[common], help="re-run a published study over seeds and compare the numbers"
+    )
+    reproduce.add_argument("name", nargs="?", help="study name (see --list) or a study YAML")
+    reproduce.add_argument("--list", action="store_true", help="list the studies")
+    reproduce.add_argument("--budget", default="cpu", help="cpu (2 cores) or full (the published protocol)")
+    reproduce.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..K-1 (default 3)")
+    reproduce.add_argument("--out", type=Path, help="output folder (default reproductions/NAME-BUDGET)")
+    reproduce.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key in every run (the table then says the protocol changed)",
+    )
+    reproduce.set_defaults(run=run_reproduce)
+
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -182,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("medvol-demo"),
         help="output folder (default: ./medvol-demo)",
     )
+    demo.add_argument("--quick", action="store_true", help="one epoch per model: a smoke test, not a model")
     demo.set_defaults(run=run_demo)
     return parser
 
@@ -408,10 +427,16 @@ def run_report(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def run_reproduce(args: argparse.Namespace) -> int:
+    from medvol.reproduce import run_cli
+
+    return run_cli(args)
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from medvol.demo import run
 
-    return run(args.out)
+    return run(args.out, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,291 @@
+"""``medvol reproduce NAME``: a published table, re-run end to end with seeds and confidence intervals.
+
+A study is a YAML file in ``configs/studies/`` (or any path given as NAME)::
+
+    name: adrenalmnist3d
+    description: one line
+    budgets: {cpu: ../adrenalmnist3d-resnet18-cpu.yaml, full: ../adrenalmnist3d-resnet18.yaml}
+    evaluate: {split: test, checkpoint: best}   # what is scored once, after training
+    metrics: [auc, accuracy]                    # the columns of the table
+    published:
+      source: citation of the published figures
+      rows: [{method: ResNet-18+3D, auc: 0.827, accuracy: 0.721}, ...]
+
+For each seed ``0 .. K-1`` the budget's experiment config is trained with
+``train.seed`` set (model selection uses validation data only, as the config
+says), then evaluated once as ``evaluate`` says, with a case-level bootstrap
+CI. The table gives, per metric, the mean over seeds with its 95% t-interval
+(``medvol.evaluate.aggregate``), each seed's value with its bootstrap CI, and
+the published figures. A finished seed is not trained or evaluated again, so
+an interrupted reproduction continues where it stopped and the test split is
+scored once per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medvol.errors import MedvolError
+from medvol.io.atomic import atomic_path
+
+STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study file, loaded and checked."""
+
+    name: str
+    path: Path
+    description: str
+    budgets: dict[str, Path]
+    split: str
+    cases: Path | None
+    checkpoint: str
+    metrics: list[str]
+    published: dict[str, Any]
+
+
+def available_studies() -> list[str]:
+    """Names of the studies shipped in ``configs/studies/``."""
+    return sorted(path.stem for path in STUDIES_DIR.glob("*.yaml"))
+
+
+def load_study(name_or_path: str | Path) -> Study:
+    """A study by name (``configs/studies/NAME.yaml``) or by path.
+
+    Raises:
+        MedvolError: unknown name, unreadable file, or missing keys.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = STUDIES_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise MedvolError(
+                None, f"unknown study {name_or_path!r}; available: {', '.join(available_studies()) or 'none'}"
+            )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise MedvolError(path, f"cannot read the study file ({error})") from error
+    missing = [key for key in ("name", "budgets", "evaluate", "metrics", "published") if key not in data]
+    if missing:
+        raise MedvolError(path, f"study file lacks {', '.join(missing)}")
+    evaluate = data["evaluate"]
+    return Study(
+        name=str(data["name"]),
+        path=path,
+        description=str(data.get("description", "")),
+        budgets={str(k): (path.parent / v).resolve() for k, v in data["budgets"].items()},
+        split=str(evaluate.get("split", "test")),
+        cases=None if evaluate.get("cases") is None else (path.parent / evaluate["cases"]).resolve(),
+        checkpoint=str(evaluate.get("checkpoint", "best")),
+        metrics=[str(m) for m in data["metrics"]],
+        published=dict(data["published"]),
+    )
+
+
+def reproduce(
+    study: Study,
+    budget: str,
+    seeds: int,
+    out: Path,
+    overrides: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate ``seeds`` runs of a study's budget; write ``results.json`` and ``results.md``.
+
+    Args:
+        study: from ``load_study``.
+        budget: a key of ``study.budgets`` (``cpu``, ``full``).
+        seeds: number of seeds, ``0 .. seeds-1``.
+        out: folder for the runs and the table.
+        overrides: ``KEY=VALUE`` config overrides applied to every run; the
+            table says that the protocol was changed.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    from medvol.config import dump_config, load_config
+    from medvol.engine.train import train
+    from medvol.evaluate import aggregate, evaluate_run, read_summary
+
+    if budget not in study.budgets:
+        raise MedvolError(study.path, f"no budget {budget!r}; this study has {sorted(study.budgets)}")
+    if seeds < 1:
+        raise MedvolError(None, f"--seeds must be at least 1, got {seeds}")
+    overrides = list(overrides or [])
+    summaries: list[dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
+    for seed in range(seeds):
+        name = f"{study.name}-{budget}-seed{seed}"
+        config = load_config(
+            study.budgets[budget],
+            [
+                *overrides,
+                f"train.seed={seed}",
+                f"tracking.output_dir={out / 'runs'}",
+                f"tracking.name={name}",
+            ],
+        )
+        run_dir = out / "runs" / name
+        evaluation_dir = run_dir / f"reproduce-{study.split if study.cases is None else 'cases'}"
+        started = time.perf_counter()
+        if not (evaluation_dir / "summary.json").is_file():
+            if not _finished(run_dir, config.train.epochs, config.train.early_stop_patience):
+                print(f"[{study.name} seed {seed}] training {run_dir}", flush=True)
+                train(config, resume=(run_dir / "checkpoints" / "last.pt").is_file())
+            print(f"[{study.name} seed {seed}] evaluating ({study.split}, {study.checkpoint})", flush=True)
+            evaluate_run(
+                run_dir,
+                split="val" if study.split == "val" else "test",
+                cases=study.cases,
+                checkpoint="last" if study.checkpoint == "last" else "best",
+                out=evaluation_dir,
+            )
+        else:
+            print(f"[{study.name} seed {seed}] already evaluated: {evaluation_dir}", flush=True)
+        summary = read_summary(evaluation_dir / "summary.json")
+        summaries.append(summary)
+        runs.append(
+            {
+                "seed": seed,
+                "run_dir": str(run_dir),
+                "train_seconds": _train_seconds(run_dir),
+                "session_seconds": round(time.perf_counter() - started, 1),
+                "epoch": summary.get("epoch"),
+                "metrics": {m: _seed_metric(summary, m) for m in study.metrics},
+            }
+        )
+        (out / "configs").mkdir(parents=True, exist_ok=True)
+        (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
+    over_seeds = aggregate(summaries)["metrics"]
+    results = {
+        "study": study.name,
+        "description": study.description,
+        "budget": budget,
+        "config": str(study.budgets[budget]),
+        "overrides": overrides,
+        "protocol_changed": bool(overrides),
+        "evaluated": {
+            "split": study.split,
+            "cases": None if study.cases is None else str(study.cases),
+            "checkpoint": study.checkpoint,
+        },
+        "seeds": list(range(seeds)),
+        "runs": runs,
+        "over_seeds": {m: over_seeds.get(m) for m in study.metrics},
+        "published": study.published,
+        "environment": _environment(Path(runs[0]["run_dir"])),
+    }
+    with atomic_path(out / "results.json") as temporary:
+        temporary.write_text(json.dumps(results, indent=2))
+    with atomic_path(out / "results.md") as temporary:
+        temporary.write_text(format_results(results))
+    return results
+
+
+def _finished(run_dir: Path, epochs: int, patience: int | None) -> bool:
+    """Whether the run's last checkpoint holds its final epoch or its early stop."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.is_file():
+        return False
+    from medvol.engine.checkpoint import load_checkpoint
+
+    progress = load_checkpoint(last)["progress"]
+    stopped_early = patience is not None and int(progress["stale_validations"]) >= patience
+    return int(progress["epoch"]) >= epochs or stopped_early
+
+
+def _train_seconds(run_dir: Path) -> float:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return round(sum(float(json.loads(line).get("seconds", 0.0)) for line in lines if line.strip()), 1)
+
+
+def _seed_metric(summary: dict[str, Any], name: str) -> dict[str, Any]:
+    """One seed's value of ``name`` with its case-level bootstrap CI."""
+    metrics = summary.get("metrics") or {}
+    if summary.get("task") == "classification":
+        entry = metrics.get(name) or {}
+        return {"estimate": entry.get("estimate"), "low": entry.get("low"), "high": entry.get("high")}
+    metric, _, value = name.rpartition("_")
+    entry = (metrics.get(value) or {}).get(metric) or {}
+    return {"estimate": entry.get("mean"), "low": entry.get("low"), "high": entry.get("high")}
+
+
+def _environment(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "environment.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The comparison table in Markdown."""
+    metrics = list(results["over_seeds"])
+    header = "| | " + " | ".join(metrics) + " |"
+    rule = "|---|" + "---|" * len(metrics)
+    lines = [
+        f"# {results['study']} ({results['budget']} budget)",
+        "",
+        results["description"],
+        "",
+        f"Evaluated once per seed on: {results['evaluated']['cases'] or results['evaluated']['split']}"
+        f" (checkpoint {results['evaluated']['checkpoint']}); seeds {results['seeds']}.",
+    ]
+    if results["protocol_changed"]:
+        lines += ["", f"**Protocol changed by overrides {results['overrides']}: not the study's numbers.**"]
+    lines += ["", header, rule]
+    over = results["over_seeds"]
+    cells = []
+    for metric in metrics:
+        entry = over.get(metric) or {}
+        cells.append(_mean_cell(entry))
+    lines.append(
+        f"| medvol, mean over {len(results['seeds'])} seed(s) [95% t-CI] | " + " | ".join(cells) + " |"
+    )
+    for run in results["runs"]:
+        seed_cells = [_bootstrap_cell(run["metrics"][m]) for m in metrics]
+        lines.append(f"| seed {run['seed']} [95% bootstrap CI] | " + " | ".join(seed_cells) + " |")
+    for row in results["published"].get("rows", []):
+        values = [f"{row[m]:.4f}" if m in row else "—" for m in metrics]
+        lines.append(f"| {row['method']} (published) | " + " | ".join(values) + " |")
+    lines += ["", f"Published figures: {results['published'].get('source', 'see the study file')}.", ""]
+    times = ", ".join(f"seed {r['seed']}: {r['train_seconds'] / 60:.1f} min" for r in results["runs"])
+    lines += [f"Training time (sum of epoch times): {times}.", ""]
+    return "\n".join(lines)
+
+
+def _mean_cell(entry: dict[str, Any]) -> str:
+    if entry.get("mean") is None:
+        return "undefined"
+    if entry.get("low") is None:
+        return f"{entry['mean']:.4f}"
+    return f"{entry['mean']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
+
+
+def _bootstrap_cell(entry: dict[str, Any]) -> str:
+    if entry.get("estimate") is None:
+        return "undefined"
+    return f"{entry['estimate']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """``medvol reproduce``."""
+    if args.list:
+        for name in available_studies():
+            study = load_study(name)
+            print(f"{name:<22} budgets {', '.join(study.budgets)}: {study.description}")
+        return 0
+    if args.name is None:
+        raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
+    study = load_study(args.name)
+    out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
+    results = reproduce(study, args.budget, args.seeds, out, args.overrides)
+    print(format_results(results))
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0

@@ -1,0 +1,122 @@
+"""``medvol reproduce``: seeds trained, evaluated once, aggregated, compared with published figures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medvol.cli import main
+from medvol.errors import MedvolError
+from medvol.reproduce import available_studies, load_study
+
+TINY_RESNET = [
+    "train.epochs=1",
+    "train.amp=none",
+    "model.options.widths=4",
+    "augment=null",
+]
+
+
+@pytest.fixture(scope="module")
+def adrenal_tiny(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """64 training, 24 validation and 40 test cases of AdrenalMNIST3D, both classes in each."""
+    arrays = dict(np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz"))
+    subset = {}
+    for split, count in (("train", 64), ("val", 24), ("test", 40)):
+        labels = arrays[f"{split}_labels"][:, 0]
+        chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[: count // 2] for c in (0, 1)]))
+        subset[f"{split}_images"] = arrays[f"{split}_images"][chosen]
+        subset[f"{split}_labels"] = arrays[f"{split}_labels"][chosen]
+    path = tmp_path_factory.mktemp("adrenal") / "adrenal_tiny.npz"
+    np.savez(path, **subset)
+    return path
+
+
+def test_every_study_loads_and_its_configs_parse() -> None:
+    from medvol.config import load_config
+
+    assert {"adrenalmnist3d", "adrenalmnist3d-64", "hippocampus"} <= set(available_studies())
+    for name in available_studies():
+        study = load_study(name)
+        assert {"cpu", "full"} <= set(study.budgets)
+        for config in study.budgets.values():
+            load_config(config)
+        assert study.published["rows"], name
+        assert all(metric in row for row in study.published["rows"] for metric in study.metrics)
+
+
+def test_unknown_study_and_budget_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(MedvolError, match="unknown study 'nope'; available: adrenalmnist3d"):
+        load_study("nope")
+    assert main(["reproduce", "adrenalmnist3d", "--budget", "huge", "--out", str(tmp_path)]) == 1
+
+
+def test_classification_study_over_two_seeds_resumes_without_retraining(
+    adrenal_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "repro"
+    arguments = ["reproduce", "adrenalmnist3d", "--seeds", "2", "--out", str(out)]
+    overrides = [f"data.root={adrenal_tiny}", *TINY_RESNET]
+    for override in overrides:
+        arguments += ["--set", override]
+    assert main(arguments) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [run["seed"] for run in results["runs"]] == [0, 1]
+    per_seed = [run["metrics"]["auc"]["estimate"] for run in results["runs"]]
+    assert results["over_seeds"]["auc"]["mean"] == pytest.approx(np.mean(per_seed))
+    for run in results["runs"]:
+        summary = json.loads((Path(run["run_dir"]) / "reproduce-test" / "summary.json").read_text())
+        assert summary["split"] == "test" and summary["n_cases"] == 40
+        assert summary["metrics"]["auc"]["estimate"] == run["metrics"]["auc"]["estimate"]
+    table = (out / "results.md").read_text()
+    assert "ResNet-18+ACS (published) | 0.8390" in table
+    assert "Protocol changed by overrides" in table
+
+    checkpoint = Path(results["runs"][0]["run_dir"]) / "checkpoints" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(arguments) == 0
+    assert "already evaluated" in capsys.readouterr().out
+    assert checkpoint.stat().st_mtime_ns == before
+
+
+def test_interrupted_seed_is_evaluated_after_training_finishes(adrenal_tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "repro"
+    arguments = ["reproduce", "adrenalmnist3d", "--seeds", "1", "--out", str(out)]
+    for override in [f"data.root={adrenal_tiny}", *TINY_RESNET]:
+        arguments += ["--set", override]
+    assert main(arguments) == 0
+    evaluation = out / "runs" / "adrenalmnist3d-cpu-seed0" / "reproduce-test"
+    shutil.rmtree(evaluation)  # as if stopped between training and evaluation
+    assert main(arguments) == 0
+    assert (evaluation / "summary.json").is_file()
+
+
+def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "hippo"
+    for case in ("001", "004", "006", "007", "008"):
+        for kind in ("images", "labels"):
+            (data / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(shared_data / "msd-hippocampus" / kind / f"hippocampus_{case}.nii.gz", data / kind)
+    out = tmp_path / "repro"
+    arguments = ["reproduce", "hippocampus", "--seeds", "1", "--out", str(out)]
+    for override in (
+        f"data.root={data}",
+        "data.num_workers=0",
+        "data.patch_size=[32,32,32]",
+        "train.epochs=1",
+        "train.val_every=1",
+        "model.options.base_filters=4",
+        "model.options.num_levels=3",
+    ):
+        arguments += ["--set", override]
+    assert main(arguments) == 0
+    results = json.loads((out / "results.json").read_text())
+    summary = json.loads((Path(results["runs"][0]["run_dir"]) / "reproduce-val" / "summary.json").read_text())
+    assert summary["split"] == "val" and summary["checkpoint"] == "last" and summary["n_cases"] == 1
+    assert set(results["over_seeds"]) == {"dice_1", "dice_2"}
+    assert "nnU-Net 3d_fullres (5-fold CV) (published) | 0.8975 | 0.8807" in (out / "results.md").read_text()
