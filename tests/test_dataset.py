@@ -42,6 +42,8 @@ def test_samples_come_from_the_cache_after_first_use(hippocampus_dataset: Segmen
     # Whole-volume statistics: z-scored per scan on the preprocessed grid.
     assert abs(float(np.mean(entry.arrays["image"]))) < 1e-3
     assert entry.meta["record"]["source_shape"] == list(entry.arrays["label"].shape[1:])
+    assert np.array_equal(entry.arrays["foreground"], np.argwhere(entry.arrays["label"][0] > 0))
+    assert hippocampus_dataset.entry(0) is entry  # opened once per process, then kept
 
 
 def test_draws_repeat_per_epoch_and_differ_between_epochs(hippocampus_dataset: SegmentationDataset) -> None:
@@ -75,6 +77,11 @@ def test_random_patch_pads_and_oversamples_foreground() -> None:
         assert patch_image.shape == (1, 16, 8, 8)
         hits += int(patch_label.any())
     assert 0.25 < hits / 300 < 0.5  # a third centred on the voxel, a few more by chance
+    known = np.argwhere(label[0] > 0)
+    for seed in range(50):  # precomputed foreground indices give the same patches
+        found = random_patch(image, label, (16, 8, 8), np.random.default_rng(seed))
+        given = random_patch(image, label, (16, 8, 8), np.random.default_rng(seed), known)
+        assert all(np.array_equal(a, b) for a, b in zip(found, given, strict=True))
 
 
 def test_array_classification_dataset_scales_to_unit_range() -> None:

@@ -21,6 +21,7 @@ repeat each other's draws and a resumed run draws what the original would have.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from medvol.io import load
 from medvol.transforms import Normalizer, PreprocessConfig, preprocess
 from medvol.volume import Volume
 
-CACHE_FORMAT = 1  # bump when what a cache entry holds changes
+CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
 FOREGROUND_FRACTION = 1 / 3
 
 
@@ -117,14 +118,22 @@ class SegmentationDataset(_Reseedable):
             "preprocess": preprocess_config.to_dict(),
             "normalize": normalizer.to_dict(),
         }
+        self._opened: dict[tuple[Path, ...], CacheEntry] = {}  # memory maps: page cache, not process RAM
 
     def __len__(self) -> int:
         return len(self.cases)
 
     def entry(self, index: int) -> CacheEntry:
-        """The preprocessed, normalised case, from the cache (built on first use)."""
+        """The preprocessed, normalised case, from the cache (built on first use).
+
+        Arrays: ``image`` ``(C, X, Y, Z)`` float32, ``label`` ``(1, X, Y, Z)`` and
+        ``foreground`` ``(N, 3)`` int32, the indices of the labelled voxels. Each
+        entry is opened once per process and kept open (memory-mapped).
+        """
         case = self.cases[index]
-        sources = [*case.images, *([case.label] if case.label is not None else [])]
+        sources = (*case.images, *([case.label] if case.label is not None else []))
+        if sources in self._opened:
+            return self._opened[sources]
 
         def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             image, label = load_case(case)
@@ -133,15 +142,19 @@ class SegmentationDataset(_Reseedable):
             arrays = {"image": image.array.astype(np.float32)}
             if label is not None:
                 arrays["label"] = label.array
+                arrays["foreground"] = np.argwhere(label.array[0] > 0).astype(np.int32)
             return arrays, {"case_id": case.case_id, "record": record.to_dict()}
 
-        return self.cache.get_or_build(sources, self.cache_config, build)
+        entry = self.cache.get_or_build(sources, self.cache_config, build)
+        self._opened[sources] = entry
+        return entry
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entry(index)
         image, label = entry.arrays["image"], entry.arrays["label"]
         if self.patch_size is not None:
-            image, label = random_patch(image, label, self.patch_size, self.rng)
+            foreground = entry.arrays.get("foreground")
+            image, label = random_patch(image, label, self.patch_size, self.rng, foreground)
         sample = {"image": np.array(image, dtype=np.float32), "label": np.array(label)}
         if self.augmenter is not None:
             sample = self.augmenter(sample)
@@ -153,30 +166,40 @@ class SegmentationDataset(_Reseedable):
 
 
 def random_patch(
-    image: np.ndarray, label: np.ndarray, size: tuple[int, int, int], rng: np.random.Generator
+    image: np.ndarray,
+    label: np.ndarray,
+    size: tuple[int, int, int],
+    rng: np.random.Generator,
+    foreground: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` patch of ``(C, X, Y, Z)`` arrays, padded where the volume is smaller.
 
     With probability 1/3 the patch is centred on a random labelled voxel (so rare
     foreground is seen often enough); otherwise its corner is uniform.
+    ``foreground`` ``(N, 3)``: the labelled voxels' indices, when known (else
+    found from ``label``).
     """
-    pad = [(0, 0)] + [
-        (max(0, (s - n + 1) // 2), max(0, s - n - (s - n + 1) // 2))
-        for n, s in zip(image.shape[1:], size, strict=True)
-    ]
-    if any(p != (0, 0) for p in pad):
-        image = np.pad(image, pad, constant_values=float(image.min()))
-        label = np.pad(label, pad)
-    shape = np.array(image.shape[1:])
-    high = shape - np.array(size)
-    foreground = np.argwhere(label[0] > 0)
+    if foreground is None:
+        foreground = np.argwhere(label[0] > 0)
+    wanted, shape = np.array(size), np.array(image.shape[1:])
+    before = np.maximum(0, (wanted - shape + 1) // 2)  # the volume is centred when smaller
+    high = np.maximum(shape, wanted) - wanted
     if foreground.size and rng.random() < FOREGROUND_FRACTION:
-        centre = foreground[rng.integers(len(foreground))]
-        corner = np.clip(centre - np.array(size) // 2, 0, high)
+        centre = foreground[rng.integers(len(foreground))] + before
+        corner = np.clip(centre - wanted // 2, 0, high)
     else:
         corner = np.array([rng.integers(h + 1) for h in high])
-    window = (slice(None), *(slice(c, c + s) for c, s in zip(corner, size, strict=True)))
-    return image[window], label[window]
+    start = corner - before  # in the volume's own indices; may reach outside it
+    low, stop = np.maximum(start, 0), np.minimum(start + wanted, shape)
+    window = (slice(None), *(slice(a, b) for a, b in zip(low, stop, strict=True)))
+    image_patch, label_patch = image[window], label[window]
+    pad = [(0, 0)] + [
+        (int(a - s), int(s + w - b)) for a, b, s, w in zip(low, stop, start, wanted, strict=True)
+    ]
+    if any(p != (0, 0) for p in pad):
+        image_patch = np.pad(image_patch, pad, constant_values=float(image.min()))
+        label_patch = np.pad(label_patch, pad)
+    return image_patch, label_patch
 
 
 class ArrayClassificationDataset(_Reseedable):
