@@ -14,7 +14,7 @@ import pytest
 
 import medvol
 from medvol.cli import main
-from medvol.demo import sample_ct_series
+from medvol.demo import sample, sample_ct_series
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -104,18 +104,40 @@ def test_errors_are_one_clear_line(tmp_path: Path, name: str, content: bytes | N
     assert "Traceback" not in result.stderr
 
 
-def test_debug_shows_traceback(tmp_path: Path) -> None:
-    result = run_cli("info", str(tmp_path / "missing.nii"), "--debug")
+@pytest.mark.parametrize("before_verb", [False, True])
+def test_debug_shows_traceback(tmp_path: Path, before_verb: bool) -> None:
+    arguments = ["info", str(tmp_path / "missing.nii")]
+    result = run_cli(*(["--debug", *arguments] if before_verb else [*arguments, "--debug"]))
     assert result.returncode != 0
     assert "Traceback" in result.stderr
 
 
-def test_demo_runs_on_bundled_sample(tmp_path: Path) -> None:
-    result = run_cli("demo", "--out", str(tmp_path))
-    assert result.returncode == 0, result.stderr
-    assert "same geometry: True, same voxels: True" in result.stdout
+def test_closed_output_pipe_is_not_an_error(nifti_file: Path) -> None:
+    command = [sys.executable, "-m", "medvol", "info", str(nifti_file), "--json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # like `| head` exiting before medvol writes
+    assert process.wait(timeout=120) == 0
+    assert "BrokenPipeError" not in process.stderr.read().decode()
+
+
+def test_demo_runs_end_to_end_on_bundled_samples(tmp_path: Path) -> None:
+    """``medvol demo --quick``: every step of the main job on the bundled data, one epoch per model."""
+    result = run_cli("demo", "--quick", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "reloads with the same geometry and voxels" in result.stdout
     assert (tmp_path / "sample_ct.nii.gz").is_file()
-    assert result.stderr == ""  # no warnings about the bundled files
+    holdout = sorted(p.name for p in (sample("hippocampus") / "holdout" / "images").iterdir())
+    masks = sorted(p.name for p in (tmp_path / "predictions").rglob("*.nii.gz"))
+    assert len(masks) == len(holdout) == 4
+    seg_run, cls_run = tmp_path / "runs" / "hippocampus-unet", tmp_path / "runs" / "adrenal-resnet10"
+    seg_summary = json.loads((seg_run / "evaluation-hippocampus-holdout" / "summary.json").read_text())
+    assert seg_summary["n_cases"] == 4
+    cls_summary = json.loads((cls_run / "evaluation-test" / "summary.json").read_text())
+    assert cls_summary["n_cases"] == 298
+    for run in (seg_run, cls_run):
+        assert (run / "report" / "report.html").is_file()
+    assert "Warning" not in result.stderr  # no warnings about the bundled files
 
 
 def test_synthesize_writes_variants_and_resumes(shared_data: Path, tmp_path: Path) -> None:
