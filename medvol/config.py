@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medvol.errors import MedvolError
 
@@ -79,10 +79,23 @@ class ScheduleConfig(Section):
     warmup_epochs: int = Field(0, ge=0)
 
 
+AmpSetting = Literal["auto", "none", "bf16", "fp16"]
+ChannelsLastSetting = Literal["auto", True, False]
+
+
 class TrainConfig(Section):
+    """How a model is trained.
+
+    ``amp`` (autocast dtype) and ``channels_last`` (5-D tensors in
+    ``torch.channels_last_3d``) default to ``auto``, resolved per device and
+    model by ``medvol.engine.precision``: bf16 where the hardware has native
+    bf16, channels-last for the 3D ResNets. ``fp16`` needs CUDA.
+    """
+
     epochs: int = Field(1, ge=1)
     batch_size: int = Field(2, ge=1)
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: AmpSetting = "auto"
+    channels_last: ChannelsLastSetting = "auto"
     grad_clip: float | None = None
     val_every: int = Field(1, ge=1)
     metric: str = "loss"  # the validation metric that selects the best checkpoint
@@ -90,6 +103,14 @@ class TrainConfig(Section):
     early_stop_patience: int | None = None  # validations without improvement
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> TrainConfig:
+        if self.amp == "fp16" and self.device in ("cpu", "mps"):
+            raise ValueError(
+                f"amp: fp16 needs a CUDA device, but device is {self.device}; use amp bf16, auto or none"
+            )
+        return self
 
 
 class TrackingConfig(Section):

@@ -3,6 +3,11 @@
 Tiny models and subsets keep each run to seconds on 2 CPU cores; the checks are
 what a user relies on: the loss falls, the run folder is complete, a killed run
 resumes to the same weights, and two torchrun ranks match one process.
+
+Tests that compare numbers exactly (resume, torchrun, early stopping on an
+unchanging metric) pin fp32 and the default memory layout with
+:func:`exact`, so that they test what they say whatever ``train.amp: auto``
+resolves to on the machine running them.
 """
 
 from __future__ import annotations
@@ -22,9 +27,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from medvol.cli import main
+from medvol.config import parse_config
+from medvol.engine import precision
+from medvol.engine.inference import classify, load_trained
+from medvol.engine.precision import (
+    cpu_bf16_self_check,
+    cpu_bf16_verdict,
+    native_bf16,
+    resolve_amp,
+    resolve_precision,
+)
 from medvol.engine.train import learning_rate_factor
+from medvol.errors import MedvolError
+from medvol.models import create_model
 
 RUN_FILES = ("config.yaml", "split.json", "fingerprint.json", "environment.json", "metrics.jsonl")
 
@@ -68,6 +86,12 @@ def classifier_config(
     }
 
 
+def exact(config: dict[str, Any]) -> dict[str, Any]:
+    """Pin fp32 and contiguous tensors, for tests that compare weights or losses exactly."""
+    config["train"].update({"amp": "none", "channels_last": False})
+    return config
+
+
 def write_config(path: Path, config: dict[str, Any]) -> Path:
     path.write_text(yaml.safe_dump(config))
     return path
@@ -95,14 +119,20 @@ def test_classifier_learns_and_writes_a_complete_run(adrenal_subset: Path, tmp_p
     assert best["progress"]["best_epoch"] == best_epoch
     environment = json.loads((run_dir / "environment.json").read_text())
     assert environment["packages"]["torch"] == torch.__version__
+    # the defaults (amp auto, channels_last auto) are recorded resolved, for this machine
+    native = native_bf16(torch.device("cpu"))[0]
+    assert environment["precision"]["amp"] == ("bf16" if native else "none")
+    assert environment["precision"]["channels_last"] is True  # a ResNet
+    assert "amp auto" in environment["precision"]["reason"]
+    assert all(r["seconds"] >= r["checkpoint_seconds"] >= 0 for r in history)
     assert json.loads((run_dir / "split.json").read_text())["test"] == "not used in training"
 
 
 def test_killed_run_resumes_to_the_same_weights(adrenal_subset: Path, tmp_path: Path) -> None:
-    reference = classifier_config(adrenal_subset, tmp_path / "runs", "whole", epochs=3)
+    reference = exact(classifier_config(adrenal_subset, tmp_path / "runs", "whole", epochs=3))
     assert main(["train", str(write_config(tmp_path / "whole.yaml", reference))]) == 0
 
-    killed = classifier_config(adrenal_subset, tmp_path / "runs", "killed", epochs=3)
+    killed = exact(classifier_config(adrenal_subset, tmp_path / "runs", "killed", epochs=3))
     path = write_config(tmp_path / "killed.yaml", killed)
     process = subprocess.Popen([sys.executable, "-m", "medvol", "train", str(path)], start_new_session=True)
     metrics_path = tmp_path / "runs" / "killed" / "metrics.jsonl"
@@ -122,6 +152,8 @@ def test_killed_run_resumes_to_the_same_weights(adrenal_subset: Path, tmp_path: 
         torch.testing.assert_close(resumed["model"][name], tensor, rtol=0, atol=0, msg=name)
     losses = [r["train_loss"] for r in metrics(tmp_path / "runs" / "killed")]
     assert losses == [r["train_loss"] for r in metrics(tmp_path / "runs" / "whole")]
+    # epoch 1 was logged before the kill: its full time (with the checkpoint write) survives the resume
+    assert "checkpoint_seconds" in metrics(tmp_path / "runs" / "killed")[0]
 
 
 def test_resume_and_rerun_refusals(
@@ -147,6 +179,7 @@ def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Pa
     ddp = classifier_config(adrenal_subset, tmp_path / "runs", "ddp", epochs=2, norm="group")
     for config in (single, ddp):
         config["optimizer"] = {"name": "sgd", "lr": 0.01, "momentum": 0.9}
+        exact(config)
     assert main(["train", str(write_config(tmp_path / "single.yaml", single))]) == 0
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     assert torchrun is not None
@@ -245,9 +278,146 @@ def test_mlflow_logging_to_a_local_store(adrenal_subset: Path, tmp_path: Path) -
 def test_early_stopping_ends_a_run_that_stops_improving(
     adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = classifier_config(adrenal_subset, tmp_path / "runs", "stale", epochs=6, norm="group")
+    config = exact(classifier_config(adrenal_subset, tmp_path / "runs", "stale", epochs=6, norm="group"))
     config["optimizer"]["lr"] = 1e-12  # weights, and with group norm the validation AUC, never change
     config["train"]["early_stop_patience"] = 2
     assert main(["train", str(write_config(tmp_path / "stale.yaml", config))]) == 0
     assert len(metrics(tmp_path / "runs" / "stale")) == 3  # epoch 1 sets the best, 2 and 3 do not improve
     assert "early stop" in capsys.readouterr().out
+
+
+BASE = {
+    "data": {"task": "classification", "root": "x.npz"},
+    "model": {"name": "resnet10"},
+    "loss": {"name": "cross_entropy"},
+}
+
+
+def test_auto_precision_is_bf16_only_where_it_is_native(monkeypatch: pytest.MonkeyPatch) -> None:
+    # CPUs: oneDNN's bf16 check also passes on AVX-512 without bf16 instructions (emulated, slow)
+    x86 = {"architecture": "x86_64", "avx512_bw": True}
+    assert cpu_bf16_verdict(True, {**x86, "avx512_bf16": True}, "x86_64")[0]
+    assert cpu_bf16_verdict(True, {**x86, "amx_bf16": True}, "x86_64")[0]
+    emulated = cpu_bf16_verdict(True, x86, "x86_64")
+    assert not emulated[0] and "emulate" in emulated[1]
+    assert not cpu_bf16_verdict(False, {**x86, "avx512_bf16": True}, "x86_64")[0]
+    assert cpu_bf16_verdict(True, {"architecture": "arm64", "bf16": True}, "aarch64")[0]
+    assert not cpu_bf16_verdict(False, {"architecture": "arm64"}, "aarch64")[0]
+    # this machine: auto follows what the CPU has
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu)[0] == ("bf16" if native_bf16(cpu)[0] else "none")
+    # native bf16 whose convolution gradients fail the self-check is not used by auto
+    if torch.backends.mkldnn.is_available():
+        monkeypatch.setattr(precision, "cpu_bf16_verdict", lambda *args: (True, "native"))
+        for check, expected in (((True, "fine"), "bf16"), ((False, "wrong gradients"), "none")):
+            monkeypatch.setattr(precision, "cpu_bf16_self_check", lambda check=check: check)
+            precision._cpu_native_bf16.cache_clear()
+            amp, reason = resolve_amp("auto", cpu)
+            assert amp == expected and ("wrong gradients" in reason) == (expected == "none")
+        precision._cpu_native_bf16.cache_clear()
+        monkeypatch.undo()
+    # GPUs: native bf16 from compute capability 8.0 (Ampere)
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    assert resolve_amp("auto", torch.device("cuda", 0))[0] == "none"
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    assert resolve_amp("auto", torch.device("cuda", 0))[0] == "bf16"
+    assert resolve_amp("auto", torch.device("mps"))[0] == "none"
+    # explicit settings are kept
+    assert resolve_amp("none", cpu)[0] == "none"
+    assert resolve_amp("bf16", cpu)[0] == "bf16"
+    assert resolve_amp("fp16", torch.device("cuda", 0))[0] == "fp16"
+
+
+def test_fp16_off_cuda_is_refused_with_a_clear_message(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(MedvolError, match="fp16 needs a CUDA device, but this run is on cpu"):
+        resolve_amp("fp16", torch.device("cpu"))
+    with pytest.raises(MedvolError, match=r"train: .*amp: fp16 needs a CUDA device, but device is cpu"):
+        parse_config({**BASE, "train": {"amp": "fp16", "device": "cpu"}})
+    # device auto on a CPU-only machine: refused before the run folder is created
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "half", epochs=1)
+    config["train"]["amp"] = "fp16"
+    if torch.cuda.is_available():
+        config["train"]["device"] = "cpu"  # refused by the config check instead; same message
+    assert main(["train", str(write_config(tmp_path / "half.yaml", config))]) == 1
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "half").exists()
+    # inference of a run trained in fp16 on a GPU falls back to fp32 on a CPU
+    model = create_model("resnet10", num_classes=2, widths=4)
+    assert resolve_precision("fp16", "auto", torch.device("cpu"), model, strict=False).amp == "none"
+
+
+def test_bf16_self_check_passes_a_correct_convolution() -> None:
+    """Without oneDNN, torch's own bf16 convolution is right: the check must not fail everything."""
+    cpu_bf16_self_check.cache_clear()
+    try:
+        with torch.backends.mkldnn.flags(enabled=False):
+            correct, why = cpu_bf16_self_check()
+            assert correct, why
+    finally:
+        cpu_bf16_self_check.cache_clear()
+    correct, why = cpu_bf16_self_check()  # this machine's oneDNN: either answer, explained
+    if not correct:
+        assert "bf16 training can get wrong or NaN gradients" in why
+        assert "WARNING" in resolve_amp("bf16", torch.device("cpu"))[1]
+
+
+def test_channels_last_auto_is_on_for_resnets_only() -> None:
+    cpu = torch.device("cpu")
+    resnet = create_model("resnet10", num_classes=2, widths=4)
+    unet = create_model("unet", in_channels=1, num_classes=3, base_filters=4, num_levels=3)
+    assert resolve_precision("none", "auto", cpu, resnet).channels_last
+    assert not resolve_precision("none", "auto", cpu, unet).channels_last
+    assert not resolve_precision("none", False, cpu, resnet).channels_last
+    assert resolve_precision("none", True, cpu, unet).channels_last
+    assert parse_config({**BASE, "train": {"channels_last": True}}).train.channels_last is True
+    with pytest.raises(MedvolError, match=r"train\.channels_last: Input should be 'auto', True or False"):
+        parse_config({**BASE, "train": {"channels_last": "sometimes"}})
+
+
+def test_bf16_classifier_trains_and_infers_as_it_trained(adrenal_subset: Path, tmp_path: Path) -> None:
+    """Explicit bf16 trains a ResNet whose grids (28, 14, 7, 4) avoid the shapes the self-check tests."""
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "bf16", epochs=4)
+    config["model"]["options"].update({"stem_stride": 1, "widths": 4})
+    config["train"].update({"amp": "bf16", "channels_last": "auto"})
+    assert main(["train", str(write_config(tmp_path / "bf16.yaml", config))]) == 0
+    run_dir = tmp_path / "runs" / "bf16"
+    history = metrics(run_dir)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert all(0.0 <= record["val_auc"] <= 1.0 for record in history)
+    recorded = json.loads((run_dir / "environment.json").read_text())["precision"]
+    assert (recorded["amp"], recorded["channels_last"]) == ("bf16", True)
+    assert recorded["reason"].startswith("amp bf16 as configured")
+    assert recorded["reason"].endswith("; channels_last auto: on for a 3D ResNet classifier")
+    last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert last["precision"] == recorded
+    # inference resolves the run's settings the same way, on its own device
+    trained = load_trained(run_dir, device="cpu")
+    assert trained.precision == resolve_precision("bf16", "auto", torch.device("cpu"), trained.model)
+    conv = next(m.weight for m in trained.model.modules() if isinstance(m, nn.Conv3d) and m.in_channels > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
+    images = np.load(adrenal_subset)["val_images"][:8, None].astype(np.float32) / 255.0
+    probabilities = classify(trained, images)
+    assert probabilities.shape == (8, 2)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_epoch_seconds_include_the_checkpoint_write(
+    adrenal_subset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medvol.engine.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def slow_save(state: dict[str, Any], path: str | Path) -> Path:
+        time.sleep(0.25)
+        return real_save(state, path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", slow_save)
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "timed", epochs=1)
+    assert main(["train", str(write_config(tmp_path / "timed.yaml", config))]) == 0
+    (record,) = metrics(tmp_path / "runs" / "timed")
+    assert record["checkpoint_seconds"] >= 0.25
+    assert record["seconds"] >= record["checkpoint_seconds"] + 0.001  # and the training before it

@@ -11,14 +11,18 @@ normaliser's fitted statistics come from ``normalizer.json``). Then:
   keeping the largest connected component of each class.
 - ``classify(trained, images)`` gives class probabilities for a batch.
 
+The run's ``train.amp`` and ``train.channels_last`` are resolved for the
+inference device and model exactly as training resolves them
+(``medvol.engine.precision``), except that ``fp16`` off CUDA runs in fp32.
+
 Every step is deterministic: the same scan and run give the same output.
 """
 
 from __future__ import annotations
 
 import itertools
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +34,7 @@ from torch import nn
 from medvol.config import ExperimentConfig, load_config
 from medvol.engine.checkpoint import load_checkpoint
 from medvol.engine.distributed import choose_device
+from medvol.engine.precision import Precision, resolve_precision
 from medvol.engine.validate import predict_volume
 from medvol.errors import MedvolError
 from medvol.models import create_model
@@ -52,6 +57,9 @@ class TrainedModel:
         normalizer: fitted intensity normaliser (segmentation), ``None`` for
             MedMNIST classifiers (uint8 / 255).
         checkpoint: ``"best"`` or ``"last"``; ``epoch`` is the epoch it holds.
+        precision: the run's ``train.amp`` and ``train.channels_last``
+            resolved for ``device`` and ``model`` (set on creation; with
+            channels-last on, the model's weights are converted then).
     """
 
     run_dir: Path
@@ -62,6 +70,12 @@ class TrainedModel:
     normalizer: Normalizer | None
     checkpoint: Checkpoint
     epoch: int
+    precision: Precision = field(init=False)
+
+    def __post_init__(self) -> None:
+        amp, layout = self.config.train.amp, self.config.train.channels_last
+        self.precision = resolve_precision(amp, layout, self.device, self.model, strict=False)
+        self.precision.prepare_model(self.model)
 
     @property
     def task(self) -> str:
@@ -72,12 +86,8 @@ class TrainedModel:
         return self.config.data.num_classes
 
     def autocast(self) -> AbstractContextManager[Any]:
-        """The mixed precision the run trained with (none on CPUs without it)."""
-        amp = self.config.train.amp
-        if amp == "none":
-            return nullcontext()
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        """Autocast as the run's ``train.amp`` resolves on this device (``auto``: bf16 where native)."""
+        return self.precision.autocast(self.device)
 
 
 @dataclass

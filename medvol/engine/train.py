@@ -11,6 +11,11 @@ Resuming (``resume=True``) reloads the last checkpoint, including every RNG
 state and the early-stopping counter; since the data order and augmentation
 are reseeded from (seed, epoch), the resumed run continues exactly as the
 uninterrupted one would have.
+
+Precision: ``train.amp`` and ``train.channels_last`` are resolved for the
+device and model (``medvol.engine.precision``; ``auto`` means bf16 autocast
+where the hardware has native bf16, channels-last for the 3D ResNets), printed
+at the start and recorded in ``environment.json`` and the checkpoints.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +39,8 @@ from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from medvol.engine.data import TaskData, build_task_data
 from medvol.engine.distributed import Runtime
-from medvol.engine.tracking import MetricsLogger, environment, rewrite_metrics, write_json
+from medvol.engine.precision import Precision, resolve_amp, resolve_precision
+from medvol.engine.tracking import MetricsLogger, environment, read_metrics, rewrite_metrics, write_json
 from medvol.engine.validate import validate
 from medvol.errors import MedvolError
 from medvol.losses import create_loss
@@ -65,6 +70,7 @@ def train(config: ExperimentConfig, resume: bool = False) -> Path:
 def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     run_dir = config.tracking.output_dir / config.tracking.name
     checkpoint_dir = run_dir / "checkpoints"
+    resolve_amp(config.train.amp, runtime.device)  # refuse fp16 off CUDA before anything is written
     if runtime.is_main:
         _prepare_run_dir(run_dir, resume)
     distributed.barrier(runtime)
@@ -73,6 +79,10 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
 
     data = build_task_data(config, runtime, run_dir)
     model = create_model(config.model.name, **config.model.options).to(runtime.device)
+    precision = resolve_precision(config.train.amp, config.train.channels_last, runtime.device, model)
+    precision.prepare_model(model)
+    if runtime.is_main:
+        print(f"precision: {precision.describe()}", flush=True)
     if runtime.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(runtime.device)
@@ -88,9 +98,11 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
         progress = Progress(**state["progress"])
         restore_rng(state["rng"])
         if runtime.is_main:
+            _warn_if_precision_changed(state.get("precision"), precision)
+            _restore_epoch_times(run_dir, progress.history)
             rewrite_metrics(run_dir, progress.history)
     elif runtime.is_main:
-        _write_run_files(config, runtime, run_dir, data)
+        _write_run_files(config, runtime, run_dir, data, precision)
 
     trained: nn.Module = model
     if runtime.distributed:
@@ -115,8 +127,8 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
         drop_last=True,
     )
     loader = _loader(data.train, config, sampler, runtime)
-    autocast = _autocast(config.train.amp, runtime.device)
-    scaler = torch.amp.GradScaler(enabled=config.train.amp == "fp16" and runtime.device.type == "cuda")
+    autocast = precision.autocast(runtime.device)
+    scaler = torch.amp.GradScaler(enabled=precision.amp == "fp16")
 
     try:
         while progress.epoch < config.train.epochs:
@@ -128,7 +140,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 **_train_one_epoch(
-                    trained, loader, loss_fn, optimizer, scaler, autocast, config, runtime, epoch
+                    trained, loader, loss_fn, optimizer, scaler, precision, config, runtime, epoch
                 ),
             }
             schedule.step()
@@ -147,7 +159,12 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             )
             if runtime.is_main and tracker is not None:
                 # Checkpoint first: it carries the history, so metrics.jsonl can be rebuilt.
-                _save(model, optimizer, schedule, progress, config, data, checkpoint_dir, epoch)
+                saving = time.perf_counter()
+                _save(model, optimizer, schedule, progress, config, data, precision, checkpoint_dir, epoch)
+                # The whole epoch, checkpoint write included. The checkpoint just written holds the
+                # time before the write; the next one (and metrics.jsonl, now) holds these.
+                record["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
+                record["seconds"] = round(time.perf_counter() - started, 3)
                 tracker.log(record)
                 print(_epoch_line(record, config), flush=True)
             if distributed.broadcast_flag(runtime, stop):
@@ -209,7 +226,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
-def _write_run_files(config: ExperimentConfig, runtime: Runtime, run_dir: Path, data: TaskData) -> None:
+def _write_run_files(
+    config: ExperimentConfig, runtime: Runtime, run_dir: Path, data: TaskData, precision: Precision
+) -> None:
     from medvol.io.atomic import atomic_path
 
     with atomic_path(run_dir / "config.yaml") as temporary:
@@ -226,6 +245,7 @@ def _write_run_files(config: ExperimentConfig, runtime: Runtime, run_dir: Path, 
                 "world_size": runtime.world_size,
                 "seeds": {"train": config.train.seed, "split": config.data.split.seed},
                 "torch_threads": torch.get_num_threads(),
+                "precision": precision.to_dict(),
             }
         ),
     )
@@ -258,11 +278,28 @@ def _loader(
     )
 
 
-def _autocast(amp: str, device: torch.device) -> AbstractContextManager[Any]:
-    if amp == "none":
-        return nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+def _warn_if_precision_changed(recorded: dict[str, Any] | None, precision: Precision) -> None:
+    """Say so when a run resumes with another precision than it started with (another machine)."""
+    if recorded is None:
+        return
+    was = (recorded.get("amp"), recorded.get("channels_last"))
+    if was != (precision.amp, precision.channels_last):
+        print(
+            f"note: this run trained with amp {was[0]}, channels_last {was[1]} and resumes with "
+            f"amp {precision.amp}, channels_last {precision.channels_last}; it will not continue "
+            "bit for bit as the uninterrupted run would have (set train.amp and train.channels_last "
+            "explicitly to keep them)",
+            flush=True,
+        )
+
+
+def _restore_epoch_times(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """Each epoch's full time from metrics.jsonl: a checkpoint holds its own epoch's without the write."""
+    logged = {record.get("epoch"): record for record in read_metrics(run_dir)}
+    for record in history:
+        line = logged.get(record["epoch"])
+        if line is not None and "checkpoint_seconds" in line:
+            record["seconds"], record["checkpoint_seconds"] = line["seconds"], line["checkpoint_seconds"]
 
 
 def _train_one_epoch(
@@ -271,7 +308,7 @@ def _train_one_epoch(
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
-    autocast: AbstractContextManager[Any],
+    precision: Precision,
     config: ExperimentConfig,
     runtime: Runtime,
     epoch: int,
@@ -284,6 +321,7 @@ def _train_one_epoch(
         spent waiting for the next batch rather than computing.
     """
     model.train()
+    autocast = precision.autocast(runtime.device)
     total, batches, samples, waited = 0.0, 0, 0, 0.0
     started = time.perf_counter()
     bar = tqdm(
@@ -296,6 +334,7 @@ def _train_one_epoch(
     for batch in bar:
         waited += time.perf_counter() - ready
         images = batch["image"].to(runtime.device, non_blocking=True)
+        images = precision.prepare_input(images)
         targets = batch["label"].to(runtime.device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
@@ -346,6 +385,7 @@ def _save(
     progress: Progress,
     config: ExperimentConfig,
     data: TaskData,
+    precision: Precision,
     checkpoint_dir: Path,
     epoch: int,
 ) -> None:
@@ -359,6 +399,7 @@ def _save(
         "rng": capture_rng(),
         "config": config.model_dump(mode="json"),
         "normalizer": data.normalizer_state,
+        "precision": precision.to_dict(),
         "medvol_version": medvol.__version__,
     }
     save_checkpoint(state, checkpoint_dir / "last.pt")
