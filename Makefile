@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 # (see README, "Installing").
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint docs clean
 
 $(BIN)/medvol: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The documentation site (mkdocs.yml): generated pages must be fresh
+# (`python docs/generate.py` rewrites them), then a strict build into build/site.
+docs: install
+	$(BIN)/python docs/generate.py --check
+	$(BIN)/mkdocs build --strict --site-dir build/site
+
+test: lint docs
 	$(BIN)/python -m pytest
 
 clean:
