@@ -462,6 +462,14 @@ def _evaluate_classification(
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="bootstrap_ci:", category=RuntimeWarning)
         for name in CLASSIFICATION_CI_METRICS:
+            if name in NO_BOOTSTRAP_CI:
+                intervals[name] = {
+                    "estimate": float(point[name]),  # type: ignore[literal-required]
+                    "low": None,
+                    "high": None,
+                    "note": NO_BOOTSTRAP_CI[name],
+                }
+                continue
             statistic = classification_statistic(name, threshold, int(point["ece_bins"]))
             interval = bootstrap_ci((targets, probabilities), statistic, n_resamples, confidence, seed)
             intervals[name] = {
@@ -489,6 +497,12 @@ def _evaluate_classification(
         "roc": roc_curves(targets, probabilities, n_resamples, confidence, seed),
         "calibration": calibration_bins(targets, probabilities, int(point["ece_bins"])),
     }
+
+
+NO_BOOTSTRAP_CI = {
+    "ece": "no CI: resampling cases inflates a binned calibration error, so its percentile "
+    "bootstrap interval lies above the estimate and can exclude it",
+}
 
 
 def classification_statistic(name: str, threshold: float = 0.5, n_bins: int = 10) -> Callable[..., float]:
@@ -913,8 +927,9 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     metrics = summary.get("metrics") or {}
     if summary["task"] == "classification":
         for name, entry in metrics.items():
+            which = level if entry.get("low") is not None else "no CI, see summary.json"
             lines.append(
-                f"  {name:<18} {_interval(entry['estimate'], entry['low'], entry['high'])}  ({level})"
+                f"  {name:<18} {_interval(entry['estimate'], entry['low'], entry['high'])}  ({which})"
             )
         return "\n".join(lines)
     names = summary.get("class_names") or {}
