@@ -18,10 +18,10 @@ Parts (every part times its baseline in the same run, interleaved):
    ``configs/hippocampus-unet-cpu.yaml`` (base 16 filters, 4 levels, patch
    40×56×40), and ``small_unet`` (base 4, 3 levels, patch 32³), where loading
    and saving are a larger share of the work. ``medvol predict`` runs with
-   its defaults: 2 I/O threads, and torch on one core fewer than the process
-   may use (``medvol.predict.torch_threads_for``); to tell the two apart it
-   is also timed with torch on all cores, and the loop with torch on one core
-   fewer. ``segment_only_no_io`` segments the same volumes already in memory
+   its defaults: 2 I/O threads, torch on its own thread setting. Both are
+   also timed with torch on one core fewer (``Options(torch_threads=...)``
+   and the loop under ``torch.set_num_threads``), the remedy on a machine
+   shared with other jobs. ``segment_only_no_io`` segments the same volumes already in memory
    and writes nothing: the ceiling for hiding I/O behind the model. Model
    loading is inside every timing; one untimed warm-up call of each on 2
    volumes comes first.
@@ -204,13 +204,11 @@ def batch_case(data: Path, root: Path, sizes: Sizes, model: str) -> dict[str, An
         cores = torch.get_num_threads()
         volumes = [medvol.load(path) for path in paths]
         default = Options(overwrite=True, progress=False)
-        all_cores = Options(overwrite=True, progress=False, torch_threads=cores)
+        fewer = Options(overwrite=True, progress=False, torch_threads=max(1, cores - 1))
         return {
             "sequential_loop": lambda: naive_loop(run_dir, paths, out / "loop"),
             "medvol_predict": lambda: predict(run_dir, scans, out / "predict", default),
-            "medvol_predict_torch_on_all_cores": lambda: predict(
-                run_dir, scans, out / "predict-all", all_cores
-            ),
+            "medvol_predict_one_core_fewer": lambda: predict(run_dir, scans, out / "predict-1", fewer),
             "sequential_loop_one_core_fewer": with_threads(
                 max(1, cores - 1), lambda: naive_loop(run_dir, paths, out / "loop-1")
             ),

@@ -318,7 +318,7 @@ class Options:
     shard: tuple[int, int] = (0, 1)
     workers: int = 2
     progress: bool | None = None  # tqdm's rule: None shows it when stderr is a terminal
-    torch_threads: int | None = None  # None: see ``torch_threads_for``
+    torch_threads: int | None = None  # None: torch's own setting (OMP_NUM_THREADS, else every core)
 
 
 def output_paths(scan: Scan, out_dir: Path, options: Options) -> list[Path]:
@@ -552,7 +552,7 @@ class Predictor:
             failures=[e for e in mine if isinstance(e, Failure)],
             ignored=found.ignored,
         )
-        threads = self.options.torch_threads or torch_threads_for(trained.device, self.options.workers)
+        threads = self.options.torch_threads
         manifest: dict[str, Any] = {
             "medvol_version": __version__,
             "status": "running",
@@ -777,26 +777,6 @@ class Predictor:
             "how": "each scan reoriented to RAS, min-max scaled to [0, 1], resized to the training "
             "shape (trilinear, anti-aliased)",
         }
-
-
-def torch_threads_for(device: Any, io_threads: int) -> int | None:
-    """Torch's CPU threads while predicting: one core fewer than this process may use.
-
-    Torch's OpenMP team stalls whenever one of its threads loses its core (to
-    the I/O threads, or to another process): every parallel region waits for
-    the slowest thread, so a team as large as the machine runs many times
-    slower while anything else runs. Leaving one core to the I/O threads
-    avoids that. ``None`` (leave torch alone) off the CPU or without I/O threads.
-    """
-    import torch
-
-    if getattr(device, "type", str(device)) != "cpu" or io_threads < 1:
-        return None
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(torch.get_num_threads(), cores - 1))
 
 
 def file_sha256(path: Path) -> str:

@@ -474,9 +474,10 @@ def test_output_folder_inside_the_input_is_not_read_as_input(segmenter: Path, tm
     scan = np.random.default_rng(0).normal(size=(1, 6, 6, 6)).astype(np.float32)
     medvol.save(medvol.Volume(scan, np.eye(4)), tmp_path / "x.nii.gz")
     threads = torch.get_num_threads()
-    assert predict(segmenter, tmp_path, tmp_path / "predictions").predicted == 1
-    assert torch.get_num_threads() == threads  # lowered for the I/O threads while predicting only
+    options = Options(torch_threads=1)
+    assert predict(segmenter, tmp_path, tmp_path / "predictions", options).predicted == 1
+    assert torch.get_num_threads() == threads  # changed while predicting only
     manifest = json.loads((tmp_path / "predictions/predict.json").read_text())
-    assert manifest["options"]["torch_threads"] == max(1, min(threads, len(os.sched_getaffinity(0)) - 1))
+    assert manifest["options"]["torch_threads"] == 1
     assert [s.relative for s in find_scans(tmp_path, tmp_path / "predictions").scans] == ["x.nii.gz"]
     assert predict(segmenter, tmp_path, tmp_path / "predictions").skipped == 1
