@@ -43,7 +43,6 @@ def test_samples_come_from_the_cache_after_first_use(hippocampus_dataset: Segmen
     assert abs(float(np.mean(entry.arrays["image"]))) < 1e-3
     assert entry.meta["record"]["source_shape"] == list(entry.arrays["label"].shape[1:])
     assert np.array_equal(entry.arrays["foreground"], np.argwhere(entry.arrays["label"][0] > 0))
-    assert hippocampus_dataset.entry(0) is entry  # opened once per process, then kept
 
 
 def test_draws_repeat_per_epoch_and_differ_between_epochs(hippocampus_dataset: SegmentationDataset) -> None:

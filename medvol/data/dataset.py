@@ -21,7 +21,6 @@ repeat each other's draws and a resumed run draws what the original would have.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,7 +117,6 @@ class SegmentationDataset(_Reseedable):
             "preprocess": preprocess_config.to_dict(),
             "normalize": normalizer.to_dict(),
         }
-        self._opened: dict[tuple[Path, ...], CacheEntry] = {}  # memory maps: page cache, not process RAM
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -127,13 +125,13 @@ class SegmentationDataset(_Reseedable):
         """The preprocessed, normalised case, from the cache (built on first use).
 
         Arrays: ``image`` ``(C, X, Y, Z)`` float32, ``label`` ``(1, X, Y, Z)`` and
-        ``foreground`` ``(N, 3)`` int32, the indices of the labelled voxels. Each
-        entry is opened once per process and kept open (memory-mapped).
+        ``foreground`` ``(N, 3)`` int32, the indices of the labelled voxels.
+        Opened memory-mapped on every call and closed with the sample: keeping
+        entries open made cached epochs faster but made every worker map the
+        whole cache (measured in ``benchmarks/bench_pipeline.py``).
         """
         case = self.cases[index]
         sources = (*case.images, *([case.label] if case.label is not None else []))
-        if sources in self._opened:
-            return self._opened[sources]
 
         def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             image, label = load_case(case)
@@ -145,9 +143,7 @@ class SegmentationDataset(_Reseedable):
                 arrays["foreground"] = np.argwhere(label.array[0] > 0).astype(np.int32)
             return arrays, {"case_id": case.case_id, "record": record.to_dict()}
 
-        entry = self.cache.get_or_build(sources, self.cache_config, build)
-        self._opened[sources] = entry
-        return entry
+        return self.cache.get_or_build(sources, self.cache_config, build)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entry(index)
