@@ -37,4 +37,4 @@ test: lint docs
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) medvol-demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) medvol-demo build .pytest_cache .mypy_cache .ruff_cache

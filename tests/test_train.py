@@ -422,3 +422,13 @@ def test_epoch_seconds_include_the_checkpoint_write(
     (record,) = metrics(tmp_path / "runs" / "timed")
     assert record["checkpoint_seconds"] >= 0.25
     assert record["seconds"] >= record["checkpoint_seconds"] + 0.001  # and the training before it
+
+
+def test_epoch_line_gives_the_time_left_for_the_run() -> None:
+    from medvol.config import parse_config
+    from medvol.engine.train import _epoch_line
+
+    config = parse_config(classifier_config(Path("data.npz"), Path("runs"), "eta", epochs=10))
+    record = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "samples_per_s": 10.0, "data_wait_share": 0.1}
+    assert _epoch_line({**record, "seconds": 30.0}, config).endswith("30.0s  ETA 3m00s")
+    assert "ETA" not in _epoch_line({**record, "epoch": 9, "seconds": 30.0}, config)

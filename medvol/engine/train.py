@@ -425,4 +425,16 @@ def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
     wait = 100 * record["data_wait_share"]
     parts.append(f"{record['samples_per_s']:.1f} samples/s (data wait {wait:.0f}%)")
     parts.append(f"{record['seconds']:.1f}s")
+    remaining = (config.train.epochs - record["epoch"] - 1) * record["seconds"]
+    if remaining > 0:
+        parts.append(f"ETA {_duration(remaining)}")
     return "  ".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    """``3h02m``, ``4m05s`` or ``12s``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
