@@ -208,3 +208,14 @@ def test_mr_artefacts_change_the_image_but_not_where_the_anatomy_is(stage: str) 
     assert not np.allclose(out["image"], sample["image"], atol=1e-3)
     correlation = np.corrcoef(out["image"].ravel(), sample["image"].ravel())[0, 1]
     assert correlation > 0.7, f"{stage} moved the anatomy (correlation {correlation:.2f})"
+
+
+def test_blur_keeps_a_constant_image_constant_up_to_its_borders() -> None:
+    """Zero padding would darken a frame along every border; edges are extended instead."""
+    config = dataclasses.replace(NOTHING, blur_prob=1.0, blur_sigma_vox=(2.0, 2.0))
+    image = np.full((1, 20, 20, 20), 5.0, np.float32)
+    blurred = build_augmenter(config, seed=0)({"image": image})["image"]
+    np.testing.assert_allclose(blurred, 5.0, rtol=1e-5)
+    ramp = np.broadcast_to(np.arange(20, dtype=np.float32)[:, None, None], (1, 20, 20, 20)).copy()
+    smoothed = build_augmenter(config, seed=0)({"image": ramp})["image"]
+    assert not np.allclose(smoothed, ramp) and smoothed[0, 10, 10, 10] == pytest.approx(10.0, abs=1e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -154,3 +155,20 @@ def test_synthesize_cases_reports_a_broken_case_and_goes_on(tmp_path: Path) -> N
     report = synthesize_cases([(good_image, broken), (good_image, good_label)], 1, tmp_path / "out", seed=0)
     assert len(report.errors) == 1 and "broken.nii.gz" in report.errors[0][1]
     assert [p.name for p in report.written] == ["good_aug000.nii.gz"]
+
+
+@pytest.mark.shared
+def test_augment_mode_never_copies_a_case(hippocampus_cases: list[tuple[Path, Path]], tmp_path: Path) -> None:
+    """A draw where no stage fires is drawn again: no variant equals its source (a duplicate case)."""
+    rare = AugmentConfig(
+        **{f.name: 0.0 for f in dataclasses.fields(AugmentConfig) if f.name.endswith("_prob")}
+    )
+    rare = dataclasses.replace(rare, noise_prob=0.1)
+    report = synthesize_cases(hippocampus_cases[:1], 6, tmp_path / "rare", seed=0, augment=rare)
+    assert report.errors == [] and len(report.written) == 6
+    source = load(hippocampus_cases[0][0]).array.astype(np.float32)
+    for path in report.written:
+        assert not np.allclose(load(path).array, source, atol=1e-4)
+    off = dataclasses.replace(rare, noise_prob=0.0)
+    report = synthesize_cases(hippocampus_cases[:1], 1, tmp_path / "off", seed=0, augment=off)
+    assert "changed nothing" in report.errors[0][1]

@@ -48,7 +48,6 @@ from monai.transforms import (
     RandBiasFieldd,
     RandFlipd,
     RandGaussianNoised,
-    RandGaussianSmoothd,
     RandGibbsNoised,
     RandKSpaceSpikeNoised,
     RandomizableTransform,
@@ -57,6 +56,7 @@ from monai.transforms import (
     RandScaleIntensityFixedMeand,
 )
 from monai.utils import convert_to_numpy
+from scipy import ndimage
 
 from medvol.errors import MedvolError
 from medvol.volume import Volume
@@ -335,13 +335,7 @@ def _stages(config: AugmentConfig) -> list[tuple[str, Any]]:
         (
             "blur",
             c.blur_prob,
-            lambda: RandGaussianSmoothd(
-                **image,
-                prob=c.blur_prob,
-                sigma_x=c.blur_sigma_vox,
-                sigma_y=c.blur_sigma_vox,
-                sigma_z=c.blur_sigma_vox,
-            ),
+            lambda: RandBlurd(IMAGE, prob=c.blur_prob, sigma_vox=c.blur_sigma_vox),
         ),
         ("noise", c.noise_prob, lambda: RandGaussianNoised(**image, prob=c.noise_prob, std=c.noise_std)),
         ("rician", c.rician_prob, lambda: RandRicianNoised(**image, prob=c.rician_prob, std=c.rician_std)),
@@ -435,6 +429,35 @@ def build_augmenter(config: AugmentConfig | None = None, seed: Seed = 0) -> Augm
         seed: an int, or ``worker_seed(base_seed, rank, worker_id, epoch)``.
     """
     return Augmenter(config or AugmentConfig(), seed)
+
+
+# --- Gaussian blur without a dark frame -----------------------------------------------------------
+
+
+class RandBlurd(RandomizableTransform, MapTransform):
+    """Gaussian blur with a random sigma per axis, edges extended (not zero-padded).
+
+    MONAI's ``RandGaussianSmoothd`` pads with zeros, which darkens a frame
+    along every border (visible in labels-to-image synthesis); here the volume
+    is extended with its nearest values (``scipy.ndimage.gaussian_filter``,
+    ``mode="nearest"``), so a constant image stays constant.
+    """
+
+    def __init__(self, keys: tuple[str, ...], prob: float, sigma_vox: Range) -> None:
+        RandomizableTransform.__init__(self, prob=prob)
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        self.sigma_vox = sigma_vox
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        sigma = (0.0, *self.R.uniform(self.sigma_vox[0], self.sigma_vox[1], size=3))  # not across channels
+        for key in self.key_iterator(d):
+            image = convert_to_numpy(d[key], dtype=np.float32)
+            d[key] = ndimage.gaussian_filter(image, sigma=sigma, mode="nearest").astype(np.float32)
+        return d
 
 
 # --- MR artefacts MONAI lacks: motion and ghosting, simulated in k-space ----------------------------

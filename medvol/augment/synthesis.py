@@ -362,14 +362,26 @@ def _load_case(image_paths: list[Path], label_path: Path) -> tuple[Volume, Volum
     return Volume(image, channels[0].affine, channels[0].meta), Volume(values, label.affine, label.meta)
 
 
+MAX_DRAWS = 32
+
+
 def _augment(
     image: np.ndarray, label: np.ndarray, config: AugmentConfig, seed: np.random.SeedSequence
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Augment in standardised units, then return to the source's intensity scale."""
+    """Augment in standardised units, then return to the source's intensity scale.
+
+    A draw in which no stage fired would copy the case (which ``medvol index``
+    then flags as a duplicate); it is drawn again from the next child seed, so
+    every variant differs from its source and the result stays deterministic.
+    """
     mean = image.mean(axis=(1, 2, 3), keepdims=True)
     std = image.std(axis=(1, 2, 3), keepdims=True) + 1e-8
-    sample = build_augmenter(config, seed)({"image": (image - mean) / std, "label": label})
-    return (sample["image"] * std + mean).astype(np.float32), sample["label"]
+    standardised = ((image - mean) / std).astype(np.float32)
+    for draw in seed.spawn(MAX_DRAWS):
+        sample = build_augmenter(config, draw)({"image": standardised, "label": label})
+        if not (np.array_equal(sample["image"], standardised) and np.array_equal(sample["label"], label)):
+            return (sample["image"] * std + mean).astype(np.float32), sample["label"]
+    raise MedvolError(None, f"the augmentation changed nothing in {MAX_DRAWS} draws; raise its probabilities")
 
 
 def _csv_text(rows: list[dict[str, str]]) -> str:
