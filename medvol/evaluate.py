@@ -7,8 +7,11 @@
   test split; held-out test cases come as a manifest. Each scan is segmented on its own
   grid and compared with its label on that grid: Dice, HD95 and ASSD in mm (the label's
   spacing), volume difference in mL, per class and case (:mod:`medvol.metrics`).
-- **classification** (MedMNIST run): the ``val`` or ``test`` split of the run's ``.npz``;
-  every :func:`medvol.metrics.classification_metrics` value at the decision threshold,
+- **classification**: a MedMNIST run on the ``val`` or ``test`` split of its ``.npz``; a run
+  trained on scan files on the validation cases of ``split.json`` or the cases of a manifest
+  CSV with a ``class`` column (each scan prepared as in training,
+  :func:`medvol.engine.inference.classify_scan`). Every
+  :func:`medvol.metrics.classification_metrics` value at the decision threshold,
   case-level bootstrap CIs, the ROC curve(s) with a bootstrap band and calibration bins.
 
 It writes, atomically, into ``RUN_DIR/evaluation-SPLIT`` (or ``evaluation-<manifest stem>``):
@@ -129,8 +132,9 @@ def evaluate_run(
     Args:
         run_dir: run folder written by ``medvol train``.
         split: ``"val"`` (the run's validation cases) or ``"test"`` (MedMNIST test split;
-            segmentation runs only when ``split.json`` lists test cases).
-        cases: a manifest CSV of labelled cases (segmentation); replaces ``split``.
+            runs on scan files only when ``split.json`` lists test cases).
+        cases: a manifest CSV of labelled cases (column ``label`` for segmentation,
+            ``class`` for a classifier trained on scan files); replaces ``split``.
         checkpoint: ``"best"`` (falls back to ``"last"`` when the run never validated) or
             ``"last"``.
         out: output folder; default :func:`default_out`.
@@ -144,12 +148,12 @@ def evaluate_run(
 
     Raises:
         MedvolError: no run folder, config or checkpoint; a split the run does not have; a
-            manifest without label maps; a threshold outside [0, 1]. A case that cannot be
+            manifest without label maps (classes); a threshold outside [0, 1]. A case that cannot be
             scored (unreadable, label on another grid) does not raise: it is listed in the
             summary's ``errors`` and the other cases are scored.
     """
     from medvol.config import load_config
-    from medvol.engine.inference import load_trained
+    from medvol.engine.inference import is_medmnist, load_trained
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -164,13 +168,14 @@ def evaluate_run(
         raise MedvolError(None, f"split must be 'val' or 'test', got {split!r}")
     config = load_config(run_dir / "config.yaml")
     cases_path = None if cases is None else Path(cases)
-    if config.data.task == "classification" and cases_path is not None:
+    medmnist = is_medmnist(config)
+    if medmnist and cases_path is not None:
         raise MedvolError(
             cases_path,
-            "a classification run is evaluated on the splits of its MedMNIST file: use --split val|test",
+            "a MedMNIST classifier is evaluated on the splits of its .npz file: use --split val|test",
         )
-    if config.data.task == "segmentation" and cases_path is None and split == "test":
-        _segmentation_split_ids(run_dir, "test")  # raises before the model is loaded
+    if not medmnist and cases_path is None and split == "test":
+        _split_ids(run_dir, "test")  # raises before the model is loaded
     trained = load_trained(run_dir, checkpoint, device)
     out_dir = Path(out) if out is not None else default_out(run_dir, split, cases_path)
     notices: list[str] = []
@@ -184,7 +189,7 @@ def evaluate_run(
         )
     else:
         summary = _evaluate_classification(
-            trained, split, out_dir, header, threshold, n_resamples, confidence, seed
+            trained, run_dir, cases_path, split, out_dir, header, threshold, n_resamples, confidence, seed
         )
     overlap = summary.get("overlap_with_training") or []
     if overlap:
@@ -223,7 +228,7 @@ def _evaluate_segmentation(
     from medvol.volume import Volume
 
     config = trained.config
-    selected, errors, source, root = _segmentation_cases(run_dir, config, cases_path, split)
+    selected, errors, source, root = _run_cases(run_dir, config, cases_path, split)
     requested = len(selected) + len(errors)
     classes = list(range(1, config.data.num_classes))
     accumulator = SegmentationAccumulator(classes, policy)
@@ -275,28 +280,39 @@ def _evaluate_segmentation(
     return summary
 
 
-def _segmentation_cases(
+def _run_cases(
     run_dir: Path, config: ExperimentConfig, cases_path: Path | None, split: Split
 ) -> tuple[list[Case], list[dict[str, Any]], str, Path]:
-    """The cases to score, errors for those that cannot be, where they came from (text, path)."""
+    """The cases to score, errors for those that cannot be, where they came from (text, path).
+
+    Segmentation cases need a label map (column ``label``), classification cases a class
+    (column ``class``); the run's ``data.classes`` check label-map values only.
+    """
     from medvol.data.cases import validate
 
+    segmentation = config.data.task == "segmentation"
+    classes = config.data.classes if segmentation else None
     if cases_path is not None:
+        column = "label" if segmentation else "class"
         if not cases_path.is_file():
             raise MedvolError(cases_path, "manifest not found")
         if cases_path.suffix.lower() != ".csv":
-            raise MedvolError(cases_path, "--cases expects a .csv manifest (case_id, image, label columns)")
-        report = validate(cases_path, classes=config.data.classes)
-        if not any(case.label is not None for case in report.cases):
+            raise MedvolError(
+                cases_path, f"--cases expects a .csv manifest (case_id, image, {column} columns)"
+            )
+        report = validate(cases_path, classes=classes)
+        found = [case.label if segmentation else case.target for case in report.cases]
+        if not any(value is not None for value in found):
+            what = "label map" if segmentation else "class"
             raise MedvolError(
                 cases_path,
-                "no case has a label map (column 'label'): evaluation needs the ground truth of every case",
+                f"no case has a {what} (column '{column}'): evaluation needs the ground truth of every case",
             )
         wanted = [case.case_id for case in report.cases]
         source = str(cases_path)
     else:
-        ids = _segmentation_split_ids(run_dir, split)
-        report = validate(config.data.root, classes=config.data.classes)
+        ids = _split_ids(run_dir, split)
+        report = validate(config.data.root, classes=classes)
         wanted = list(ids)
         source = f"split.json {split} ({config.data.root})"
     by_id = {case.case_id: case for case in report.usable}
@@ -316,13 +332,13 @@ def _segmentation_cases(
     return selected, errors, source, report.root
 
 
-def _segmentation_split_ids(run_dir: Path, split: Split) -> list[str]:
+def _split_ids(run_dir: Path, split: Split) -> list[str]:
     data = _split_json(run_dir)
     ids = data.get(split)
     if split == "test" and not isinstance(ids, list):
         raise MedvolError(
             run_dir / "split.json",
-            "segmentation runs have no official test split (split.json lists train and val only); "
+            "runs on scan folders have no official test split (split.json lists train and val only); "
             "evaluate held-out cases with --cases MANIFEST.csv",
         )
     if not isinstance(ids, list):
@@ -422,6 +438,8 @@ def _class_names(config: ExperimentConfig) -> dict[str, str]:
 
 def _evaluate_classification(
     trained: TrainedModel,
+    run_dir: Path,
+    cases_path: Path | None,
     split: Split,
     out_dir: Path,
     header: dict[str, Any],
@@ -430,12 +448,31 @@ def _evaluate_classification(
     confidence: float,
     seed: int,
 ) -> dict[str, Any]:
+    """A MedMNIST run on a split of its ``.npz``; a file-trained run on split.json ids or a manifest."""
+    if trained.medmnist:
+        case_ids, targets, probabilities, details = _medmnist_predictions(trained, split)
+    else:
+        case_ids, targets, probabilities, details = _file_predictions(trained, run_dir, cases_path, split)
+    if not case_ids:
+        raise MedvolError(
+            details.get("cases_root"),
+            f"no case of {details['cases_source']} could be scored: "
+            + "; ".join(f"{e['case_id']}: {e['problem']}" for e in details.get("errors", [])[:3]),
+        )
+    scores = score_classification(
+        case_ids, targets, probabilities, out_dir, threshold, n_resamples, confidence, seed
+    )
+    return {**header, **details, **scores}
+
+
+def _medmnist_predictions(
+    trained: TrainedModel, split: Split
+) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, Any]]:
+    """Case ids, targets ``(N,)``, probabilities ``(N, K)`` and summary fields for a MedMNIST split."""
     from medvol.engine.inference import classify
     from medvol.io.medmnist import load_medmnist
 
     root = Path(trained.config.data.root)
-    if root.suffix.lower() != ".npz":
-        raise MedvolError(root, "classification evaluation reads MedMNIST .npz files only")
     data = load_medmnist(root)[split]
     if len(data.labels) == 0:
         raise MedvolError(root, f"the {split} split is empty")
@@ -448,14 +485,90 @@ def _evaluate_classification(
         classify(trained, data.images[start : start + CLASSIFY_CHUNK, np.newaxis].astype(np.float32) / 255.0)
         for start in range(0, len(data.labels), CLASSIFY_CHUNK)
     ]
-    probabilities = np.concatenate(chunks).astype(np.float64)
+    targets = data.labels.astype(int).reshape(-1)
+    case_ids = [f"{split}-{index:05d}" for index in range(len(targets))]
+    details = {
+        "cases_source": f"{root} ({split}_images, {split}_labels)",
+        "data_sha256": _sha256(root),
+        "n_requested": int(targets.size),
+        "errors": [],
+    }
+    return case_ids, targets, np.concatenate(chunks), details
+
+
+def _file_predictions(
+    trained: TrainedModel, run_dir: Path, cases_path: Path | None, split: Split
+) -> tuple[list[str], np.ndarray, np.ndarray, dict[str, Any]]:
+    """The same for a classifier trained on scan files: split.json ids, or a manifest's cases.
+
+    A case that cannot be scored (unreadable, no class, class outside the run's classes) is
+    listed in ``errors`` and left out.
+    """
+    from tqdm import tqdm
+
+    from medvol.data.dataset import class_index, load_images
+    from medvol.engine.inference import classify_scan
+
+    config = trained.config
+    selected, errors, source, root = _run_cases(run_dir, config, cases_path, split)
+    requested = len(selected) + len(errors)
+    case_ids: list[str] = []
+    targets: list[int] = []
+    rows: list[np.ndarray] = []
+    for case in tqdm(selected, desc="evaluate", disable=None, leave=False):
+        try:
+            target = class_index(case, config.data.num_classes)
+            probabilities = classify_scan(trained, load_images(case))
+        except MedvolError as error:
+            errors.append(_error(case.case_id, error.path, error.problem))
+            continue
+        case_ids.append(case.case_id)
+        targets.append(target)
+        rows.append(probabilities)
+    train_ids = set(_split_json(run_dir).get("train") or [])
+    details = {
+        "cases_source": source,
+        "cases_root": str(root),
+        "n_requested": requested,
+        "errors": errors,
+        "overlap_with_training": sorted(set(case_ids) & train_ids) if cases_path else [],
+    }
+    probabilities = np.stack(rows) if rows else np.zeros((0, config.data.num_classes), dtype=np.float32)
+    return case_ids, np.array(targets, dtype=int), probabilities, details
+
+
+def score_classification(
+    case_ids: list[str],
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    out_dir: Path,
+    threshold: float,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, Any]:
+    """Write ``cases.csv`` and return the metric fields of a classification summary.
+
+    Args:
+        case_ids: one per case, in ``cases.csv`` order.
+        targets: ``(N,)`` class indices.
+        probabilities: ``(N, K)`` softmax outputs (renormalised here in float64).
+        out_dir: where ``cases.csv`` goes.
+
+    Returns:
+        ``n_cases``, ``threshold``, class counts, confusion matrix, every metric of
+        :data:`CLASSIFICATION_CI_METRICS` with its bootstrap CI, ROC curves and calibration bins.
+
+    Raises:
+        MedvolError: the metrics are undefined for these targets (e.g. a class outside K).
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
     probabilities /= probabilities.sum(axis=1, keepdims=True)  # float32 softmax rounding
-    targets = data.labels.astype(int)
+    targets = np.asarray(targets, dtype=int)
     try:
         point = classification_metrics(targets, probabilities, threshold)
     except ValueError as error:
-        raise MedvolError(root, f"{split} split cannot be scored: {error}") from error
-    case_ids = [f"{split}-{index:05d}" for index in range(len(targets))]
+        raise MedvolError(None, f"the {len(case_ids)} case(s) cannot be scored: {error}") from error
     predicted = _predicted(probabilities, threshold)
     _write_classification_csv(out_dir / CASES_CSV, case_ids, targets, probabilities, predicted)
     intervals: dict[str, Any] = {}
@@ -480,12 +593,7 @@ def _evaluate_classification(
             }
     classes, counts = np.unique(targets, return_counts=True)
     return {
-        **header,
-        "cases_source": f"{root} ({split}_images, {split}_labels)",
-        "data_sha256": _sha256(root),
         "n_cases": int(targets.size),
-        "n_requested": int(targets.size),
-        "errors": [],
         "threshold": point["threshold"],
         "class_counts": {str(c): int(n) for c, n in zip(classes, counts, strict=True)},
         "n_classes": point["n_classes"],

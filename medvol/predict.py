@@ -16,6 +16,15 @@ DICOM series in ``IN/a/``      ``OUT/a/dicom-<hash>.seg.nii.gz`` (and
 classifier, any scan           a row of ``OUT/predictions.csv``
 =============================  ================================================
 
+A classifier's input depends on what it was trained on. One trained on scan
+files (a manifest with a ``class`` column) sees each scan exactly as in
+training: preprocessed and normalised with the run's fitted normaliser, then
+centre-cropped/padded to ``data.patch_size``
+(``medvol.engine.inference.classify_scan``). One trained on a MedMNIST
+``.npz`` saw ``uint8 / 255`` arrays; a scan is reoriented to RAS, min-max
+scaled to [0, 1] and resized to the training shape (``classifier_input``),
+which matches MedMNIST's range and shape but not its crops or windowing.
+
 Label maps and probabilities lie on the scan's own grid: the shape and affine
 of ``medvol.load(input)``. A DICOM series is named by the id ``medvol index``
 gives it (``dicom-`` + a hash of its series UID and folder), never by anything
@@ -711,10 +720,22 @@ class Predictor:
             )
 
     def _classify(self, trained: TrainedModel, scans: list[Scan], outcome: Outcome) -> dict[str, Any]:
-        from medvol.engine.inference import classify
+        from medvol.engine.inference import classify, prepare_scan
 
-        shape = classifier_input_shape(trained.run_dir)
         channels = int(trained.config.model.options.get("in_channels", 1))
+        if trained.medmnist:
+            shape = classifier_input_shape(trained.run_dir)
+            how = (
+                "MedMNIST-trained: each scan reoriented to RAS, min-max scaled to [0, 1], resized to "
+                "the training shape (trilinear, anti-aliased)"
+            )
+        else:
+            assert trained.config.data.patch_size is not None  # required to train on scan files
+            shape = trained.config.data.patch_size
+            how = (
+                "trained on scan files: each scan preprocessed and normalised as in training, "
+                "centre-cropped/padded to data.patch_size (medvol.engine.inference.classify_scan)"
+            )
         classes = trained.num_classes
         header = ["case_id", "input", *[f"probability_{k}" for k in range(classes)], "predicted_class"]
         rows = {} if self.options.overwrite else read_predictions(self.predictions_path, header)
@@ -730,6 +751,8 @@ class Predictor:
 
         def prepare(scan: Scan) -> np.ndarray:
             volume = self._load(scan)
+            if not trained.medmnist:
+                return prepare_scan(trained, volume)
             if volume.num_channels != channels:
                 raise MedvolError(
                     scan.path, f"the model takes {channels} channel(s), the scan has {volume.num_channels}"
@@ -771,12 +794,7 @@ class Predictor:
                 )
             finally:
                 flush()
-        return {
-            "shape": list(shape),
-            "channels": channels,
-            "how": "each scan reoriented to RAS, min-max scaled to [0, 1], resized to the training "
-            "shape (trilinear, anti-aliased)",
-        }
+        return {"shape": list(shape), "channels": channels, "how": how}
 
 
 def file_sha256(path: Path) -> str:

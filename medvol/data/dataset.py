@@ -9,6 +9,11 @@ validation samples are whole volumes.
 
 Classification (MedMNIST): the arrays are small and already in memory.
 
+Classification (scan files): each case is loaded, preprocessed, normalised
+with a normaliser fitted on the training fold and cached like a segmentation
+case; every sample is then centre-cropped and padded to the fixed input shape
+(``crop_or_pad``, the same function inference uses). Targets are class indices.
+
 A sample is a dict ``{"case_id": str, "image": (C, X, Y, Z) float32 tensor,
 "label": (1, X, Y, Z) int64 tensor | () int64 tensor}``.
 
@@ -30,21 +35,28 @@ from torch.utils.data import Dataset, get_worker_info
 from medvol.augment import Augmenter, worker_seed
 from medvol.data.cache import CacheEntry, VolumeCache
 from medvol.data.cases import Case
+from medvol.errors import MedvolError
 from medvol.io import load
-from medvol.transforms import Normalizer, PreprocessConfig, preprocess
+from medvol.transforms import Normalizer, PreprocessConfig, crop_or_pad, preprocess
 from medvol.volume import Volume
 
 CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
 FOREGROUND_FRACTION = 1 / 3
 
 
-def load_case(case: Case) -> tuple[Volume, Volume | None]:
-    """The case's channels stacked into one Volume, and its label map (if any)."""
+def load_images(case: Case) -> Volume:
+    """The case's channels stacked into one Volume ``(C, X, Y, Z)`` (no label map is read)."""
     channels = [load(path, series=case.series) for path in case.images]
     image = channels[0]
     if len(channels) > 1:
         array = np.concatenate([channel.array.astype(np.float32) for channel in channels])
         image = Volume(array, image.affine, image.meta)
+    return image
+
+
+def load_case(case: Case) -> tuple[Volume, Volume | None]:
+    """The case's channels stacked into one Volume, and its label map (if any)."""
+    image = load_images(case)
     label = None if case.label is None else load(case.label)
     if label is not None and label.array.dtype.kind == "f":
         label = Volume(label.array.astype(np.int16), label.affine, label.meta)  # validated integral
@@ -229,15 +241,118 @@ class ArrayClassificationDataset(_Reseedable):
         }
 
 
+def class_index(case: Case, num_classes: int) -> int:
+    """The case's class target as an index in ``[0, num_classes)``.
+
+    Raises:
+        MedvolError: no class, not an integer, or out of range (naming the case).
+    """
+    text = (case.target or "").strip()
+    where = case.images[0] if case.images else None
+    if not text:
+        raise MedvolError(where, f"case {case.case_id} has no class (column 'class')")
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value.is_integer():
+        raise MedvolError(
+            where, f"case {case.case_id}: class {text!r} is not an integer class index in [0, {num_classes})"
+        )
+    if not 0 <= value < num_classes:
+        raise MedvolError(
+            where,
+            f"case {case.case_id}: class {int(value)} is outside [0, {num_classes}) "
+            f"(data.num_classes is {num_classes})",
+        )
+    return int(value)
+
+
+class FileClassificationDataset(_Reseedable):
+    """Scan files with class targets, preprocessed, normalised, cached and cut to one input shape.
+
+    Args:
+        cases: usable cases; ``targets`` their class indices (``class_index``).
+        preprocess_config: the grid every case is put on.
+        normalizer: fitted on the training fold without masks (``fit_normalizer``).
+        cache: where preprocessed, normalised cases are kept (whole, before cropping).
+        shape: the model's input ``(X, Y, Z)`` in voxels (``data.patch_size``).
+        augmenter: applied to training samples.
+
+    Samples: ``{"case_id", "image": (C, X, Y, Z) float32, "label": () int64}``.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        targets: Sequence[int],
+        preprocess_config: PreprocessConfig,
+        normalizer: Normalizer,
+        cache: VolumeCache,
+        shape: tuple[int, int, int],
+        augmenter: Augmenter | None = None,
+        seed: int = 0,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(augmenter, seed, rank)
+        if len(cases) != len(targets):
+            raise ValueError(f"{len(cases)} cases but {len(targets)} targets")
+        self.cases = list(cases)
+        self.targets = [int(t) for t in targets]
+        self.preprocess_config = preprocess_config
+        self.normalizer = normalizer
+        self.cache = cache
+        self.shape = shape
+        self.cache_config = {
+            "format": CACHE_FORMAT,
+            "kind": "classification image",
+            "preprocess": preprocess_config.to_dict(),
+            "normalize": normalizer.to_dict(),
+        }
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def entry(self, index: int) -> CacheEntry:
+        """The preprocessed, normalised case from the cache: ``image`` ``(C, X, Y, Z)`` float32."""
+        case = self.cases[index]
+
+        def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+            image = load_images(case)
+            image, _, record = preprocess(image, None, self.preprocess_config)
+            image = self.normalizer.transform(image)
+            arrays = {"image": image.array.astype(np.float32)}
+            meta = {"case_id": case.case_id, "record": record.to_dict(), "affine": image.affine.tolist()}
+            return arrays, meta
+
+        return self.cache.get_or_build(case.images, self.cache_config, build)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        entry = self.entry(index)
+        image = np.array(entry.arrays["image"], dtype=np.float32)
+        image = crop_or_pad(Volume(image, np.eye(4), {}), self.shape).array
+        if self.augmenter is not None:
+            image = self.augmenter({"image": image})["image"]
+        return {
+            "case_id": self.cases[index].case_id,
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.tensor(self.targets[index], dtype=torch.int64),
+        }
+
+
 def fit_normalizer(
-    normalizer: Normalizer, cases: Sequence[Case], preprocess_config: PreprocessConfig
+    normalizer: Normalizer,
+    cases: Sequence[Case],
+    preprocess_config: PreprocessConfig,
+    use_labels: bool = True,
 ) -> Normalizer:
-    """Fit on the training cases only, on their preprocessed grids with label masks."""
+    """Fit on the training cases only, on their preprocessed grids (with label masks when
+    ``use_labels`` and every case has a label map; classification passes ``use_labels=False``)."""
     if not normalizer.needs_fit():
         return normalizer
     images, masks = [], []
     for case in cases:
-        image, label = load_case(case)
+        image, label = load_case(case) if use_labels else (load_images(case), None)
         image, label, _ = preprocess(image, label, preprocess_config)
         images.append(image)
         masks.append(label)

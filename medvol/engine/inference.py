@@ -9,7 +9,13 @@ normaliser's fitted statistics come from ``normalizer.json``). Then:
   Gaussian-blended sliding windows (optionally averaged over axis flips) →
   probabilities mapped back through ``invert`` (linear) → argmax, optionally
   keeping the largest connected component of each class.
-- ``classify(trained, images)`` gives class probabilities for a batch.
+- ``classify(trained, images)`` gives class probabilities for a batch of
+  model inputs already prepared as in training.
+- ``classify_scan(trained, scan)`` gives one scan's class probabilities from a
+  classifier trained on scan files: preprocess → normalise → centre-crop/pad
+  to ``data.patch_size`` (``prepare_scan``), exactly as in training.
+  MedMNIST-trained classifiers (``trained.medmnist``) saw ``uint8 / 255``
+  arrays instead; ``medvol.predict`` has their input path.
 
 The run's ``train.amp`` and ``train.channels_last`` are resolved for the
 inference device and model exactly as training resolves them
@@ -38,7 +44,7 @@ from medvol.engine.precision import Precision, resolve_precision
 from medvol.engine.validate import predict_volume
 from medvol.errors import MedvolError
 from medvol.models import create_model
-from medvol.transforms import Normalizer, PreprocessConfig, ZScore, invert, preprocess
+from medvol.transforms import Normalizer, PreprocessConfig, ZScore, crop_or_pad, invert, preprocess
 from medvol.volume import Volume
 
 Checkpoint = Literal["best", "last"]
@@ -54,8 +60,8 @@ class TrainedModel:
         model: the network, eval mode, on ``device``.
         device: where inference runs.
         preprocess: the grid scans are put on before the model sees them.
-        normalizer: fitted intensity normaliser (segmentation), ``None`` for
-            MedMNIST classifiers (uint8 / 255).
+        normalizer: fitted intensity normaliser (segmentation, and classifiers
+            trained on scan files), ``None`` for MedMNIST classifiers (uint8 / 255).
         checkpoint: ``"best"`` or ``"last"``; ``epoch`` is the epoch it holds.
         precision: the run's ``train.amp`` and ``train.channels_last``
             resolved for ``device`` and ``model`` (set on creation; with
@@ -85,6 +91,11 @@ class TrainedModel:
     def num_classes(self) -> int:
         return self.config.data.num_classes
 
+    @property
+    def medmnist(self) -> bool:
+        """True for a classifier trained on a MedMNIST ``.npz`` (not on scan files)."""
+        return is_medmnist(self.config)
+
     def autocast(self) -> AbstractContextManager[Any]:
         """Autocast as the run's ``train.amp`` resolves on this device (``auto``: bf16 where native)."""
         return self.precision.autocast(self.device)
@@ -102,6 +113,11 @@ class Segmentation:
 
     label: Volume
     probabilities: Volume | None = None
+
+
+def is_medmnist(config: ExperimentConfig) -> bool:
+    """True when the run trains a classifier on a MedMNIST ``.npz`` (inputs ``uint8 / 255``)."""
+    return config.data.task == "classification" and str(config.data.root).lower().endswith(".npz")
 
 
 def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: str = "auto") -> TrainedModel:
@@ -135,7 +151,7 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
     model.load_state_dict(state["model"])
     model.eval()
     normalizer = None
-    if config.data.task == "segmentation":
+    if not is_medmnist(config):
         stored = state.get("normalizer")
         normalizer = Normalizer.from_dict(stored) if stored else ZScore(per_scan=True)
     return TrainedModel(
@@ -242,3 +258,37 @@ def classify(trained: TrainedModel, images: np.ndarray, batch_size: int = 32) ->
     if not rows:
         return np.zeros((0, trained.num_classes), dtype=np.float32)
     return np.concatenate(rows).astype(np.float32)
+
+
+def prepare_scan(trained: TrainedModel, scan: Volume) -> np.ndarray:
+    """A scan as a file-trained classifier's input ``(C, X, Y, Z)`` float32.
+
+    The training path of ``FileClassificationDataset``: preprocess with the
+    run's config, normalise with its fitted normaliser, centre-crop/pad to
+    ``data.patch_size`` (padding with the normalised scan's minimum).
+
+    Raises:
+        MedvolError: the run is not a file-trained classifier, or the scan has
+            another number of channels than the model takes.
+    """
+    if trained.task != "classification":
+        raise MedvolError(trained.run_dir, "this run is a segmenter; use segment()")
+    shape = trained.config.data.patch_size
+    if trained.medmnist or shape is None or trained.normalizer is None:
+        raise MedvolError(
+            trained.run_dir, "this classifier was trained on a MedMNIST .npz, not on scan files"
+        )
+    expected = trained.config.model.options.get("in_channels", 1)
+    if scan.num_channels != expected:
+        raise MedvolError(
+            scan.meta.get("source_path"),
+            f"the model takes {expected} channel(s), the scan has {scan.num_channels}",
+        )
+    image, _, _ = preprocess(scan, None, trained.preprocess)
+    image = trained.normalizer.transform(image)
+    return crop_or_pad(image, shape).array.astype(np.float32)
+
+
+def classify_scan(trained: TrainedModel, scan: Volume) -> np.ndarray:
+    """Class probabilities ``(K,)`` float32 of one scan ``(C, X, Y, Z)``, for a file-trained classifier."""
+    return classify(trained, prepare_scan(trained, scan)[np.newaxis])[0]

@@ -8,7 +8,13 @@ statistics on training scans (``medvol.transforms.normalize``).
 from __future__ import annotations
 
 from medvol.transforms.normalize import CTWindow, Normalizer, NotFittedError, PercentileClip, ZScore
-from medvol.transforms.preprocess import PreprocessConfig, PreprocessRecord, invert, preprocess
+from medvol.transforms.preprocess import (
+    PreprocessConfig,
+    PreprocessRecord,
+    crop_or_pad,
+    invert,
+    preprocess,
+)
 
 __all__ = [
     "CTWindow",
@@ -18,6 +24,7 @@ __all__ = [
     "PreprocessConfig",
     "PreprocessRecord",
     "ZScore",
+    "crop_or_pad",
     "invert",
     "preprocess",
 ]

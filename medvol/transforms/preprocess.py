@@ -569,6 +569,27 @@ def pad(volume: Volume, shape: tuple[int, int, int], value: float = 0.0) -> tupl
     return result, _entry("pad", volume, result, pad_vox=[list(w) for w in widths], value=value)
 
 
+def crop_or_pad(volume: Volume, shape: tuple[int, int, int], value: float | None = None) -> Volume:
+    """Centre-crop and pad a volume to exactly ``shape`` ``(X, Y, Z)`` voxels.
+
+    Axes larger than ``shape`` keep their central voxels (an odd excess drops
+    the extra voxel at the end); smaller axes are padded symmetrically with
+    ``value`` (default: the minimum of the whole input volume). The affine follows exactly.
+    This is the fixed input shape of file-trained classifiers, in training
+    and at inference.
+    """
+    fill = float(volume.array.min()) if value is None else value
+    excess = [max(n - need, 0) for n, need in zip(volume.shape, shape, strict=True)]
+    if any(excess):
+        bbox = _bbox(
+            [(e // 2, e // 2 + min(n, need)) for e, n, need in zip(excess, volume.shape, shape, strict=True)]
+        )
+        volume, _ = crop(volume, bbox)
+    if tuple(volume.shape) != tuple(shape):
+        volume, _ = pad(volume, shape, fill)
+    return volume
+
+
 def _uncrop(volume: Volume, entry: Entry, fill_value: float | list[float]) -> Volume:
     """Put a cropped array back into the uncropped grid, filling the rest."""
     shape = (volume.num_channels, *entry["input_shape"])
