@@ -97,12 +97,17 @@ def predict_volume(
     """Class probabilities ``(B, K, X, Y, Z)`` for images ``(B, C, X, Y, Z)``.
 
     Gaussian-weighted sliding windows of ``patch_size`` with half overlap (MONAI).
+    An image smaller than the patch along an axis is first padded as training
+    patches are (``medvol.data.dataset.random_patch``): centred, with each
+    image's minimum, not MONAI's zeros (the mean of a z-scored scan), so the
+    model sees at its borders what it was trained on.
     """
     from monai.inferers import sliding_window_inference
 
+    padded, window = pad_like_training(image, patch_size)
     with autocast:
         logits = sliding_window_inference(
-            image,
+            padded,
             roi_size=patch_size,
             sw_batch_size=4,
             predictor=model,
@@ -110,7 +115,27 @@ def predict_volume(
             mode="gaussian",
         )
     assert isinstance(logits, torch.Tensor)
-    return torch.softmax(logits.float(), dim=1)
+    return torch.softmax(logits[window].float(), dim=1)
+
+
+def pad_like_training(
+    image: torch.Tensor, patch_size: tuple[int, int, int]
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``image`` ``(B, C, X, Y, Z)`` padded to at least ``patch_size``, and the window of the original.
+
+    Padding is centred (one voxel more after than before when odd) and filled
+    with each image's minimum over channels and voxels, as in training.
+    """
+    spatial = image.shape[2:]
+    before = [max(0, (p - n + 1) // 2) for n, p in zip(spatial, patch_size, strict=True)]
+    shape = [max(n, p) for n, p in zip(spatial, patch_size, strict=True)]
+    window = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, spatial, strict=True)))
+    if shape == list(spatial):
+        return image, window
+    fill = image.amin(dim=(1, 2, 3, 4), keepdim=True)
+    padded = fill.expand(*image.shape[:2], *shape).clone()
+    padded[window] = image
+    return padded, window
 
 
 def _segment(
