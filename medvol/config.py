@@ -66,7 +66,7 @@ class OptimizerConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    momentum: float = Field(0.9, ge=0)  # SGD only
+    momentum: float = Field(0.9, ge=0)  # SGD momentum factor (SGD only)
 
 
 class ScheduleConfig(Section):
@@ -75,7 +75,7 @@ class ScheduleConfig(Section):
     name: Literal["constant", "multistep", "cosine", "poly"] = "constant"
     milestones: list[int] = []  # multistep: epochs where lr is multiplied by gamma
     gamma: float = 0.1
-    power: float = 0.9  # poly
+    power: float = 0.9  # poly: lr × (1 − epoch / epochs) ** power
     warmup_epochs: int = Field(0, ge=0)
 
 
@@ -100,7 +100,7 @@ class TrainConfig(Section):
     val_every: int = Field(1, ge=1)
     metric: str = "loss"  # the validation metric that selects the best checkpoint
     metric_mode: Literal["min", "max"] = "min"
-    early_stop_patience: int | None = None  # validations without improvement
+    early_stop_patience: int | None = None  # stop after N validations with no better metric; null: never
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     seed: int = 0
 
