@@ -26,6 +26,7 @@ repeat each other's draws and a resumed run draws what the original would have.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,7 @@ from medvol.volume import Volume
 
 CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
 FOREGROUND_FRACTION = 1 / 3
+KEEP_OPEN = 4096  # cache entries kept memory-mapped in the main process (3 maps each)
 
 
 def load_images(case: Case) -> Volume:
@@ -129,6 +131,7 @@ class SegmentationDataset(_Reseedable):
             "preprocess": preprocess_config.to_dict(),
             "normalize": normalizer.to_dict(),
         }
+        self._open: dict[tuple[Path, ...], CacheEntry] = {}
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -138,12 +141,16 @@ class SegmentationDataset(_Reseedable):
 
         Arrays: ``image`` ``(C, X, Y, Z)`` float32, ``label`` ``(1, X, Y, Z)`` and
         ``foreground`` ``(N, 3)`` int32, the indices of the labelled voxels.
-        Opened memory-mapped on every call and closed with the sample: keeping
-        entries open made cached epochs faster but made every worker map the
-        whole cache (measured in ``benchmarks/bench_pipeline.py``).
+        In the main process (``num_workers: 0``) up to ``KEEP_OPEN`` entries
+        stay open (memory-mapped) between samples; in DataLoader workers each
+        sample opens its entry and closes it, since kept maps would make every
+        worker map the whole cache (measured in ``benchmarks/bench_pipeline.py``).
         """
         case = self.cases[index]
         sources = (*case.images, *([case.label] if case.label is not None else []))
+        in_main_process = get_worker_info() is None
+        if in_main_process and sources in self._open:
+            return self._open[sources]
 
         def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             image, label = load_case(case)
@@ -155,7 +162,12 @@ class SegmentationDataset(_Reseedable):
                 arrays["foreground"] = np.argwhere(label.array[0] > 0).astype(np.int32)
             return arrays, {"case_id": case.case_id, "record": record.to_dict()}
 
-        return self.cache.get_or_build(sources, self.cache_config, build)
+        entry = self.cache.get_or_build(sources, self.cache_config, build)
+        if in_main_process:
+            if len(self._open) >= KEEP_OPEN:
+                del self._open[next(iter(self._open))]  # the oldest
+            self._open[sources] = entry
+        return entry
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entry(index)
