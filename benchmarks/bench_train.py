@@ -252,6 +252,7 @@ def medvol_config(npz: Path, case: TrainerCase, out: Path) -> dict[str, Any]:
             "epochs": case.epochs,
             "batch_size": case.batch_size,
             "amp": case.amp,
+            "channels_last": False,  # like the hand-written loop: compare the trainer, not the layout
             "val_every": case.epochs,  # validate once, after the last (timed) epoch
             "metric": "auc",
             "metric_mode": "max",

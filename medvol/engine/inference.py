@@ -27,6 +27,7 @@ Every step is deterministic: the same scan and run give the same output.
 from __future__ import annotations
 
 import itertools
+import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,7 +146,7 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
     if not path.is_file():
         raise MedvolError(run_dir, f"no checkpoint to load: {path.relative_to(run_dir)} is missing")
     chosen: Checkpoint = "best" if path.stem == "best" else "last"
-    torch_device = choose_device(device, 0)
+    torch_device = choose_device(device, int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: own GPU
     state = load_checkpoint(path, map_location=torch_device)
     model = create_model(config.model.name, **config.model.options).to(torch_device)
     model.load_state_dict(state["model"])
