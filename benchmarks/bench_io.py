@@ -104,14 +104,17 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- timing
 
 
-def time_calls(calls: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Wall-clock seconds of each call, ``repeats`` times after one untimed warm-up.
+def time_calls(
+    calls: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each call, ``repeats`` times after one untimed warm-up (unless not asked).
 
     Calls are interleaved (a, b, c, a, b, c, ...) so that drift in machine load
     or cache state hits every reader alike.
     """
-    for call in calls.values():
-        call()
+    if warm_up:
+        for call in calls.values():
+            call()
     times: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():

@@ -54,7 +54,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from bench_io import DEFAULT_DATA, environment
+from bench_io import DEFAULT_DATA, environment, time_calls
 
 import medvol
 from medvol.cli import main as medvol_main
@@ -90,22 +90,6 @@ QUICK = Sizes(cases=6, repeats=1, volume=96, window_repeats=1)
 def log(message: str) -> None:
     """Progress line on stderr (stdout carries only the JSON report)."""
     print(f"[bench_predict] {message}", file=sys.stderr, flush=True)
-
-
-def time_calls(
-    calls: dict[str, Callable[[], object]], repeats: int, warm_up: bool = True
-) -> dict[str, list[float]]:
-    """Wall-clock seconds of each call, interleaved (a, b, a, b, ...), after one untimed warm-up each."""
-    if warm_up:
-        for call in calls.values():
-            call()
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def summarize(times: dict[str, list[float]], baseline: str, items: int | None = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from medvol.errors import MedvolError
-from medvol.io.atomic import atomic_path
+from medvol.io.atomic import atomic_path, file_sha256, write_json
 from medvol.metrics import (
     DEFAULT_EMPTY_POLICY,
     SEGMENTATION_VALUES,
@@ -198,7 +198,7 @@ def evaluate_run(
             f"(e.g. {', '.join(overlap[:3])}); their scores are not held-out results"
         )
     summary = _json_safe(summary)
-    _write_json(out_dir / SUMMARY, summary)
+    write_json(out_dir / SUMMARY, summary, allow_nan=False)
     return Evaluation(out_dir, summary, notices)
 
 
@@ -489,7 +489,7 @@ def _medmnist_predictions(
     case_ids = [f"{split}-{index:05d}" for index in range(len(targets))]
     details = {
         "cases_source": f"{root} ({split}_images, {split}_labels)",
-        "data_sha256": _sha256(root),
+        "data_sha256": file_sha256(root),
         "n_requested": int(targets.size),
         "errors": [],
     }
@@ -795,16 +795,6 @@ def _fingerprint(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------------
 # Shared
 # ----------------------------------------------------------------------------------------------
@@ -863,11 +853,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def _write_json(path: Path, data: Any) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:

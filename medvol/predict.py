@@ -69,7 +69,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from medvol.errors import MedvolError
-from medvol.io.atomic import atomic_path, full_suffix
+from medvol.io.atomic import atomic_path, file_sha256, full_suffix, write_json
 
 if TYPE_CHECKING:
     from medvol.engine.inference import TrainedModel
@@ -347,11 +347,6 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _now() -> str:
@@ -795,15 +790,6 @@ class Predictor:
             finally:
                 flush()
         return {"shape": list(shape), "channels": channels, "how": how}
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

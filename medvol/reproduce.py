@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from medvol.errors import MedvolError
-from medvol.io.atomic import atomic_path
+from medvol.io.atomic import atomic_path, write_json
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
 
@@ -184,8 +184,7 @@ def reproduce(
         "published": study.published,
         "environment": _environment(Path(runs[0]["run_dir"])),
     }
-    with atomic_path(out / "results.json") as temporary:
-        temporary.write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     return results

@@ -31,12 +31,6 @@ from medvol.io.atomic import atomic_path
 PACKAGES = ("medvol", "torch", "monai", "numpy", "nibabel", "pydicom", "SimpleITK", "scikit-learn")
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically."""
-    with atomic_path(path) as temporary:
-        temporary.write_text(json.dumps(data, indent=2, default=str))
-
-
 def git_commit(folder: Path) -> str | None:
     """The commit of the git checkout holding ``folder`` (``+dirty`` if modified), if any."""
     try:

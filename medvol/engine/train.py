@@ -40,7 +40,7 @@ from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, 
 from medvol.engine.data import TaskData, build_task_data
 from medvol.engine.distributed import Runtime
 from medvol.engine.precision import Precision, resolve_amp, resolve_precision
-from medvol.engine.tracking import MetricsLogger, environment, read_metrics, rewrite_metrics, write_json
+from medvol.engine.tracking import MetricsLogger, environment, read_metrics, rewrite_metrics
 from medvol.engine.validate import validate
 from medvol.errors import MedvolError
 from medvol.losses import create_loss
@@ -229,14 +229,14 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
 def _write_run_files(
     config: ExperimentConfig, runtime: Runtime, run_dir: Path, data: TaskData, precision: Precision
 ) -> None:
-    from medvol.io.atomic import atomic_path
+    from medvol.io.atomic import atomic_path, write_json
 
     with atomic_path(run_dir / "config.yaml") as temporary:
         temporary.write_text(dump_config(config))
-    write_json(run_dir / "split.json", data.split)
-    write_json(run_dir / "fingerprint.json", data.fingerprint)
+    write_json(run_dir / "split.json", data.split, default=str)
+    write_json(run_dir / "fingerprint.json", data.fingerprint, default=str)
     if data.normalizer_state is not None:
-        write_json(run_dir / "normalizer.json", data.normalizer_state)
+        write_json(run_dir / "normalizer.json", data.normalizer_state, default=str)
     write_json(
         run_dir / "environment.json",
         environment(
@@ -248,6 +248,7 @@ def _write_run_files(
                 "precision": precision.to_dict(),
             }
         ),
+        default=str,
     )
 
 

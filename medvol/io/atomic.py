@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def full_suffix(path: Path) -> str:
@@ -36,3 +39,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def write_json(
+    path: str | Path, data: Any, *, allow_nan: bool = True, default: Callable[[Any], Any] | None = None
+) -> Path:
+    """Write ``data`` as indented JSON, atomically.
+
+    ``allow_nan=False`` refuses NaN and infinities (strict JSON); ``default``
+    converts values ``json`` cannot (e.g. ``str`` for paths).
+    """
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, allow_nan=allow_nan, default=default) + "\n")
+    return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
