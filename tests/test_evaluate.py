@@ -29,6 +29,7 @@ from medvol.evaluate import (
     point_estimates,
 )
 from medvol.metrics import classification_metrics, dice_per_class, mean_ci
+from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset
 
 HIPPOCAMPUS_CASES = ("001", "003", "004", "006", "007")
 
@@ -52,15 +53,7 @@ def adrenal_file(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
     """A balanced AdrenalMNIST3D subset: 48 train, 40 val, 30 test cases."""
     path = tmp_path_factory.getbasetemp() / "medvol-evaluate-runs" / "adrenal.npz"
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        arrays = dict(np.load(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz"))
-        subset = {}
-        for split, count in (("train", 48), ("val", 40), ("test", 30)):
-            labels = arrays[f"{split}_labels"][:, 0]
-            chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[: count // 2] for c in (0, 1)]))
-            subset[f"{split}_images"] = arrays[f"{split}_images"][chosen]
-            subset[f"{split}_labels"] = arrays[f"{split}_labels"][chosen]
-        np.savez(path, **subset)
+        write_adrenal_subset(shared_data, path, {"train": 48, "val": 40, "test": 30})
     return path
 
 
@@ -89,13 +82,7 @@ def classifier_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 def hippocampus_folder(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "medvol-evaluate-runs" / "hippocampus"
-    for case in HIPPOCAMPUS_CASES:
-        for kind in ("images", "labels"):
-            (folder / kind).mkdir(parents=True, exist_ok=True)
-            target = folder / kind / f"hippocampus_{case}.nii.gz"
-            if not target.is_file():
-                shutil.copy(shared_data / "msd-hippocampus" / kind / target.name, target)
-    return folder
+    return copy_hippocampus_pairs(shared_data, folder, HIPPOCAMPUS_CASES)
 
 
 def segmenter_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -23,7 +23,6 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import medvol
 from medvol.cli import main
@@ -40,26 +39,18 @@ from medvol.predict import (
 )
 from tests.dicom_factory import IDENTIFIERS, Geometry, write_series
 from tests.geometry_oracle import index_map
+from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset, write_config
 
 HIPPOCAMPUS_TRAIN = ("001", "003", "004", "006")
 CT_SERIES = "dicom/ct-jpeg2000-series"
 CT_REFERENCE_SEGMENTATION = "dicom/ct-jpeg2000-series-reference/segmentation.nii.gz"
 
 
-def write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 @pytest.fixture(scope="module")
 def segmenter(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny U-Net trained for one epoch on 4 hippocampus cases at 4 mm (geometry checks only)."""
     root = tmp_path_factory.mktemp("segmenter")
-    source = shared_data / "msd-hippocampus"
-    for case in HIPPOCAMPUS_TRAIN:
-        for kind in ("images", "labels"):
-            (root / "data" / kind).mkdir(parents=True, exist_ok=True)
-            shutil.copy(source / kind / f"hippocampus_{case}.nii.gz", root / "data" / kind)
+    copy_hippocampus_pairs(shared_data, root / "data", HIPPOCAMPUS_TRAIN)
     config = {
         "data": {
             "task": "segmentation",
@@ -86,14 +77,7 @@ def segmenter(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def classifier(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ResNet trained for one epoch on 40 AdrenalMNIST3D 28³ cases."""
     root = tmp_path_factory.mktemp("classifier")
-    arrays = dict(np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz"))
-    subset = {}
-    for split, count in (("train", 24), ("val", 16), ("test", 4)):
-        labels = arrays[f"{split}_labels"][:, 0]
-        chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[: count // 2] for c in (0, 1)]))
-        subset[f"{split}_images"] = arrays[f"{split}_images"][chosen]
-        subset[f"{split}_labels"] = arrays[f"{split}_labels"][chosen]
-    np.savez(root / "adrenal.npz", **subset)
+    write_adrenal_subset(shared_data, root / "adrenal.npz", {"train": 24, "val": 16, "test": 4})
     config = {
         "data": {
             "task": "classification",

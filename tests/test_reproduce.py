@@ -12,6 +12,7 @@ import pytest
 from medvol.cli import main
 from medvol.errors import MedvolError
 from medvol.reproduce import available_studies, load_study
+from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset
 
 TINY_RESNET = [
     "train.epochs=1",
@@ -24,16 +25,8 @@ TINY_RESNET = [
 @pytest.fixture(scope="module")
 def adrenal_tiny(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 training, 24 validation and 40 test cases of AdrenalMNIST3D, both classes in each."""
-    arrays = dict(np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz"))
-    subset = {}
-    for split, count in (("train", 64), ("val", 24), ("test", 40)):
-        labels = arrays[f"{split}_labels"][:, 0]
-        chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[: count // 2] for c in (0, 1)]))
-        subset[f"{split}_images"] = arrays[f"{split}_images"][chosen]
-        subset[f"{split}_labels"] = arrays[f"{split}_labels"][chosen]
     path = tmp_path_factory.mktemp("adrenal") / "adrenal_tiny.npz"
-    np.savez(path, **subset)
-    return path
+    return write_adrenal_subset(shared_data, path, {"train": 64, "val": 24, "test": 40})
 
 
 def test_every_study_loads_and_its_configs_parse() -> None:
@@ -97,11 +90,7 @@ def test_interrupted_seed_is_evaluated_after_training_finishes(adrenal_tiny: Pat
 
 
 def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_path: Path) -> None:
-    data = tmp_path / "hippo"
-    for case in ("001", "004", "006", "007", "008"):
-        for kind in ("images", "labels"):
-            (data / kind).mkdir(parents=True, exist_ok=True)
-            shutil.copy(shared_data / "msd-hippocampus" / kind / f"hippocampus_{case}.nii.gz", data / kind)
+    data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "004", "006", "007", "008"))
     out = tmp_path / "repro"
     arguments = ["reproduce", "hippocampus", "--seeds", "1", "--out", str(out)]
     for override in (

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from medvol.cli import main
@@ -43,6 +42,7 @@ from medvol.engine.precision import (
 from medvol.engine.train import learning_rate_factor
 from medvol.errors import MedvolError
 from medvol.models import create_model
+from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset, write_config
 
 RUN_FILES = ("config.yaml", "split.json", "fingerprint.json", "environment.json", "metrics.jsonl")
 
@@ -50,16 +50,8 @@ RUN_FILES = ("config.yaml", "split.json", "fingerprint.json", "environment.json"
 @pytest.fixture(scope="module")
 def adrenal_subset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """96 training and 40 validation cases of AdrenalMNIST3D, half of each class."""
-    arrays = dict(np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz"))
-    subset = {}
-    for split, count in (("train", 96), ("val", 40), ("test", 8)):
-        labels = arrays[f"{split}_labels"][:, 0]
-        chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[: count // 2] for c in (0, 1)]))
-        subset[f"{split}_images"] = arrays[f"{split}_images"][chosen]
-        subset[f"{split}_labels"] = arrays[f"{split}_labels"][chosen]
     path = tmp_path_factory.mktemp("adrenal") / "adrenal_subset.npz"
-    np.savez(path, **subset)
-    return path
+    return write_adrenal_subset(shared_data, path, {"train": 96, "val": 40, "test": 8})
 
 
 def classifier_config(
@@ -90,11 +82,6 @@ def exact(config: dict[str, Any]) -> dict[str, Any]:
     """Pin fp32 and contiguous tensors, for tests that compare weights or losses exactly."""
     config["train"].update({"amp": "none", "channels_last": False})
     return config
-
-
-def write_config(path: Path, config: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -210,12 +197,7 @@ def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Pa
 
 
 def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
-    source = shared_data / "msd-hippocampus"
-    data = tmp_path / "hippo"
-    for case in ("001", "003", "004", "006", "007", "008"):
-        for kind in ("images", "labels"):
-            (data / kind).mkdir(parents=True, exist_ok=True)
-            shutil.copy(source / kind / f"hippocampus_{case}.nii.gz", data / kind)
+    data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "003", "004", "006", "007", "008"))
     config = {
         "data": {"task": "segmentation", "root": str(data), "num_classes": 3, "patch_size": [32, 32, 32]},
         "preprocess": {"spacing_mm": [1.0, 1.0, 1.0]},
