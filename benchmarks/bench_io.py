@@ -31,7 +31,6 @@ import argparse
 import importlib.util
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import SimpleITK as sitk
+from common import environment, finish_report, make_log, stdout_to_stderr
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -96,9 +96,7 @@ QUICK = Sizes(
 )
 
 
-def log(message: str) -> None:
-    """Progress line on stderr (stdout carries only the JSON report)."""
-    print(f"[bench_io] {message}", file=sys.stderr, flush=True)
+log = make_log("bench_io")
 
 
 # --------------------------------------------------------------------------- timing
@@ -497,59 +495,6 @@ def peak_memory(folder: Path) -> dict[str, Any]:
     return out
 
 
-# ------------------------------------------------------------------- environment
-
-
-def git_state() -> str:
-    """The commit the benchmark ran on, and whether medvol/ had uncommitted changes."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "medvol"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{commit} (medvol/ with uncommitted changes)" if dirty else commit
-
-
-def environment() -> dict[str, Any]:
-    """Hardware and library versions, for the report."""
-    cpu_model = "unknown"
-    memory_gib = None
-    try:
-        cpu_model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        mem_kib = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-        memory_gib = round(mem_kib / 1024 / 1024, 1)
-    except (OSError, StopIteration):
-        pass
-    versions = {"python": platform.python_version(), "numpy": np.__version__}
-    versions.update({"pydicom": pydicom.__version__, "SimpleITK": sitk.Version.VersionString()})
-    for name in ("medvol", "monai", "torch", "nibabel", "itk"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = "not installed"
-    return {
-        "medvol_commit": git_state(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model,
-        "memory_gib": memory_gib,
-        "platform": platform.platform(),
-        "versions": versions,
-    }
-
-
 # ------------------------------------------------------------------------- goals
 
 
@@ -658,28 +603,19 @@ def main(argv: list[str] | None = None) -> int:
         sizes = Sizes(**{**sizes.__dict__, "repeats": args.repeats})
     started = time.perf_counter()
     machine = environment()
-    # Libraries print notices to stdout (some from C); keep stdout for the JSON alone.
-    stdout = os.dup(1)
-    os.dup2(2, 1)
-    try:
+    with stdout_to_stderr():
         report = run(sizes, args.data)
-    finally:
-        sys.stdout.flush()
-        os.dup2(stdout, 1)
-        os.close(stdout)
-    report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "sizes": sizes.__dict__,
-        "timing": "wall-clock median of warm-cache repeats after one warm-up; calls interleaved",
-        "environment": machine,
-        **report,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    finish_report(
+        {
+            "quick": args.quick,
+            "sizes": sizes.__dict__,
+            "timing": "wall-clock median of warm-cache repeats after one warm-up; calls interleaved",
+            "environment": machine,
+            **report,
+        },
+        started,
+        args.out,
+    )
     return 0
 
 

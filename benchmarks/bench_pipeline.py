@@ -57,7 +57,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_io import DEFAULT_DATA, environment
+from bench_io import DEFAULT_DATA
+from common import environment, finish_report, make_log, stdout_to_stderr
 
 MiB = 1024 * 1024
 HIPPOCAMPUS = Path("msd-hippocampus")
@@ -88,9 +89,7 @@ NOISE_PROB, NOISE_STD = 0.15, 0.1
 GAMMA_PROB, GAMMA_RANGE = 0.3, (0.7, 1.5)
 
 
-def log(message: str) -> None:
-    """Progress line on stderr (stdout carries only the JSON report)."""
-    print(f"[bench_pipeline] {message}", file=sys.stderr, flush=True)
+log = make_log("bench_pipeline")
 
 
 # ------------------------------------------------------------------------ memory
@@ -567,31 +566,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     started = time.perf_counter()
     machine = environment()
-    stdout = os.dup(1)
-    os.dup2(2, 1)
-    try:
+    with stdout_to_stderr():
         report = run(sizes, args.data, args.quick)
-    finally:
-        sys.stdout.flush()
-        os.dup2(stdout, 1)
-        os.close(stdout)
-    report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "sizes": asdict(sizes),
-        "timing": "wall-clock seconds of each epoch (DataLoader iteration only, no model); "
-        "epoch 1 includes building the dataset; one fresh process per configuration; "
-        "median over repeats",
-        "memory": f"peak of the summed VmRSS / Pss of the process and its DataLoader workers, "
-        f"sampled every {SAMPLE_INTERVAL_S} s; getrusage for the main process and the largest worker",
-        "environment": machine,
-        **report,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    finish_report(
+        {
+            "quick": args.quick,
+            "sizes": asdict(sizes),
+            "timing": "wall-clock seconds of each epoch (DataLoader iteration only, no model); "
+            "epoch 1 includes building the dataset; one fresh process per configuration; "
+            "median over repeats",
+            "memory": f"peak of the summed VmRSS / Pss of the process and its DataLoader workers, "
+            f"sampled every {SAMPLE_INTERVAL_S} s; getrusage for the main process and the largest worker",
+            "environment": machine,
+            **report,
+        },
+        started,
+        args.out,
+    )
     return 0
 
 

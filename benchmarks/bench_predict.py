@@ -38,7 +38,6 @@ The JSON report goes to stdout (and ``--out``); progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -54,7 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from bench_io import DEFAULT_DATA, environment, time_calls
+from bench_io import DEFAULT_DATA, time_calls
+from common import environment, finish_report, make_log, stdout_to_stderr
 
 import medvol
 from medvol.cli import main as medvol_main
@@ -87,9 +87,7 @@ FULL = Sizes(cases=40, repeats=5, volume=256, window_repeats=3)
 QUICK = Sizes(cases=6, repeats=1, volume=96, window_repeats=1)
 
 
-def log(message: str) -> None:
-    """Progress line on stderr (stdout carries only the JSON report)."""
-    print(f"[bench_predict] {message}", file=sys.stderr, flush=True)
+log = make_log("bench_predict")
 
 
 def summarize(times: dict[str, list[float]], baseline: str, items: int | None = None) -> dict[str, Any]:
@@ -344,10 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = environment()
     load_before = os.getloadavg()
-    stdout = os.dup(1)
-    os.dup2(2, 1)  # libraries print notices to stdout; keep it for the JSON alone
     cases: dict[str, Any] = {}
-    try:
+    with stdout_to_stderr():
         if args.only in (None, "batch"):
             for model in MODELS if args.model is None else [args.model]:
                 if (args.data / HIPPOCAMPUS).is_dir():
@@ -359,29 +355,23 @@ def main(argv: list[str] | None = None) -> int:
                     cases[f"batch_predict_{model}"] = {"skipped": message}
         if args.only in (None, "window"):
             cases["sliding_window"] = window_case(sizes)
-    finally:
-        sys.stdout.flush()
-        os.dup2(stdout, 1)
-        os.close(stdout)
-    report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "sizes": asdict(sizes),
-        "timing": "wall-clock median of repeats after one untimed warm-up; calls interleaved",
-        "environment": machine,
-        "load_average_1_5_15_min": {
-            "before": [round(v, 2) for v in load_before],
-            "after": [round(v, 2) for v in os.getloadavg()],
-            "note": "the machine is shared; a load above the core count means other processes competed",
+    finish_report(
+        {
+            "quick": args.quick,
+            "sizes": asdict(sizes),
+            "timing": "wall-clock median of repeats after one untimed warm-up; calls interleaved",
+            "environment": machine,
+            "load_average_1_5_15_min": {
+                "before": [round(v, 2) for v in load_before],
+                "after": [round(v, 2) for v in os.getloadavg()],
+                "note": "the machine is shared; a load above the core count means other processes competed",
+            },
+            "cases": cases,
+            "goals": goals(cases),
         },
-        "cases": cases,
-        "goals": goals(cases),
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+        started,
+        args.out,
+    )
     return 0
 
 

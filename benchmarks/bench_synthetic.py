@@ -69,6 +69,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from common import command_line, git_state, hardware, write_report
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HIPPO = Path("msd-hippocampus")
@@ -705,49 +706,19 @@ def engine_check(final: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str,
 
 
 def environment() -> dict[str, Any]:
+    import monai
     import torch
 
     import medvol
 
-    cpu, memory = "unknown", None
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        kib = next(
-            int(line.split()[1])
-            for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        )
-        memory = round(kib / 1024 / 1024, 1)
-    except (OSError, StopIteration):
-        pass
-    root = Path(__file__).resolve().parents[1]
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "medvol"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        commit += " (medvol/ with uncommitted changes)" if dirty else ""
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    import monai
-
     return {
-        "medvol_commit": commit,
+        "medvol_commit": git_state(unknown="unknown"),
         "medvol": medvol.__version__,
         "torch": torch.__version__,
         "monai": monai.__version__,
         "numpy": np.__version__,
         "python": platform.python_version(),
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu,
-        "memory_gib": memory,
-        "platform": platform.platform(),
+        **hardware(),
     }
 
 
@@ -788,14 +759,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown setting {name!r}; known: {', '.join(Settings.__dataclass_fields__)}")
         value = yaml.safe_load(text)
         settings = replace(settings, **{name: tuple(value) if isinstance(value, list) else value})
-    command = " ".join([Path(sys.executable).name, *sys.argv])
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_synthetic-") as temporary:
         work = args.work or Path(temporary)
         work.mkdir(parents=True, exist_ok=True)
         report: dict[str, Any] = {
             "benchmark": "synthetic training data: real only vs real + synthetic",
-            "command": command,
+            "command": command_line(),
             "quick": args.quick,
             "dev": args.dev,
             "settings": asdict(settings),
@@ -806,10 +776,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "adrenal") and not args.dev:
             report["adrenal"] = adrenal(settings, args.data, work, args.jobs)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(report, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    write_report(report, args.out)
     return 0
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -57,7 +56,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_io import DEFAULT_DATA, environment
+from bench_io import DEFAULT_DATA
+from common import environment, finish_report, make_log, stdout_to_stderr
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -173,9 +173,7 @@ QUICK = Sizes(
 )
 
 
-def log(message: str) -> None:
-    """Progress line on stderr (stdout carries only the JSON report)."""
-    print(f"[bench_train] {message}", file=sys.stderr, flush=True)
+log = make_log("bench_train")
 
 
 # -------------------------------------------------------------------------- data
@@ -559,29 +557,20 @@ def main(argv: list[str] | None = None) -> int:
     machine["cpu_flags_bf16"] = sorted(
         {flag for flag in _cpu_flags() if "bf16" in flag or flag.startswith("amx")}
     )
-    # The trainer and libraries print to stdout; keep stdout for the JSON alone.
-    stdout = os.dup(1)
-    os.dup2(2, 1)
-    try:
+    with stdout_to_stderr():  # the trainer and libraries print to stdout
         report = run(sizes, args.data, not args.no_compile)
-    finally:
-        sys.stdout.flush()
-        os.dup2(stdout, 1)
-        os.close(stdout)
-    report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "quick": args.quick,
-        "sizes": _jsonable(asdict(sizes)),
-        "timing": "wall-clock; trainer vs loop: samples/s of each epoch's training pass, median over "
-        "the epochs after the first; options: median step time over interleaved rounds after warm-up",
-        "environment": machine,
-        **report,
-        "total_s": round(time.perf_counter() - started, 1),
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    finish_report(
+        {
+            "quick": args.quick,
+            "sizes": _jsonable(asdict(sizes)),
+            "timing": "wall-clock; trainer vs loop: samples/s of each epoch's training pass, median over "
+            "the epochs after the first; options: median step time over interleaved rounds after warm-up",
+            "environment": machine,
+            **report,
+        },
+        started,
+        args.out,
+    )
     return 0
 
 

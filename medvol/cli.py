@@ -305,8 +305,9 @@ def run_convert(args: argparse.Namespace) -> int:
 def run_index(args: argparse.Namespace) -> int:
     from medvol.data import validate, write_manifest
     from medvol.io.atomic import atomic_path
+    from medvol.io.medmnist import is_medmnist_file
 
-    if str(args.root).lower().endswith(".npz"):
+    if is_medmnist_file(args.root):
         return _index_medmnist(args)
     classes = None if args.classes is None else [int(v) for v in args.classes.split(",")]
     report = validate(args.root, classes=classes)

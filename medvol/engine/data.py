@@ -22,6 +22,7 @@ from medvol.data.dataset import (
 from medvol.data.splits import Fold, grouped_folds, load_folds, nnunet_folds
 from medvol.engine.distributed import Runtime
 from medvol.errors import MedvolError
+from medvol.io.medmnist import is_medmnist_file
 from medvol.transforms import Normalizer, PreprocessConfig, ZScore
 
 
@@ -44,7 +45,7 @@ def build_task_data(config: ExperimentConfig, runtime: Runtime, run_dir: Path) -
         if config.augment is None
         else build_augmenter(augment_config_from_dict(config.augment), seed=config.train.seed)
     )
-    if str(config.data.root).lower().endswith(".npz"):
+    if is_medmnist_file(config.data.root):
         return _medmnist(config, runtime, augmenter)
     if config.data.task == "classification":
         return _file_classification(config, runtime, run_dir, augmenter)

@@ -44,6 +44,7 @@ from medvol.engine.distributed import choose_device
 from medvol.engine.precision import Precision, resolve_precision
 from medvol.engine.validate import predict_volume
 from medvol.errors import MedvolError
+from medvol.io.medmnist import is_medmnist_file
 from medvol.models import create_model
 from medvol.transforms import Normalizer, PreprocessConfig, ZScore, crop_or_pad, invert, preprocess
 from medvol.volume import Volume
@@ -118,7 +119,7 @@ class Segmentation:
 
 def is_medmnist(config: ExperimentConfig) -> bool:
     """True when the run trains a classifier on a MedMNIST ``.npz`` (inputs ``uint8 / 255``)."""
-    return config.data.task == "classification" and str(config.data.root).lower().endswith(".npz")
+    return config.data.task == "classification" and is_medmnist_file(config.data.root)
 
 
 def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: str = "auto") -> TrainedModel:

@@ -19,6 +19,11 @@ from medvol.errors import UnreadableFileError
 SPLITS = ("train", "val", "test")
 
 
+def is_medmnist_file(path: str | Path) -> bool:
+    """True for a path named like a MedMNIST file (``.npz``); its content is checked on loading."""
+    return str(path).lower().endswith(".npz")
+
+
 @dataclass(frozen=True)
 class MedMNISTSplit:
     """One official split: ``images`` ``(N, D, H, W)`` uint8, ``labels`` ``(N,)`` int64."""
