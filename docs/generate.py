@@ -107,9 +107,6 @@ NOTES: dict[str, str] = {
     "train.channels_last": "Weights and batches in `torch.channels_last_3d` memory layout; `auto`: on for "
     "the 3D ResNets, off for the segmenters.",
     "train.grad_clip": "Largest gradient norm (clipped before each step); `null`: no clipping.",
-    "train.ema_decay": "Keep an exponential moving average of the weights and BatchNorm statistics, "
-    "updated after every optimiser step with this decay (0.99–0.999 typical); validation, `best.pt` and "
-    "inference use the average. `null`: off.",
     "train.val_every": "Validate every this many epochs (and after the last one).",
     "train.metric_mode": "`max` when a larger `metric` is better (`dice`, `auc`), `min` for `loss`.",
     "train.device": "`auto` picks CUDA, then MPS, then the CPU.",

@@ -97,7 +97,6 @@ class TrainConfig(Section):
     amp: AmpSetting = "auto"
     channels_last: ChannelsLastSetting = "auto"
     grad_clip: float | None = None
-    ema_decay: float | None = Field(None, gt=0, lt=1)
     val_every: int = Field(1, ge=1)
     metric: str = "loss"  # the validation metric that selects the best checkpoint
     metric_mode: Literal["min", "max"] = "min"

@@ -16,11 +16,6 @@ Precision: ``train.amp`` and ``train.channels_last`` are resolved for the
 device and model (``medvol.engine.precision``; ``auto`` means bf16 autocast
 where the hardware has native bf16, channels-last for the 3D ResNets), printed
 at the start and recorded in ``environment.json`` and the checkpoints.
-
-Weight averaging: with ``train.ema_decay`` an exponential moving average of
-the weights (and BatchNorm statistics) follows the optimiser; validation,
-checkpoint selection and inference use it (it is the checkpoints' ``model``),
-and the trained weights are kept as ``training_model`` for resuming.
 """
 
 from __future__ import annotations
@@ -36,7 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
@@ -94,12 +88,11 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(runtime.device)
     optimizer = build_optimizer(config, model.parameters())
     schedule = build_schedule(config, optimizer)
-    average = build_average(config, model)
     progress = Progress()
 
     if resume:
         state = load_checkpoint(checkpoint_dir / "last.pt", map_location=runtime.device)
-        _restore_weights(state, model, average, checkpoint_dir / "last.pt")
+        model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         progress = Progress(**state["progress"])
@@ -147,14 +140,13 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 **_train_one_epoch(
-                    trained, loader, loss_fn, optimizer, scaler, precision, config, runtime, epoch, average
+                    trained, loader, loss_fn, optimizer, scaler, precision, config, runtime, epoch
                 ),
             }
             schedule.step()
             if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
-                validated = model if average is None else average.module
-                validated.eval()
-                metrics = validate(validated, data, config, runtime, autocast, loss_fn)
+                model.eval()
+                metrics = validate(model, data, config, runtime, autocast, loss_fn)
                 model.train()
                 record.update({f"val_{k}": v for k, v in metrics.items()})
                 _update_best(progress, metrics, config, epoch)
@@ -168,18 +160,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             if runtime.is_main and tracker is not None:
                 # Checkpoint first: it carries the history, so metrics.jsonl can be rebuilt.
                 saving = time.perf_counter()
-                _save(
-                    model,
-                    average,
-                    optimizer,
-                    schedule,
-                    progress,
-                    config,
-                    data,
-                    precision,
-                    checkpoint_dir,
-                    epoch,
-                )
+                _save(model, optimizer, schedule, progress, config, data, precision, checkpoint_dir, epoch)
                 # The whole epoch, checkpoint write included. The checkpoint just written holds the
                 # time before the write; the next one (and metrics.jsonl, now) holds these.
                 record["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
@@ -211,32 +192,6 @@ def build_optimizer(config: ExperimentConfig, parameters: Iterator[nn.Parameter]
         )
     optimizer = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
     return optimizer(parameters, lr=settings.lr, weight_decay=settings.weight_decay)
-
-
-def build_average(config: ExperimentConfig, model: nn.Module) -> AveragedModel | None:
-    """The exponential moving average of ``model`` (weights and buffers), or None without ``train.ema_decay``.
-
-    BatchNorm running statistics are averaged too (``use_buffers=True``), so the
-    averaged model can be validated and saved as it is, with no extra pass
-    over the data to recompute them.
-    """
-    if config.train.ema_decay is None:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(config.train.ema_decay), use_buffers=True)
-
-
-def _restore_weights(
-    state: dict[str, Any], model: nn.Module, average: AveragedModel | None, path: Path
-) -> None:
-    """Load a checkpoint's weights for resuming: the trained ones, and the average when there is one."""
-    if average is None:
-        model.load_state_dict(state["model"])
-        return
-    if "training_model" not in state:
-        raise MedvolError(path, "written without train.ema_decay; resume with the run's own config")
-    model.load_state_dict(state["training_model"])
-    average.module.load_state_dict(state["model"])
-    average.n_averaged.fill_(state["ema_updates"])
 
 
 def learning_rate_factor(config: ExperimentConfig, epoch: int) -> float:
@@ -358,9 +313,8 @@ def _train_one_epoch(
     config: ExperimentConfig,
     runtime: Runtime,
     epoch: int,
-    average: AveragedModel | None,
 ) -> dict[str, float]:
-    """One pass over this rank's training share; ``average`` (if any) is updated after every step.
+    """One pass over this rank's training share.
 
     Returns:
         ``train_loss`` (mean over all ranks' batches), ``samples_per_s`` (all
@@ -393,8 +347,6 @@ def _train_one_epoch(
             nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
-        if average is not None:
-            average.update_parameters(model.module if isinstance(model, DistributedDataParallel) else model)
         total += float(loss.detach())
         batches += 1
         samples += len(images)
@@ -429,7 +381,6 @@ def _update_best(progress: Progress, metrics: dict[str, float], config: Experime
 
 def _save(
     model: nn.Module,
-    average: AveragedModel | None,
     optimizer: torch.optim.Optimizer,
     schedule: torch.optim.lr_scheduler.LambdaLR,
     progress: Progress,
@@ -441,9 +392,8 @@ def _save(
 ) -> None:
     import medvol
 
-    state: dict[str, Any] = {
-        # the weights inference uses: the average when there is one (the trained ones are kept to resume)
-        "model": (model if average is None else average.module).state_dict(),
+    state = {
+        "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "progress": progress.__dict__,
@@ -453,9 +403,6 @@ def _save(
         "precision": precision.to_dict(),
         "medvol_version": medvol.__version__,
     }
-    if average is not None:
-        state["training_model"] = model.state_dict()
-        state["ema_updates"] = int(average.n_averaged)
     save_checkpoint(state, checkpoint_dir / "last.pt")
     if progress.best_epoch == epoch:
         save_checkpoint(state, checkpoint_dir / "best.pt")
