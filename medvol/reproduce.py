@@ -135,6 +135,7 @@ def reproduce(
             ],
         )
         run_dir = out / "runs" / name
+        _check_same_recipe(run_dir, dump_config(config))
         evaluation_dir = run_dir / f"reproduce-{study.split if study.cases is None else 'cases'}"
         started = time.perf_counter()
         if not (evaluation_dir / "summary.json").is_file():
@@ -188,6 +189,30 @@ def reproduce(
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     return results
+
+
+def _check_same_recipe(run_dir: Path, config_text: str) -> None:
+    """Refuse to continue or reuse a run trained with another recipe (study config or ``--set`` changed).
+
+    ``tracking`` (where the run is written) is not part of the recipe.
+    """
+    recorded = run_dir / "config.yaml"
+    if not recorded.is_file():
+        return
+    try:
+        before = yaml.safe_load(recorded.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise MedvolError(recorded, f"cannot read the run's config ({error})") from error
+    now = yaml.safe_load(config_text)
+    if not isinstance(before, dict):
+        raise MedvolError(recorded, "not a medvol run config")
+    changed = sorted(k for k in (before.keys() | now.keys()) - {"tracking"} if before.get(k) != now.get(k))
+    if changed:
+        raise MedvolError(
+            run_dir,
+            f"was trained with another recipe (changed since: {', '.join(changed)}); reproduce into "
+            "another --out folder, or remove this run",
+        )
 
 
 def _finished(run_dir: Path, epochs: int, patience: int | None) -> bool:

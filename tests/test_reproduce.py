@@ -89,6 +89,20 @@ def test_interrupted_seed_is_evaluated_after_training_finishes(adrenal_tiny: Pat
     assert (evaluation / "summary.json").is_file()
 
 
+def test_a_changed_recipe_is_not_mixed_with_earlier_runs(
+    adrenal_tiny: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "repro"
+    arguments = ["reproduce", "adrenalmnist3d", "--seeds", "1", "--out", str(out)]
+    for override in [f"data.root={adrenal_tiny}", *TINY_RESNET]:
+        arguments += ["--set", override]
+    assert main(arguments) == 0
+    capsys.readouterr()
+    assert main([*arguments, "--set", "optimizer.lr=0.01"]) == 1
+    error = capsys.readouterr().err
+    assert "adrenalmnist3d-cpu-seed0" in error and "another recipe (changed since: optimizer)" in error
+
+
 def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_path: Path) -> None:
     data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "004", "006", "007", "008"))
     out = tmp_path / "repro"
