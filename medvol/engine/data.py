@@ -11,6 +11,7 @@ import numpy as np
 from medvol.augment import augment_config_from_dict, build_augmenter
 from medvol.config import ExperimentConfig
 from medvol.data.cache import VolumeCache
+from medvol.data.cases import IndexReport
 from medvol.data.cases import validate as validate_cases
 from medvol.data.dataset import (
     ArrayClassificationDataset,
@@ -109,8 +110,9 @@ def choose_fold(
     return folds[split.fold]
 
 
-def _segmentation(config: ExperimentConfig, runtime: Runtime, run_dir: Path, augmenter: Any) -> TaskData:
-    report = validate_cases(config.data.root, classes=config.data.classes)
+def _index_cases(config: ExperimentConfig, runtime: Runtime, classes: list[int] | None = None) -> IndexReport:
+    """``medvol index``'s checks of the dataset; says how many cases are skipped, refuses none usable."""
+    report = validate_cases(config.data.root, classes=classes)
     usable = report.usable
     if not usable:
         raise MedvolError(config.data.root, "no usable cases (see `medvol index`)")
@@ -120,6 +122,12 @@ def _segmentation(config: ExperimentConfig, runtime: Runtime, run_dir: Path, aug
             f"skipping {skipped} unusable case(s) of {len(report.cases)}; see `medvol index` for why",
             flush=True,
         )
+    return report
+
+
+def _segmentation(config: ExperimentConfig, runtime: Runtime, run_dir: Path, augmenter: Any) -> TaskData:
+    report = _index_cases(config, runtime, classes=config.data.classes)
+    usable = report.usable
     by_id = {case.case_id: case for case in usable}
     fold = choose_fold(config, sorted(by_id), [by_id[c].patient_id for c in sorted(by_id)])
     missing = [c for c in fold["train"] + fold["val"] if c not in by_id]
@@ -168,21 +176,13 @@ def _file_classification(
             "preprocess.foreground_from: label cannot be used by a classifier (inference has no label "
             "map); use foreground_from: image",
         )
-    report = validate_cases(config.data.root)
+    report = _index_cases(config, runtime)
     usable = report.usable
     without_class = [case.case_id for case in usable if case.target is None]
     if without_class:
         raise MedvolError(
             config.data.root,
             f"{len(without_class)} case(s) have no class (column 'class'), e.g. {without_class[:5]}",
-        )
-    if not usable:
-        raise MedvolError(config.data.root, "no usable cases (see `medvol index`)")
-    skipped = len(report.cases) - len(usable)
-    if runtime.is_main and skipped:
-        print(
-            f"skipping {skipped} unusable case(s) of {len(report.cases)}; see `medvol index` for why",
-            flush=True,
         )
     num_classes = config.data.num_classes
     by_id = {case.case_id: case for case in usable}

@@ -190,12 +190,7 @@ def segment(
     """
     if trained.task != "segmentation":
         raise MedvolError(trained.run_dir, "this run is a classifier; use classify()")
-    expected = trained.config.model.options.get("in_channels", 1)
-    if scan.num_channels != expected:
-        raise MedvolError(
-            scan.meta.get("source_path"),
-            f"the model takes {expected} channel(s), the scan has {scan.num_channels}",
-        )
+    _check_channels(trained, scan)
     image, _, record = preprocess(scan, None, trained.preprocess)
     assert trained.normalizer is not None
     image = trained.normalizer.transform(image)
@@ -262,6 +257,16 @@ def classify(trained: TrainedModel, images: np.ndarray, batch_size: int = 32) ->
     return np.concatenate(rows).astype(np.float32)
 
 
+def _check_channels(trained: TrainedModel, scan: Volume) -> None:
+    """Refuse a scan with another number of channels than the model takes."""
+    expected = trained.config.model.options.get("in_channels", 1)
+    if scan.num_channels != expected:
+        raise MedvolError(
+            scan.meta.get("source_path"),
+            f"the model takes {expected} channel(s), the scan has {scan.num_channels}",
+        )
+
+
 def prepare_scan(trained: TrainedModel, scan: Volume) -> np.ndarray:
     """A scan as a file-trained classifier's input ``(C, X, Y, Z)`` float32.
 
@@ -280,12 +285,7 @@ def prepare_scan(trained: TrainedModel, scan: Volume) -> np.ndarray:
         raise MedvolError(
             trained.run_dir, "this classifier was trained on a MedMNIST .npz, not on scan files"
         )
-    expected = trained.config.model.options.get("in_channels", 1)
-    if scan.num_channels != expected:
-        raise MedvolError(
-            scan.meta.get("source_path"),
-            f"the model takes {expected} channel(s), the scan has {scan.num_channels}",
-        )
+    _check_channels(trained, scan)
     image, _, _ = preprocess(scan, None, trained.preprocess)
     image = trained.normalizer.transform(image)
     return crop_or_pad(image, shape).array.astype(np.float32)
