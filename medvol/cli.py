@@ -214,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from medvol import __version__
+    from medvol.version import __version__
 
     return __version__
 

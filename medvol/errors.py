@@ -32,3 +32,15 @@ class GeometryError(MedvolError):
 
 class InvalidDataError(MedvolError):
     """Voxel values that medvol will not pass on silently (NaN, infinity)."""
+
+
+class ConfigurationError(MedvolError, ValueError):
+    """A config value, model or loss name, or option that medvol cannot build.
+
+    A ``ValueError`` too, so callers that expect the standard exception for a
+    bad argument still catch it; a ``MedvolError`` so that the CLI prints it as
+    a one-line user error.
+    """
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(None, problem)

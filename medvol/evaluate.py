@@ -801,10 +801,10 @@ def _fingerprint(run_dir: Path) -> dict[str, Any]:
 
 
 def _header(trained: TrainedModel, requested: str, split: str, n_resamples: int, seed: int) -> dict[str, Any]:
-    import medvol
+    from medvol.version import __version__
 
     return {
-        "medvol_version": medvol.__version__,
+        "medvol_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "task": trained.task,
         "run": trained.run_dir.name,

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from medvol.models.registry import ConfigurationError, build
+from medvol.errors import ConfigurationError
+from medvol.models.registry import build
 
 
 def create_loss(name: str, **options: Any) -> nn.Module:

@@ -530,7 +530,7 @@ class Predictor:
     def run(self) -> Outcome:
         import torch
 
-        from medvol import __version__
+        from medvol.version import __version__
 
         self.check_arguments()
         trained = self.load_model()
@@ -885,8 +885,8 @@ def write_dicom_seg(scan: Scan, label: np.ndarray, trained: TrainedModel, path: 
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from medvol import __version__
     from medvol.io.dicom import stack_geometry
+    from medvol.version import __version__
 
     if scan.series is None:
         raise MedvolError(scan.path, "DICOM SEG is written for DICOM inputs only")

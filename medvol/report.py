@@ -273,7 +273,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fmt: Format
     Raises:
         MedvolError: no run folder or config; an unknown format.
     """
-    import medvol
+    from medvol.version import __version__
 
     if fmt not in ("html", "md"):
         raise MedvolError(None, f"report format must be html or md, got {fmt!r}")
@@ -285,7 +285,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fmt: Format
     blocks: list[Block] = [
         Heading(title, 1),
         Paragraph(
-            f"Generated {created} by medvol {medvol.__version__} from the run folder `{run.run_dir}`. "
+            f"Generated {created} by medvol {__version__} from the run folder `{run.run_dir}`. "
             "Every number below is read from that folder: training curves from `metrics.jsonl`, "
             "evaluation results from `evaluation-*/summary.json` and `cases.csv` "
             "(written by `medvol evaluate`)."

@@ -390,7 +390,7 @@ def _save(
     checkpoint_dir: Path,
     epoch: int,
 ) -> None:
-    import medvol
+    from medvol.version import __version__
 
     state = {
         "model": model.state_dict(),
@@ -401,7 +401,7 @@ def _save(
         "config": config.model_dump(mode="json"),
         "normalizer": data.normalizer_state,
         "precision": precision.to_dict(),
-        "medvol_version": medvol.__version__,
+        "medvol_version": __version__,
     }
     save_checkpoint(state, checkpoint_dir / "last.pt")
     if progress.best_epoch == epoch:

@@ -8,10 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-import medvol
 from medvol.errors import GeometryError, UnreadableFileError
 from medvol.io.atomic import atomic_path
 from medvol.io.geometry import is_sheared
+from medvol.version import __version__
 from medvol.volume import Volume
 
 
@@ -89,7 +89,7 @@ def save_nifti(volume: Volume, path: Path) -> None:
     image = nib.Nifti1Image(data, volume.affine)
     header = image.header
     header.set_xyzt_units("mm", "sec")
-    header["descrip"] = f"medvol {medvol.__version__}".encode()
+    header["descrip"] = f"medvol {__version__}".encode()
     image.set_sform(volume.affine, code=1)
     if is_sheared(volume.affine):
         image.set_qform(None, code=0)

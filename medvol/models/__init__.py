@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
-from medvol.models.registry import ConfigurationError, available_models, create_model
+from medvol.errors import ConfigurationError
+from medvol.models.registry import available_models, create_model
 
 __all__ = ["ConfigurationError", "available_models", "create_model"]

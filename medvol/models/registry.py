@@ -7,9 +7,8 @@ lists what is accepted. Options are checked against the factory's signature
 *before* it is called, so a misspelt option never surfaces as a ``TypeError``
 from deep inside a network constructor.
 
-The model modules are imported on first use, so ``medvol.models.resnet`` and
-``medvol.losses`` can import :class:`ConfigurationError` from here without an
-import cycle.
+The model modules are imported on first use (they import
+:class:`medvol.errors.ConfigurationError`, not this module).
 """
 
 from __future__ import annotations
@@ -22,21 +21,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from medvol.errors import MedvolError
+from medvol.errors import ConfigurationError
 
 T = TypeVar("T")
-
-
-class ConfigurationError(MedvolError, ValueError):
-    """A model or loss name, or an option value, that medvol cannot build.
-
-    A ``ValueError`` too, so callers that expect the standard exception for a
-    bad argument still catch it; a ``MedvolError`` so that the CLI prints it as
-    a one-line user error.
-    """
-
-    def __init__(self, problem: str) -> None:
-        super().__init__(None, problem)
 
 
 def create_model(name: str, **options: Any) -> nn.Module:
@@ -106,7 +93,8 @@ def build(kind: str, factories: Mapping[str, Callable[..., T]], name: str, optio
 
 @functools.cache
 def _models() -> dict[str, Callable[..., nn.Module]]:
-    from medvol.models import resnet, segmenters
+    import medvol.models.resnet as resnet
+    import medvol.models.segmenters as segmenters
 
     table: dict[str, Callable[..., nn.Module]] = {
         f"resnet{depth}": functools.partial(resnet.ResNet3d, depth) for depth in resnet.DEPTHS

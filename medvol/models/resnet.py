@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from medvol.models.registry import ConfigurationError
+from medvol.errors import ConfigurationError
 
 #: depth -> (block type, blocks per stage)
 DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {

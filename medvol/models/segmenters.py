@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from monai.networks import nets
 
-from medvol.models.registry import ConfigurationError
+from medvol.errors import ConfigurationError
 from medvol.models.resnet import check_norm
 
 #: nnU-Net caps the channels of its 3D U-Nets at 320 = 10 × its base of 32

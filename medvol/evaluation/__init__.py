@@ -1,0 +1,1 @@
+"""Scoring a trained run: segmentation, classification and aggregation over runs."""
