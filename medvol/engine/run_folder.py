@@ -163,9 +163,7 @@ class RunFolder:
 
     def evaluations(self) -> list[EvaluationFolder]:
         """Every evaluation folder, sorted by name."""
-        return [
-            EvaluationFolder(p) for p in sorted(self.path.glob(f"{EVALUATION_PREFIX}*")) if p.is_dir()
-        ]
+        return [EvaluationFolder(p) for p in sorted(self.path.glob(f"{EVALUATION_PREFIX}*")) if p.is_dir()]
 
     # -- checks
 
