@@ -52,6 +52,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 import medvol
 from medvol.io import dicom as medvol_dicom
+from medvol.io.discovery import list_files
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -316,7 +317,7 @@ def load_case(folder: Path, repeats: int, description: str) -> dict[str, Any]:
     return {
         "description": description,
         "folder": str(folder),
-        "files": len(medvol_dicom.list_files(folder)),
+        "files": len(list_files(folder)),
         "baseline": "sitk_image_series_reader",
         "monai_reader": monai_reader,
         "monai_reader_why": monai_why,
@@ -360,7 +361,7 @@ def scan_pydicom_loop(folder: Path) -> dict[str, list[str]]:
 
 def scan_medvol_one_process(folder: Path) -> list[medvol_dicom.DicomSeries]:
     """medvol's own header reader without the process pool (to show the parallel gain)."""
-    headers = medvol_dicom.scan_headers(medvol_dicom.list_files(folder), workers=1)
+    headers = medvol_dicom.scan_headers(list_files(folder), workers=1)
     return medvol_dicom.group_series(h for h in headers if isinstance(h, medvol_dicom.SliceHeader))
 
 

@@ -8,7 +8,7 @@ Parts (every part times its baseline in the same run, interleaved):
 
 1. ``batch_predict``: segmenting a folder of MSD hippocampus MRI volumes
    (``--cases``, default 40, none of them used in training) with
-   ``medvol.predict.predict`` (threads load the next scans and write finished
+   ``medvol.prediction.predict`` (threads load the next scans and write finished
    label maps while the model runs) against the loop a user would write:
    ``load_trained`` once, then for each file ``medvol.load`` → ``segment`` →
    ``medvol.save``, one after the other. Same run folder, same checkpoint,
@@ -25,7 +25,7 @@ Parts (every part times its baseline in the same run, interleaved):
    and writes nothing: the ceiling for hiding I/O behind the model. Model
    loading is inside every timing; one untimed warm-up call of each on 2
    volumes comes first.
-2. ``sliding_window``: ``medvol.engine.validate.predict_volume`` (what
+2. ``sliding_window``: ``medvol.engine.inference.predict_volume`` (what
    ``segment`` calls) against MONAI's ``sliding_window_inference`` on a
    random 256³ volume (``--quick``: 96³) with the same UNet (fp32, eval) and
    the same patch, half overlap, Gaussian blending, 4 windows per batch;
@@ -58,10 +58,9 @@ from common import environment, finish_report, make_log, stdout_to_stderr
 
 import medvol
 from medvol.cli import main as medvol_main
-from medvol.engine.inference import load_trained, segment
-from medvol.engine.validate import SLIDING_WINDOW_OVERLAP, predict_volume
+from medvol.engine.inference import SLIDING_WINDOW_OVERLAP, load_trained, predict_volume, segment
 from medvol.models import create_model
-from medvol.predict import Options, predict
+from medvol.prediction import Options, predict
 
 HIPPOCAMPUS = Path("msd-hippocampus")
 TRAIN_CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006")

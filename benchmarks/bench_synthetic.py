@@ -249,31 +249,33 @@ def run_scoring(run_dir: Path, threads: int) -> list[dict[str, Any]]:
 def score(run_dir: Path) -> list[dict[str, Any]]:
     """Rescore the final checkpoint of a run on its validation cases, case by case.
 
-    Uses the engine's pieces (``build_task_data``, ``predict_volume``,
+    Uses the engine's pieces (the run's task, ``predict_volume``,
     ``dice_per_class``) so that the per-case means equal the engine's metrics.
     """
     import torch
 
-    from medvol.config import load_config
     from medvol.engine.checkpoint import load_checkpoint
-    from medvol.engine.data import build_task_data
     from medvol.engine.distributed import Runtime
-    from medvol.engine.validate import predict_volume
+    from medvol.engine.inference import predict_volume
+    from medvol.engine.run_folder import RunFolder
     from medvol.metrics import dice_per_class
     from medvol.models import create_model
+    from medvol.tasks import task_for
 
-    config = load_config(run_dir / "config.yaml")
+    run = RunFolder(run_dir)
+    config = run.read_config()
     runtime = Runtime(device=torch.device("cpu"))
-    data = build_task_data(config, runtime, run_dir)
+    task = task_for(config)
+    data = task.build_data(runtime, run)
     model = create_model(config.model.name, **config.model.options)
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
+    model.load_state_dict(load_checkpoint(run.checkpoint("last"))["model"])
     model.eval()
     rows = []
     with torch.no_grad():
         for index in range(len(data.val)):
             sample = data.val[index]
             image = sample["image"].unsqueeze(0)
-            if data.task == "classification":
+            if task.output == "classification":
                 probability = torch.softmax(model(image).float(), dim=1)[0, 1]
                 rows.append(
                     {
@@ -575,7 +577,11 @@ def adrenal(settings: Settings, data_root: Path, work: Path, jobs: int) -> dict[
             schedule = epochs_for(settings.adrenal_steps, cases, settings.adrenal_batch, settings.lr_drop_at)
             name = f"adrenal-{arm.replace('+', '_')}-seed{seed}"
             config = {
-                "data": {"task": "classification", "root": str(path), "split": {"method": "official"}},
+                "data": {
+                    "task": "medmnist-classification",
+                    "root": str(path),
+                    "split": {"method": "official"},
+                },
                 "model": {
                     "name": "resnet10",
                     "options": {

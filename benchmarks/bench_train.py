@@ -242,7 +242,7 @@ class BaselineLoop:
 
 def medvol_config(npz: Path, case: TrainerCase, out: Path) -> dict[str, Any]:
     return {
-        "data": {"task": "classification", "root": str(npz), "split": {"method": "official"}},
+        "data": {"task": "medmnist-classification", "root": str(npz), "split": {"method": "official"}},
         "model": {"name": "resnet18", "options": {**RESNET_STEM, "widths": case.widths}},
         "loss": {"name": "cross_entropy"},
         "optimizer": {"name": "adam", "lr": LR},

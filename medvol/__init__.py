@@ -27,10 +27,10 @@ Names are imported lazily (PEP 562) so that ``medvol --help`` and
 ``import medvol.cli`` stay instant: ``import medvol`` loads none of torch,
 SimpleITK or nibabel; ``medvol.train`` pulls in torch on first use.
 
-Two functions are exported under names other than their own, because a
-submodule of the package has their name and would shadow them:
-``medvol.predict.predict`` is ``predict_folder`` and
-``medvol.reproduce.reproduce`` is ``reproduce_study``.
+Two functions are exported under names that say more than their own:
+``medvol.prediction.predict`` is ``predict_folder`` and
+``medvol.reproduce.reproduce`` is ``reproduce_study`` (a submodule of that
+name would shadow it).
 """
 
 from __future__ import annotations
@@ -54,12 +54,12 @@ if TYPE_CHECKING:
     from medvol.engine.inference import classify, load_trained, segment
     from medvol.engine.train import train
     from medvol.errors import MedvolError
-    from medvol.evaluate import evaluate_run
-    from medvol.evaluate import format_summary as format_evaluation
+    from medvol.evaluation import evaluate_run
+    from medvol.evaluation import format_summary as format_evaluation
     from medvol.io import load, load_all, save
     from medvol.io.medmnist import load_medmnist
-    from medvol.predict import Options as PredictOptions
-    from medvol.predict import predict as predict_folder
+    from medvol.prediction import Options as PredictOptions
+    from medvol.prediction import predict as predict_folder
     from medvol.report import write_report
     from medvol.reproduce import available_studies, load_study
     from medvol.reproduce import reproduce as reproduce_study
@@ -92,10 +92,10 @@ _LAZY: dict[str, tuple[str, str]] = {
     "load_trained": ("medvol.engine.inference", "load_trained"),
     "segment": ("medvol.engine.inference", "segment"),
     "classify": ("medvol.engine.inference", "classify"),
-    "predict_folder": ("medvol.predict", "predict"),
-    "PredictOptions": ("medvol.predict", "Options"),
-    "evaluate_run": ("medvol.evaluate", "evaluate_run"),
-    "format_evaluation": ("medvol.evaluate", "format_summary"),
+    "predict_folder": ("medvol.prediction", "predict"),
+    "PredictOptions": ("medvol.prediction", "Options"),
+    "evaluate_run": ("medvol.evaluation", "evaluate_run"),
+    "format_evaluation": ("medvol.evaluation", "format_summary"),
     "write_report": ("medvol.report", "write_report"),
     "load_study": ("medvol.reproduce", "load_study"),
     "available_studies": ("medvol.reproduce", "available_studies"),

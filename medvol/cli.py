@@ -152,8 +152,21 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--checkpoint", choices=["best", "last"], default="best")
     evaluate.add_argument("--out", type=Path, help="output folder (default RUN_DIR/evaluation-SPLIT)")
     evaluate.add_argument("--threshold", type=float, default=0.5, help="classification decision threshold")
-    evaluate.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the CIs")
-    evaluate.add_argument("--tta", action="store_true", help="average over axis flips (segmentation)")
+    evaluate.add_argument(
+        "--n-resamples",
+        "--bootstrap",
+        dest="n_resamples",
+        type=int,
+        default=2000,
+        help="bootstrap resamples for the CIs (default 2000)",
+    )
+    evaluate.add_argument(
+        "--flip-tta",
+        "--tta",
+        dest="flip_tta",
+        action="store_true",
+        help="average over axis flips (segmentation)",
+    )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     evaluate.set_defaults(run=run_evaluate)
 
@@ -164,7 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("out_dir", type=Path, help="output folder")
     predict.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    predict.add_argument("--tta", action="store_true", help="average over axis flips (segmentation)")
+    predict.add_argument(
+        "--flip-tta",
+        "--tta",
+        dest="flip_tta",
+        action="store_true",
+        help="average over axis flips (segmentation)",
+    )
     predict.add_argument(
         "--largest-component", action="store_true", help="keep the largest component of each class"
     )
@@ -419,15 +438,51 @@ def run_runs(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from medvol.evaluate import run_cli
+    """Exit code 1 when some case could not be scored (listed in the summary)."""
+    from medvol.evaluation import evaluate_run, format_summary
 
-    return run_cli(args)
+    evaluation = evaluate_run(
+        args.run_dir,
+        split=args.split,
+        cases=args.cases,
+        checkpoint=args.checkpoint,
+        out=args.out,
+        threshold=args.threshold,
+        n_resamples=args.n_resamples,
+        flip_tta=args.flip_tta,
+        device=args.device,
+    )
+    for notice in evaluation.notices:
+        print(f"notice: {notice}")
+    print(format_summary(evaluation.summary))
+    errors = evaluation.summary.get("errors") or []
+    for error in errors:
+        where = f" ({error['path']})" if error.get("path") else ""
+        print(f"  not scored: {error['case_id']}{where}: {error['problem']}")
+    written = "cases.csv, summary.json" + (
+        ", predictions/" if evaluation.summary["task"] == "segmentation" else ""
+    )
+    print(f"wrote {evaluation.out} ({written})")
+    return 1 if errors else 0
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from medvol.predict import run_cli
+    """Exit code 0 when every scan was predicted, 1 when any failed."""
+    from medvol.prediction import Options, parse_shard, predict, summary
 
-    return run_cli(args)
+    options = Options(
+        checkpoint=args.checkpoint,
+        flip_tta=args.flip_tta,
+        largest_component=args.largest_component,
+        probabilities=args.probabilities,
+        dicom_seg=args.dicom_seg,
+        overwrite=args.overwrite,
+        device=args.device,
+        shard=parse_shard(args.shard),
+    )
+    outcome = predict(args.run_dir, args.in_dir, args.out_dir, options)
+    print(summary(outcome, args.out_dir))
+    return outcome.exit_code
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -437,9 +492,22 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from medvol.reproduce import run_cli
+    from medvol.errors import MedvolError
+    from medvol.reproduce import available_studies, format_results, load_study, reproduce
 
-    return run_cli(args)
+    if args.list:
+        for name in available_studies():
+            study = load_study(name)
+            print(f"{name:<22} budgets {', '.join(study.budgets)}: {study.description}")
+        return 0
+    if args.name is None:
+        raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
+    study = load_study(args.name)
+    out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
+    results = reproduce(study, args.budget, args.seeds, out, args.overrides)
+    print(format_results(results))
+    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -40,7 +40,9 @@ class SplitConfig(Section):
 class DataConfig(Section):
     """Where the cases are and how they are read."""
 
-    task: Literal["segmentation", "classification"]
+    # segmentation: label maps; classification: scan files with a class each (a .csv manifest);
+    # medmnist-classification: a MedMNIST 3D .npz with its official split (medvol.tasks)
+    task: Literal["segmentation", "classification", "medmnist-classification"]
     root: Path  # dataset folder, .csv manifest, or MedMNIST .npz
     split: SplitConfig = SplitConfig()
     classes: list[int] | None = None  # allowed label values (segmentation)
@@ -48,6 +50,14 @@ class DataConfig(Section):
     patch_size: tuple[int, int, int] | None = None
     cache_dir: Path | None = None
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _medmnist_file_needs_its_task(self) -> DataConfig:
+        if self.task != "medmnist-classification" and self.root.suffix.lower() == ".npz":
+            raise ValueError(
+                f"data.root is a MedMNIST .npz file: set data.task: medmnist-classification (got {self.task})"
+            )
+        return self
 
 
 class ModelConfig(Section):

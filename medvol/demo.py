@@ -81,7 +81,7 @@ def classifier_config(out: Path, quick: bool) -> dict[str, Any]:
     """A small 3D ResNet-10 on the bundled AdrenalMNIST3D 28³ file."""
     return {
         "data": {
-            "task": "classification",
+            "task": "medmnist-classification",
             "root": str(sample("adrenalmnist3d.npz")),
             "split": {"method": "official"},
             "num_classes": 2,

@@ -224,8 +224,8 @@ def read_run(run_dir: str | Path) -> RunFiles:
     """
     import yaml
 
+    from medvol.engine.run_folder import EVALUATION_PREFIX, read_summary
     from medvol.engine.tracking import read_metrics
-    from medvol.evaluate import EVALUATION_PREFIX, read_summary
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -1074,7 +1074,7 @@ def _confidence(summary: dict[str, Any]) -> int:
 
 
 def _tag(folder: Path) -> str:
-    from medvol.evaluate import EVALUATION_PREFIX
+    from medvol.engine.run_folder import EVALUATION_PREFIX
 
     name = folder.name.removeprefix(EVALUATION_PREFIX)
     return re.sub(r"[^A-Za-z0-9._-]", "_", name) or "evaluation"

@@ -15,7 +15,7 @@ For each seed ``0 .. K-1`` the budget's experiment config is trained with
 ``train.seed`` set (model selection uses validation data only, as the config
 says), then evaluated once as ``evaluate`` says, with a case-level bootstrap
 CI. The table gives, per metric, the mean over seeds with its 95% t-interval
-(``medvol.evaluate.aggregate``), each seed's value with its bootstrap CI, and
+(``medvol.evaluation.aggregate``), each seed's value with its bootstrap CI, and
 the published figures. A finished seed is not trained or evaluated again, so
 an interrupted reproduction continues where it stopped and the test split is
 scored once per run.
@@ -23,8 +23,6 @@ scored once per run.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from medvol.engine.run_folder import RunFolder
 from medvol.errors import MedvolError
 from medvol.io.atomic import atomic_path, write_json
 
@@ -113,8 +112,9 @@ def reproduce(
         The content of ``results.json``.
     """
     from medvol.config import dump_config, load_config
+    from medvol.engine.run_folder import RunFolder
     from medvol.engine.train import train
-    from medvol.evaluate import aggregate, evaluate_run, read_summary
+    from medvol.evaluation import aggregate, evaluate_run
 
     if budget not in study.budgets:
         raise MedvolError(study.path, f"no budget {budget!r}; this study has {sorted(study.budgets)}")
@@ -134,14 +134,16 @@ def reproduce(
                 f"tracking.name={name}",
             ],
         )
-        run_dir = out / "runs" / name
-        _check_same_recipe(run_dir, dump_config(config))
-        evaluation_dir = run_dir / f"reproduce-{study.split if study.cases is None else 'cases'}"
+        run = RunFolder(out / "runs" / name)
+        run_dir = run.path
+        _check_same_recipe(run, dump_config(config))
+        evaluation = run.reproduction(study.split if study.cases is None else "cases")
+        evaluation_dir = evaluation.path
         started = time.perf_counter()
-        if not (evaluation_dir / "summary.json").is_file():
-            if not _finished(run_dir, config.train.epochs, config.train.early_stop_patience):
+        if not evaluation.summary.is_file():
+            if not _finished(run, config.train.epochs, config.train.early_stop_patience):
                 print(f"[{study.name} seed {seed}] training {run_dir}", flush=True)
-                train(config, resume=(run_dir / "checkpoints" / "last.pt").is_file())
+                train(config, resume=run.checkpoint("last").is_file())
             print(f"[{study.name} seed {seed}] evaluating ({study.split}, {study.checkpoint})", flush=True)
             evaluate_run(
                 run_dir,
@@ -152,7 +154,7 @@ def reproduce(
             )
         else:
             print(f"[{study.name} seed {seed}] already evaluated: {evaluation_dir}", flush=True)
-        summary = read_summary(evaluation_dir / "summary.json")
+        summary = evaluation.read_summary()
         summaries.append(summary)
         runs.append(
             {
@@ -191,33 +193,31 @@ def reproduce(
     return results
 
 
-def _check_same_recipe(run_dir: Path, config_text: str) -> None:
+def _check_same_recipe(run: RunFolder, config_text: str) -> None:
     """Refuse to continue or reuse a run trained with another recipe (study config or ``--set`` changed).
 
-    ``tracking`` (where the run is written) is not part of the recipe.
+    ``tracking`` (where the run is written) is not part of the recipe. The run's
+    config is read with the typed loader, so a run folder of an earlier medvol
+    compares by what it means, not by how it was spelt.
     """
-    recorded = run_dir / "config.yaml"
-    if not recorded.is_file():
+    from medvol.config import dump_config
+
+    if not run.config.is_file():
         return
-    try:
-        before = yaml.safe_load(recorded.read_text())
-    except (OSError, yaml.YAMLError) as error:
-        raise MedvolError(recorded, f"cannot read the run's config ({error})") from error
+    before = yaml.safe_load(dump_config(run.read_config()))
     now = yaml.safe_load(config_text)
-    if not isinstance(before, dict):
-        raise MedvolError(recorded, "not a medvol run config")
     changed = sorted(k for k in (before.keys() | now.keys()) - {"tracking"} if before.get(k) != now.get(k))
     if changed:
         raise MedvolError(
-            run_dir,
+            run.path,
             f"was trained with another recipe (changed since: {', '.join(changed)}); reproduce into "
             "another --out folder, or remove this run",
         )
 
 
-def _finished(run_dir: Path, epochs: int, patience: int | None) -> bool:
+def _finished(run: RunFolder, epochs: int, patience: int | None) -> bool:
     """Whether the run's last checkpoint holds its final epoch or its early stop."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = run.checkpoint("last")
     if not last.is_file():
         return False
     from medvol.engine.checkpoint import load_checkpoint
@@ -228,8 +228,9 @@ def _finished(run_dir: Path, epochs: int, patience: int | None) -> bool:
 
 
 def _train_seconds(run_dir: Path) -> float:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return round(sum(float(json.loads(line).get("seconds", 0.0)) for line in lines if line.strip()), 1)
+    from medvol.engine.tracking import read_metrics
+
+    return round(sum(float(record.get("seconds", 0.0)) for record in read_metrics(run_dir)), 1)
 
 
 def _seed_metric(summary: dict[str, Any], name: str) -> dict[str, Any]:
@@ -244,8 +245,10 @@ def _seed_metric(summary: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _environment(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "environment.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    from medvol.engine.run_folder import RunFolder
+
+    run = RunFolder(run_dir)
+    return run.read_json(run.environment) if run.environment.is_file() else {}
 
 
 def format_results(results: dict[str, Any]) -> str:
@@ -296,20 +299,3 @@ def _bootstrap_cell(entry: dict[str, Any]) -> str:
     if entry.get("estimate") is None:
         return "undefined"
     return f"{entry['estimate']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """``medvol reproduce``."""
-    if args.list:
-        for name in available_studies():
-            study = load_study(name)
-            print(f"{name:<22} budgets {', '.join(study.budgets)}: {study.description}")
-        return 0
-    if args.name is None:
-        raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
-    study = load_study(args.name)
-    out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
-    results = reproduce(study, args.budget, args.seeds, out, args.overrides)
-    print(format_results(results))
-    print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
-    return 0

@@ -73,3 +73,27 @@ class Volume:
         """Map voxel indices ``(N, 3)`` to world positions ``(N, 3)`` in mm (RAS+)."""
         index = np.asarray(index, dtype=np.float64)
         return index @ self.affine[:3, :3].T + self.affine[:3, 3]
+
+
+GRID_TOLERANCE_MM = 1e-3
+"""Two grids are the same when every voxel centre lies within this distance (mm) of its twin."""
+
+
+def grid_difference(reference: Volume, other: Volume) -> str | None:
+    """How ``other``'s grid differs from ``reference``'s (an image's), or ``None`` when they agree.
+
+    Grids agree when the shapes are equal and every voxel centre of one lies
+    within ``GRID_TOLERANCE_MM`` of the same voxel of the other (checked at the
+    8 corners of the box, which bound the distance over all voxels since both
+    maps are affine). Every check of an image's channels and label map against
+    each other uses this one test: indexing, preprocessing, evaluation, synthesis.
+    """
+    if reference.shape != other.shape:
+        return f"shape {list(other.shape)} differs from the image's {list(reference.shape)}"
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)]) * (
+        np.array(reference.shape) - 1
+    )
+    distance = float(np.abs(reference.world_coordinates(corners) - other.world_coordinates(corners)).max())
+    if distance > GRID_TOLERANCE_MM:
+        return f"affine differs from the image's by up to {distance:.4f} mm"
+    return None

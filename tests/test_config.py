@@ -11,7 +11,7 @@ from medvol.config import dump_config, load_config, parse_config
 from medvol.errors import MedvolError
 
 MINIMAL = {
-    "data": {"task": "classification", "root": "data.npz"},
+    "data": {"task": "medmnist-classification", "root": "data.npz"},
     "model": {"name": "resnet18", "options": {"num_classes": 2}},
     "loss": {"name": "cross_entropy"},
 }

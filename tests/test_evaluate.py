@@ -21,14 +21,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from medvol.cli import main
 from medvol.errors import MedvolError
-from medvol.evaluate import (
+from medvol.evaluation import aggregate, evaluate_run, point_estimates
+from medvol.metrics import (
     CLASSIFICATION_CI_METRICS,
-    aggregate,
+    classification_metrics,
     classification_statistic,
-    evaluate_run,
-    point_estimates,
+    dice_per_class,
+    mean_ci,
 )
-from medvol.metrics import classification_metrics, dice_per_class, mean_ci
 from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset
 
 HIPPOCAMPUS_CASES = ("001", "003", "004", "006", "007")
@@ -60,7 +60,10 @@ def adrenal_file(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def classifier_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch ResNet-10 (width 8) on the AdrenalMNIST3D subset."""
     config = {
-        "data": {"task": "classification", "root": str(adrenal_file(shared_data, tmp_path_factory))},
+        "data": {
+            "task": "medmnist-classification",
+            "root": str(adrenal_file(shared_data, tmp_path_factory)),
+        },
         "model": {
             "name": "resnet10",
             "options": {

@@ -25,11 +25,12 @@ from sklearn.metrics import roc_auc_score
 import medvol
 from medvol.cli import main
 from medvol.config import parse_config
-from medvol.engine.data import build_task_data
 from medvol.engine.distributed import Runtime
 from medvol.engine.inference import classify_scan, load_trained
+from medvol.engine.run_folder import RunFolder
 from medvol.errors import MedvolError
-from medvol.evaluate import evaluate_run
+from medvol.evaluation import evaluate_run
+from medvol.tasks import ScanClassificationTask, task_for
 from medvol.transforms import crop_or_pad
 from medvol.volume import Volume
 
@@ -127,20 +128,21 @@ def test_run_files_split_and_normaliser(run_dir: Path, labelled: Path) -> None:
     assert normalizer["type"] == "ZScore" and normalizer["learned"]["mean_"]  # fitted on the train fold
     assert len(list((run_dir / "cache").iterdir())) == 16  # every case preprocessed once
     trained = load_trained(run_dir, device="cpu")
-    assert trained.normalizer is not None and not trained.medmnist
+    assert trained.normalizer is not None and isinstance(trained.task, ScanClassificationTask)
 
 
 def test_training_samples_are_the_inputs_inference_builds(run_dir: Path, labelled: Path) -> None:
     cfg = parse_config(config(labelled))
-    data = build_task_data(cfg, Runtime(torch.device("cpu")), run_dir)
+    data = task_for(cfg).build_data(Runtime(torch.device("cpu")), RunFolder(run_dir))
     sample = data.val[0]
     assert sample["image"].shape == (1, *SHAPE) and sample["image"].dtype == torch.float32
     assert sample["label"].shape == () and sample["label"].dtype == torch.int64
     trained = load_trained(run_dir, device="cpu")
     case = data.val.cases[0]  # type: ignore[union-attr]
-    from medvol.engine.inference import prepare_scan
+    from medvol.engine.inference import prepare_input
 
-    np.testing.assert_allclose(prepare_scan(trained, medvol.load(case.images[0])), sample["image"].numpy())
+    prepared = prepare_input(trained, medvol.load(case.images[0])).array
+    np.testing.assert_array_equal(prepared, sample["image"].numpy())  # bit for bit
 
 
 def test_crop_or_pad_centres_and_pads_with_the_minimum() -> None:
@@ -226,12 +228,12 @@ def test_bad_classes_are_refused_naming_the_case(
     rows[2]["class"] = value
     path = manifest(tmp_path / "bad.csv", rows)
     with pytest.raises(MedvolError, match=re.escape(message)) as error:
-        build_task_data(parse_config(config(path)), Runtime(torch.device("cpu")), tmp_path)
+        task_for(parse_config(config(path))).build_data(Runtime(torch.device("cpu")), RunFolder(tmp_path))
     assert rows[2]["case_id"] in str(error.value)
 
 
 def test_missing_patch_size_is_a_config_error(labelled: Path, tmp_path: Path) -> None:
     with pytest.raises(MedvolError, match=r"needs data\.patch_size"):
-        build_task_data(
-            parse_config(config(labelled, patch_size=None)), Runtime(torch.device("cpu")), tmp_path
+        task_for(parse_config(config(labelled, patch_size=None))).build_data(
+            Runtime(torch.device("cpu")), RunFolder(tmp_path)
         )

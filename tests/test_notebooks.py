@@ -86,7 +86,7 @@ def test_every_public_name_resolves() -> None:
 
 def test_public_names_are_the_documented_objects() -> None:
     from medvol.engine.train import train
-    from medvol.predict import Options, predict
+    from medvol.prediction import Options, predict
     from medvol.reproduce import reproduce
 
     assert medvol.train is train

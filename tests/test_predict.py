@@ -28,9 +28,8 @@ import medvol
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
-from medvol.predict import (
+from medvol.prediction import (
     Options,
-    classifier_input,
     effective_shard,
     find_scans,
     parse_shard,
@@ -80,7 +79,7 @@ def classifier(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     write_adrenal_subset(shared_data, root / "adrenal.npz", {"train": 24, "val": 16, "test": 4})
     config = {
         "data": {
-            "task": "classification",
+            "task": "medmnist-classification",
             "root": str(root / "adrenal.npz"),
             "split": {"method": "official"},
         },
@@ -341,7 +340,7 @@ def test_probabilities_and_refusal_of_changed_settings(
 def test_classifier_writes_predictions_without_identifiers(
     classifier: Path, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from medvol.engine.inference import classify, load_trained
+    from medvol.engine.inference import classify, load_trained, prepare_input
 
     in_dir = tmp_path / "in"
     images = np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz")["test_images"][:3]
@@ -360,29 +359,28 @@ def test_classifier_writes_predictions_without_identifiers(
         "adrenal/case0.nii.gz",
         "adrenal/case1.nii.gz",
         "adrenal/case2.nii.gz",
-        "dicom",
-        "hippo.nii.gz",
     ]
-    assert table[3]["case_id"].startswith("dicom-")
     probabilities = np.array([[float(row["probability_0"]), float(row["probability_1"])] for row in table])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert [int(row["predicted_class"]) for row in table] == probabilities.argmax(axis=1).tolist()
-    # A 28³ uint8 scan spanning 0..255 goes in exactly as in training (uint8 / 255)...
+    # A 28³ uint8 scan goes in exactly as in training (uint8 / 255)...
+    trained = load_trained(classifier)
     scaled = images[:, np.newaxis].astype(np.float32) / 255
     for index in range(3):
         scan = medvol.load(in_dir / f"adrenal/case{index}.nii.gz")
-        np.testing.assert_array_equal(classifier_input(scan, (28, 28, 28)), scaled[index])
-    np.testing.assert_allclose(probabilities[:3], classify(load_trained(classifier), scaled), atol=1e-3)
-    # ...and any other scan is scaled to [0, 1] and resized to the training shape.
-    hippo = classifier_input(medvol.load(in_dir / "hippo.nii.gz"), (28, 28, 28))
-    assert hippo.shape == (1, 28, 28, 28) and hippo.min() >= 0 and hippo.max() <= 1
-    assert [row["input"] for row in rows(out / "errors.csv")] == ["broken.nrrd"]
+        np.testing.assert_array_equal(prepare_input(trained, scan).array, scaled[index])
+    np.testing.assert_allclose(probabilities, classify(trained, scaled), atol=1e-3)
+    # ...and a scan outside MedMNIST's 0-255 range (an MR volume, a CT series) is refused, saying why.
+    errors = {row["input"]: row for row in rows(out / "errors.csv")}
+    assert sorted(errors) == ["broken.nrrd", "dicom", "hippo.nii.gz"]
+    assert "0-255 range" in errors["hippo.nii.gz"]["reason"] and "0-255" in errors["dicom"]["reason"]
+    assert errors["dicom"]["case_id"].startswith("dicom-")
     assert_no_identifiers(out)
 
     (out / "predictions.csv").write_text("".join((out / "predictions.csv").read_text().splitlines(True)[:3]))
     assert main(["predict", str(classifier), str(in_dir), str(out)]) == 1
-    assert "3 predicted, 2 already done" in capsys.readouterr().out
-    assert len(rows(out / "predictions.csv")) == 5
+    assert "1 predicted, 2 already done" in capsys.readouterr().out
+    assert len(rows(out / "predictions.csv")) == 3
 
 
 def test_segmentation_flags_are_refused_for_a_classifier(
@@ -391,7 +389,7 @@ def test_segmentation_flags_are_refused_for_a_classifier(
     (tmp_path / "in").mkdir()
     medvol.save(medvol.Volume(np.zeros((1, 4, 4, 4), np.uint8), np.eye(4)), tmp_path / "in/x.nii.gz")
     assert main(["predict", str(classifier), str(tmp_path / "in"), str(tmp_path / "out"), "--tta"]) == 1
-    assert "--tta apply to segmentation runs" in capsys.readouterr().err
+    assert "--flip-tta apply to segmentation runs" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ bad arguments
@@ -447,7 +445,8 @@ def test_missing_highdicom_is_explained(
 ) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        "medvol.predict.importlib.util.find_spec", lambda name: None if name == "highdicom" else real(name)
+        "medvol.prediction.predictor.importlib.util.find_spec",
+        lambda name: None if name == "highdicom" else real(name),
     )
     (tmp_path / "in").mkdir()
     assert main(["predict", str(segmenter), str(tmp_path / "in"), str(tmp_path / "out"), "--dicom-seg"]) == 1

@@ -58,7 +58,7 @@ def classifier_config(
     root: Path, out: Path, name: str, epochs: int = 3, norm: str = "batch"
 ) -> dict[str, Any]:
     return {
-        "data": {"task": "classification", "root": str(root), "split": {"method": "official"}},
+        "data": {"task": "medmnist-classification", "root": str(root), "split": {"method": "official"}},
         "model": {
             "name": "resnet10",
             "options": {
@@ -225,7 +225,7 @@ def test_learning_rate_schedules() -> None:
     from medvol.config import parse_config
 
     base = {
-        "data": {"task": "classification", "root": "x.npz"},
+        "data": {"task": "medmnist-classification", "root": "x.npz"},
         "model": {"name": "resnet10"},
         "loss": {"name": "cross_entropy"},
     }
@@ -270,7 +270,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(
 
 
 BASE = {
-    "data": {"task": "classification", "root": "x.npz"},
+    "data": {"task": "medmnist-classification", "root": "x.npz"},
     "model": {"name": "resnet10"},
     "loss": {"name": "cross_entropy"},
 }

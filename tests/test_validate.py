@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from medvol.data.dataset import random_patch
-from medvol.engine.validate import pad_like_training, predict_volume
+from medvol.engine.inference import pad_like_training, predict_volume
 from medvol.models import create_model
 
 

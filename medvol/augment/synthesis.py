@@ -38,7 +38,7 @@ from medvol.augment.pipeline import (
 from medvol.errors import GeometryError, InvalidDataError, MedvolError
 from medvol.io import load, save
 from medvol.io.atomic import atomic_path, full_suffix
-from medvol.volume import Volume
+from medvol.volume import Volume, grid_difference
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -62,7 +62,6 @@ MANIFEST_COLUMNS = (
     "source_image",
     "source_label",
 )
-GRID_TOLERANCE_MM = 1e-3
 PREVIEW_CASES = 4
 PREVIEW_VARIANTS = 4
 
@@ -344,15 +343,9 @@ def _load_case(image_paths: list[Path], label_path: Path) -> tuple[Volume, Volum
     channels = [load(path) for path in image_paths]
     label = load(label_path)
     for other in [*channels[1:], label]:
-        path = other.meta.get("source_path")
-        corners = np.array([[0, 0, 0], [s - 1 for s in channels[0].shape]])
-        if other.shape != channels[0].shape:
-            raise GeometryError(
-                path, f"shape {list(other.shape)} differs from the image's {channels[0].shape}"
-            )
-        distance = np.abs(channels[0].world_coordinates(corners) - other.world_coordinates(corners)).max()
-        if distance > GRID_TOLERANCE_MM:
-            raise GeometryError(path, f"affine differs from the image's by up to {distance:.3f} mm")
+        problem = grid_difference(channels[0], other)
+        if problem:
+            raise GeometryError(other.meta.get("source_path"), problem)
     values = label.array
     if values.dtype.kind not in "biu":
         if not np.all(values == np.round(values)):

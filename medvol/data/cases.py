@@ -35,12 +35,11 @@ import numpy as np
 from medvol.errors import MedvolError
 from medvol.io import load
 from medvol.io.atomic import atomic_path, full_suffix
-from medvol.volume import Volume
+from medvol.io.discovery import SCAN_FILE_SUFFIXES, dicom_case_id
+from medvol.volume import Volume, grid_difference
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".nhdr")
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 CHANNEL_COLUMN = re.compile(r"^image_\d{4}$")
-GRID_TOLERANCE_MM = 1e-3
 
 Severity = Literal["error", "warning"]
 
@@ -181,8 +180,7 @@ def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
     cases = []
     for found in series:
         folder = Path(found.first.path).parent
-        identity = f"{found.key}|{folder.relative_to(root)}".encode()
-        case_id = "dicom-" + hashlib.sha256(identity).hexdigest()[:12]
+        case_id = dicom_case_id(found.key, folder, root)
         cases.append(Case(case_id, (folder,), None, series=found.key))
         if folder in corrupt_folders:
             findings.append(
@@ -272,7 +270,7 @@ def _files_by_case(
     by_case: dict[str, list[tuple[int, Path]]] = {}
     for path in sorted(folder.iterdir()):
         suffix = full_suffix(path)
-        if path.name.startswith(".") or suffix not in IMAGE_SUFFIXES:
+        if path.name.startswith(".") or suffix not in SCAN_FILE_SUFFIXES:
             continue
         stem = _file_stem(path)
         channel = 0
@@ -363,7 +361,7 @@ def _check_case(
     content_owner.setdefault(digest, case.case_id)
     others = images[1:] if label is None else [*images[1:], label]
     for other in others:
-        problem = _grid_difference(images[0], other)
+        problem = grid_difference(images[0], other)
         if problem:
             findings.append(
                 Finding("grid_mismatch", "error", case.case_id, other.meta["source_path"], problem)
@@ -402,17 +400,6 @@ def _check_label_values(
                 f"label values {extra} are not among the declared classes {classes}",
             )
         )
-
-
-def _grid_difference(reference: Volume, other: Volume) -> str | None:
-    """A sentence saying how two volumes' grids differ, or None when they agree."""
-    if reference.shape != other.shape:
-        return f"shape {list(other.shape)} differs from the image's {list(reference.shape)}"
-    corners = np.array([[0, 0, 0], [s - 1 for s in reference.shape]])
-    distance = np.abs(reference.world_coordinates(corners) - other.world_coordinates(corners)).max()
-    if distance > GRID_TOLERANCE_MM:
-        return f"affine differs from the image's by up to {distance:.3f} mm"
-    return None
 
 
 MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "series", "usable", "problems")

@@ -38,7 +38,7 @@ from medvol.data.cache import CacheEntry, VolumeCache
 from medvol.data.cases import Case
 from medvol.errors import MedvolError
 from medvol.io import load
-from medvol.transforms import Normalizer, PreprocessConfig, crop_or_pad, preprocess
+from medvol.transforms import Normalizer, PreprocessConfig, PreprocessRecord, crop_or_pad, preprocess
 from medvol.volume import Volume
 
 CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
@@ -63,6 +63,32 @@ def load_case(case: Case) -> tuple[Volume, Volume | None]:
     if label is not None and label.array.dtype.kind == "f":
         label = Volume(label.array.astype(np.int16), label.affine, label.meta)  # validated integral
     return image, label
+
+
+def prepare_image(
+    image: Volume, label: Volume | None, preprocess_config: PreprocessConfig, normalizer: Normalizer
+) -> tuple[Volume, Volume | None, PreprocessRecord]:
+    """A case as the model sees it: preprocessed, then normalised; image ``(C, X, Y, Z)`` float32.
+
+    The one preparation of scans shared by the datasets (training, validation)
+    and by inference (``medvol.tasks``).
+    """
+    image, label, record = preprocess(image, label, preprocess_config)
+    image = normalizer.transform(image)
+    prepared = Volume(image.array.astype(np.float32, copy=False), image.affine, image.meta)
+    return prepared, label, record
+
+
+def classifier_crop(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """A prepared image ``(C, X, Y, Z)`` centre-cropped/padded (with its minimum) to ``shape``."""
+    return crop_or_pad(Volume(image, np.eye(4), {}), shape).array.astype(np.float32, copy=False)
+
+
+def medmnist_input(array: np.ndarray) -> np.ndarray:
+    """A MedMNIST volume ``(X, Y, Z)`` or ``(1, X, Y, Z)`` of 0–255 values as the model input
+    ``(1, X, Y, Z)`` float32: ``value / 255``."""
+    volume = array if array.ndim == 4 else array[np.newaxis]
+    return volume.astype(np.float32) / 255.0
 
 
 class _Reseedable(Dataset[dict[str, Any]]):
@@ -154,9 +180,8 @@ class SegmentationDataset(_Reseedable):
 
         def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             image, label = load_case(case)
-            image, label, record = preprocess(image, label, self.preprocess_config)
-            image = self.normalizer.transform(image)
-            arrays = {"image": image.array.astype(np.float32)}
+            image, label, record = prepare_image(image, label, self.preprocess_config, self.normalizer)
+            arrays = {"image": image.array}
             if label is not None:
                 arrays["label"] = label.array
                 arrays["foreground"] = np.argwhere(label.array[0] > 0).astype(np.int32)
@@ -243,7 +268,7 @@ class ArrayClassificationDataset(_Reseedable):
         return int(self.images.shape[0])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image = self.images[index][np.newaxis].astype(np.float32) / 255.0
+        image = medmnist_input(self.images[index])
         if self.augmenter is not None:
             image = self.augmenter({"image": image})["image"]
         return {
@@ -330,10 +355,8 @@ class FileClassificationDataset(_Reseedable):
         case = self.cases[index]
 
         def build() -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-            image = load_images(case)
-            image, _, record = preprocess(image, None, self.preprocess_config)
-            image = self.normalizer.transform(image)
-            arrays = {"image": image.array.astype(np.float32)}
+            image, _, record = prepare_image(load_images(case), None, self.preprocess_config, self.normalizer)
+            arrays = {"image": image.array}
             meta = {"case_id": case.case_id, "record": record.to_dict(), "affine": image.affine.tolist()}
             return arrays, meta
 
@@ -341,8 +364,7 @@ class FileClassificationDataset(_Reseedable):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         entry = self.entry(index)
-        image = np.array(entry.arrays["image"], dtype=np.float32)
-        image = crop_or_pad(Volume(image, np.eye(4), {}), self.shape).array
+        image = classifier_crop(np.array(entry.arrays["image"], dtype=np.float32), self.shape)
         if self.augmenter is not None:
             image = self.augmenter({"image": image})["image"]
         return {

@@ -9,11 +9,14 @@ distributed is touched. medvol reads no other environment variables.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from medvol.errors import MedvolError
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device
 
 def start(preference: str = "auto") -> Runtime:
     """Join the torchrun process group if launched by torchrun; pick the device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    launch = launch_environment()
+    world_size, local_rank = launch.world_size, launch.local_rank
     device = choose_device(preference, local_rank)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
@@ -89,3 +92,30 @@ def broadcast_flag(runtime: Runtime, flag: bool) -> bool:
     value = [flag]
     dist.broadcast_object_list(value, src=0)
     return bool(value[0])
+
+
+@dataclass(frozen=True)
+class LaunchEnvironment:
+    """What torchrun says about this process (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+
+def launch_environment(environ: Mapping[str, str] | None = None) -> LaunchEnvironment:
+    """``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from torchrun's environment, checked.
+
+    Raises:
+        MedvolError: a value that is not an integer, or a rank outside the world.
+    """
+    environ = os.environ if environ is None else environ
+    try:
+        world = int(environ.get("WORLD_SIZE", "1") or 1)
+        rank = int(environ.get("RANK", "0") or 0)
+        local_rank = int(environ.get("LOCAL_RANK", "0") or 0)
+    except ValueError as error:
+        raise MedvolError(None, f"RANK/LOCAL_RANK/WORLD_SIZE are not integers ({error})") from error
+    if world < 1 or not 0 <= rank < world or local_rank < 0:
+        raise MedvolError(None, f"RANK={rank} is not a rank of WORLD_SIZE={world}")
+    return LaunchEnvironment(rank, local_rank, world)

@@ -1,21 +1,20 @@
 """A trained run, loaded back for inference: the model and everything it was trained with.
 
 ``load_trained(run_dir)`` rebuilds the model from the run's ``config.yaml`` and
-checkpoint, and the preprocessing and normaliser it was trained with (the
-normaliser's fitted statistics come from ``normalizer.json``). Then:
+checkpoint, its task (``medvol.tasks``), the preprocessing and the fitted
+normaliser it was trained with, and the input spec (``input.json``). Then:
 
+- ``prepare_input(trained, scan)`` is the model input the run's task makes
+  from one scan, exactly as training made it (every inference path uses it).
 - ``segment(trained, volume)`` maps one scan to a label map on the scan's
-  **own** grid (same shape, same affine): preprocess → normalise →
-  Gaussian-blended sliding windows (optionally averaged over axis flips) →
-  probabilities mapped back through ``invert`` (linear) → argmax, optionally
-  keeping the largest connected component of each class.
-- ``classify(trained, images)`` gives class probabilities for a batch of
-  model inputs already prepared as in training.
-- ``classify_scan(trained, scan)`` gives one scan's class probabilities from a
-  classifier trained on scan files: preprocess → normalise → centre-crop/pad
-  to ``data.patch_size`` (``prepare_scan``), exactly as in training.
-  MedMNIST-trained classifiers (``trained.medmnist``) saw ``uint8 / 255``
-  arrays instead; ``medvol.predict`` has their input path.
+  **own** grid (same shape, same affine): prepared input → Gaussian-blended
+  sliding windows (optionally averaged over axis flips) → probabilities
+  mapped back to the scan's grid (linear) → argmax, optionally keeping the
+  largest connected component of each class.
+- ``classify(trained, inputs)`` gives class probabilities for a batch of
+  prepared inputs; ``classify_scan(trained, scan)`` for one scan.
+- ``predict_volume(model, image, patch_size, autocast)`` is the sliding
+  window itself, shared with the validation epoch.
 
 The run's ``train.amp`` and ``train.channels_last`` are resolved for the
 inference device and model exactly as training resolves them
@@ -27,55 +26,59 @@ Every step is deterministic: the same scan and run give the same output.
 from __future__ import annotations
 
 import itertools
-import os
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from scipy import ndimage
 from torch import nn
 
-from medvol.config import ExperimentConfig, load_config
+from medvol.config import ExperimentConfig
 from medvol.engine.checkpoint import load_checkpoint
-from medvol.engine.distributed import choose_device
+from medvol.engine.distributed import choose_device, launch_environment
 from medvol.engine.precision import Precision, resolve_precision
-from medvol.engine.validate import predict_volume
+from medvol.engine.run_folder import Checkpoint, InputSpec, RunFolder
 from medvol.errors import MedvolError
-from medvol.io.medmnist import is_medmnist_file
 from medvol.models import create_model
-from medvol.transforms import Normalizer, PreprocessConfig, ZScore, crop_or_pad, invert, preprocess
+from medvol.tasks import InputRecipe, task_for
+from medvol.transforms import Normalizer, PreprocessConfig
 from medvol.volume import Volume
 
-Checkpoint = Literal["best", "last"]
+if TYPE_CHECKING:
+    from medvol.tasks import ModelInput, Task
+
+SLIDING_WINDOW_OVERLAP = 0.5
 
 
 @dataclass
 class TrainedModel:
-    """A run's model in eval mode with its preprocessing and fitted normaliser.
+    """A run's model in eval mode with its task, preprocessing and fitted normaliser.
 
     Attributes:
-        run_dir: the run folder it came from.
+        run: the run folder it came from.
         config: the run's experiment config.
+        task: the run's task (``medvol.tasks``): prepares every model input.
         model: the network, eval mode, on ``device``.
         device: where inference runs.
-        preprocess: the grid scans are put on before the model sees them.
-        normalizer: fitted intensity normaliser (segmentation, and classifiers
-            trained on scan files), ``None`` for MedMNIST classifiers (uint8 / 255).
+        recipe: what inputs are prepared with: the grid scans are put on
+            (``preprocess``), the fitted intensity normaliser (``normalizer``;
+            ``None`` for MedMNIST arrays, ``uint8 / 255``) and what the model
+            takes (``input_spec``).
         checkpoint: ``"best"`` or ``"last"``; ``epoch`` is the epoch it holds.
         precision: the run's ``train.amp`` and ``train.channels_last``
             resolved for ``device`` and ``model`` (set on creation; with
             channels-last on, the model's weights are converted then).
     """
 
-    run_dir: Path
+    run: RunFolder
     config: ExperimentConfig
+    task: Task
     model: nn.Module
     device: torch.device
-    preprocess: PreprocessConfig
-    normalizer: Normalizer | None
+    recipe: InputRecipe
     checkpoint: Checkpoint
     epoch: int
     precision: Precision = field(init=False)
@@ -86,17 +89,24 @@ class TrainedModel:
         self.precision.prepare_model(self.model)
 
     @property
-    def task(self) -> str:
-        return self.config.data.task
+    def run_dir(self) -> Path:
+        return self.run.path
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.recipe.preprocess
+
+    @property
+    def normalizer(self) -> Normalizer | None:
+        return self.recipe.normalizer
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self.recipe.spec
 
     @property
     def num_classes(self) -> int:
         return self.config.data.num_classes
-
-    @property
-    def medmnist(self) -> bool:
-        """True for a classifier trained on a MedMNIST ``.npz`` (not on scan files)."""
-        return is_medmnist(self.config)
 
     def autocast(self) -> AbstractContextManager[Any]:
         """Autocast as the run's ``train.amp`` resolves on this device (``auto``: bf16 where native)."""
@@ -117,11 +127,6 @@ class Segmentation:
     probabilities: Volume | None = None
 
 
-def is_medmnist(config: ExperimentConfig) -> bool:
-    """True when the run trains a classifier on a MedMNIST ``.npz`` (inputs ``uint8 / 255``)."""
-    return config.data.task == "classification" and is_medmnist_file(config.data.root)
-
-
 def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: str = "auto") -> TrainedModel:
     """Load a run folder written by ``medvol train``.
 
@@ -129,43 +134,44 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
         run_dir: the run folder (holds ``config.yaml`` and ``checkpoints/``).
         checkpoint: ``"best"`` (selected on validation; falls back to
             ``"last"`` when the run never validated) or ``"last"``.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``; under
+            torchrun each rank takes its own GPU.
 
     Raises:
         MedvolError: the folder is not a finished-enough run (no config or
             checkpoint), naming what is missing.
     """
-    run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise MedvolError(run_dir, "not a medvol run folder: config.yaml is missing")
-    config = load_config(config_path)
-    checkpoints = run_dir / "checkpoints"
-    path = checkpoints / f"{checkpoint}.pt"
-    if checkpoint == "best" and not path.is_file():
-        path = checkpoints / "last.pt"
-    if not path.is_file():
-        raise MedvolError(run_dir, f"no checkpoint to load: {path.relative_to(run_dir)} is missing")
-    chosen: Checkpoint = "best" if path.stem == "best" else "last"
-    torch_device = choose_device(device, int(os.environ.get("LOCAL_RANK", "0")))  # torchrun: own GPU
+    from medvol.tasks.settings import preprocess_config
+
+    run = RunFolder(run_dir)
+    config = run.read_config()
+    chosen, path = run.existing_checkpoint(checkpoint)
+    try:
+        torch_device = choose_device(device, launch_environment().local_rank)
+    except RuntimeError as error:
+        raise MedvolError(None, f"device {device}: {error}") from error
     state = load_checkpoint(path, map_location=torch_device)
     model = create_model(config.model.name, **config.model.options).to(torch_device)
     model.load_state_dict(state["model"])
     model.eval()
-    normalizer = None
-    if not is_medmnist(config):
-        stored = state.get("normalizer")
-        normalizer = Normalizer.from_dict(stored) if stored else ZScore(per_scan=True)
+    task = task_for(config)
     return TrainedModel(
-        run_dir=run_dir,
+        run=run,
         config=config,
+        task=task,
         model=model,
         device=torch_device,
-        preprocess=PreprocessConfig.from_dict(config.preprocess),
-        normalizer=normalizer,
+        recipe=InputRecipe(
+            preprocess_config(config), task.load_normalizer(state.get("normalizer")), run.read_input_spec()
+        ),
         checkpoint=chosen,
         epoch=int(state["progress"]["epoch"]),
     )
+
+
+def prepare_input(trained: TrainedModel, scan: Volume) -> ModelInput:
+    """``scan`` ``(C, X, Y, Z)`` as the run's model input, exactly as training prepared it."""
+    return trained.task.prepare_input(trained.recipe, scan)
 
 
 @torch.no_grad()
@@ -188,25 +194,24 @@ def segment(
             each foreground class.
         keep_probabilities: also return the probabilities on the scan's grid.
     """
-    if trained.task != "segmentation":
+    from medvol.tasks import SegmentationTask
+
+    task = trained.task
+    if not isinstance(task, SegmentationTask):
         raise MedvolError(trained.run_dir, "this run is a classifier; use classify()")
-    _check_channels(trained, scan)
-    image, _, record = preprocess(scan, None, trained.preprocess)
-    assert trained.normalizer is not None
-    image = trained.normalizer.transform(image)
-    tensor = torch.from_numpy(np.ascontiguousarray(image.array, dtype=np.float32))[None].to(trained.device)
-    patch = trained.config.data.patch_size or tuple(tensor.shape[2:])
+    prepared = task.prepare_input(trained.recipe, scan)
+    tensor = torch.from_numpy(np.ascontiguousarray(prepared.array))[None].to(trained.device)
+    patch = trained.input_spec.patch_size or tuple(tensor.shape[2:])
     probabilities = _probabilities(trained, tensor, patch, flip_tta)[0].cpu().numpy()
-    background = [1.0] + [0.0] * (trained.num_classes - 1)
-    on_source = invert(Volume(probabilities, image.affine, {}), record, fill_value=background)
-    label_array = np.argmax(on_source.array, axis=0).astype(np.uint8)
+    on_source = task.to_source_grid(probabilities, prepared, scan)
+    label_array = np.argmax(on_source, axis=0).astype(np.uint8)
     if largest_component:
         label_array = keep_largest_components(label_array)
     meta = {"source_path": scan.meta.get("source_path"), "checkpoint": trained.checkpoint}
     label = Volume(label_array[None], scan.affine.copy(), meta)
     if not keep_probabilities:
         return Segmentation(label=label)
-    return Segmentation(label, Volume(on_source.array.astype(np.float32), scan.affine.copy(), meta))
+    return Segmentation(label, Volume(on_source.astype(np.float32), scan.affine.copy(), meta))
 
 
 def _probabilities(
@@ -223,6 +228,56 @@ def _probabilities(
         out = predict_volume(trained.model, flipped, patch3, trained.autocast())
         total = total + (out.flip(axes) if axes else out)
     return total / len(flips)
+
+
+def predict_volume(
+    model: nn.Module,
+    image: torch.Tensor,
+    patch_size: tuple[int, int, int],
+    autocast: AbstractContextManager[Any],
+) -> torch.Tensor:
+    """Class probabilities ``(B, K, X, Y, Z)`` for images ``(B, C, X, Y, Z)``.
+
+    Gaussian-weighted sliding windows of ``patch_size`` with half overlap (MONAI).
+    An image smaller than the patch along an axis is first padded as training
+    patches are (``medvol.data.dataset.random_patch``): centred, with each
+    image's minimum, not MONAI's zeros (the mean of a z-scored scan), so the
+    model sees at its borders what it was trained on.
+    """
+    from monai.inferers import sliding_window_inference
+
+    padded, window = pad_like_training(image, patch_size)
+    with autocast:
+        logits = sliding_window_inference(
+            padded,
+            roi_size=patch_size,
+            sw_batch_size=4,
+            predictor=model,
+            overlap=SLIDING_WINDOW_OVERLAP,
+            mode="gaussian",
+        )
+    assert isinstance(logits, torch.Tensor)
+    return torch.softmax(logits[window].float(), dim=1)
+
+
+def pad_like_training(
+    image: torch.Tensor, patch_size: tuple[int, int, int]
+) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """``image`` ``(B, C, X, Y, Z)`` padded to at least ``patch_size``, and the window of the original.
+
+    Padding is centred (one voxel more after than before when odd) and filled
+    with each image's minimum over channels and voxels, as in training.
+    """
+    spatial = image.shape[2:]
+    before = [max(0, (p - n + 1) // 2) for n, p in zip(spatial, patch_size, strict=True)]
+    shape = [max(n, p) for n, p in zip(spatial, patch_size, strict=True)]
+    window = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, spatial, strict=True)))
+    if shape == list(spatial):
+        return image, window
+    fill = image.amin(dim=(1, 2, 3, 4), keepdim=True)
+    padded = fill.expand(*image.shape[:2], *shape).clone()
+    padded[window] = image
+    return padded, window
 
 
 def keep_largest_components(label: np.ndarray) -> np.ndarray:
@@ -242,13 +297,13 @@ def keep_largest_components(label: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def classify(trained: TrainedModel, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, K)`` for images ``(N, C, X, Y, Z)`` float32 already scaled as in training."""
-    if trained.task != "classification":
+def classify(trained: TrainedModel, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Class probabilities ``(N, K)`` for prepared inputs ``(N, C, X, Y, Z)`` float32 (``prepare_input``)."""
+    if trained.task.output != "classification":
         raise MedvolError(trained.run_dir, "this run is a segmenter; use segment()")
     rows = []
-    for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32))
+    for start in range(0, len(inputs), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32))
         with trained.autocast():
             logits = trained.model(batch.to(trained.device)).float()
         rows.append(torch.softmax(logits, dim=1).cpu().numpy())
@@ -257,40 +312,6 @@ def classify(trained: TrainedModel, images: np.ndarray, batch_size: int = 32) ->
     return np.concatenate(rows).astype(np.float32)
 
 
-def _check_channels(trained: TrainedModel, scan: Volume) -> None:
-    """Refuse a scan with another number of channels than the model takes."""
-    expected = trained.config.model.options.get("in_channels", 1)
-    if scan.num_channels != expected:
-        raise MedvolError(
-            scan.meta.get("source_path"),
-            f"the model takes {expected} channel(s), the scan has {scan.num_channels}",
-        )
-
-
-def prepare_scan(trained: TrainedModel, scan: Volume) -> np.ndarray:
-    """A scan as a file-trained classifier's input ``(C, X, Y, Z)`` float32.
-
-    The training path of ``FileClassificationDataset``: preprocess with the
-    run's config, normalise with its fitted normaliser, centre-crop/pad to
-    ``data.patch_size`` (padding with the normalised scan's minimum).
-
-    Raises:
-        MedvolError: the run is not a file-trained classifier, or the scan has
-            another number of channels than the model takes.
-    """
-    if trained.task != "classification":
-        raise MedvolError(trained.run_dir, "this run is a segmenter; use segment()")
-    shape = trained.config.data.patch_size
-    if trained.medmnist or shape is None or trained.normalizer is None:
-        raise MedvolError(
-            trained.run_dir, "this classifier was trained on a MedMNIST .npz, not on scan files"
-        )
-    _check_channels(trained, scan)
-    image, _, _ = preprocess(scan, None, trained.preprocess)
-    image = trained.normalizer.transform(image)
-    return crop_or_pad(image, shape).array.astype(np.float32)
-
-
 def classify_scan(trained: TrainedModel, scan: Volume) -> np.ndarray:
-    """Class probabilities ``(K,)`` float32 of one scan ``(C, X, Y, Z)``, for a file-trained classifier."""
-    return classify(trained, prepare_scan(trained, scan)[np.newaxis])[0]
+    """Class probabilities ``(K,)`` float32 of one scan ``(C, X, Y, Z)``."""
+    return classify(trained, prepare_input(trained, scan).array[np.newaxis])[0]

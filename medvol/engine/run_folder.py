@@ -14,6 +14,7 @@
       checkpoints/best.pt    selected on validation; checkpoints/last.pt the latest epoch
       tensorboard/, mlflow.db, cache/
       evaluation-NAME/       one medvol evaluate (EvaluationFolder)
+      reproduce-NAME/        medvol reproduce's evaluation of the run
       report/                medvol report's output
 
 A run folder copied elsewhere is still whole: nothing in it points back to the
@@ -116,20 +117,28 @@ class EvaluationFolder:
         return self.predictions / f"{case_id}.nii.gz"
 
     def read_summary(self) -> dict[str, Any]:
-        """``summary.json``.
+        """``summary.json`` (see :func:`read_summary`)."""
+        return read_summary(self.summary)
 
-        Raises:
-            MedvolError: missing, unreadable or not an evaluation summary.
-        """
-        try:
-            data = json.loads(self.summary.read_text())
-        except FileNotFoundError as error:
-            raise MedvolError(self.summary, "no evaluation summary here (run medvol evaluate)") from error
-        except (OSError, ValueError) as error:
-            raise MedvolError(self.summary, f"cannot read the evaluation summary ({error})") from error
-        if not isinstance(data, dict) or "task" not in data:
-            raise MedvolError(self.summary, "not a medvol evaluation summary")
-        return data
+
+def read_summary(path: str | Path) -> dict[str, Any]:
+    """An evaluation's ``summary.json``, or the one inside an evaluation folder.
+
+    Raises:
+        MedvolError: missing, unreadable or not an evaluation summary.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = EvaluationFolder(path).summary
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as error:
+        raise MedvolError(path, "no evaluation summary here (run medvol evaluate)") from error
+    except (OSError, ValueError) as error:
+        raise MedvolError(path, f"cannot read the evaluation summary ({error})") from error
+    if not isinstance(data, dict) or "task" not in data:
+        raise MedvolError(path, "not a medvol evaluation summary")
+    return data
 
 
 class RunFolder:
@@ -160,6 +169,10 @@ class RunFolder:
     def evaluation(self, name: str) -> EvaluationFolder:
         """``evaluation-NAME`` (``val``, ``test`` or a manifest's stem)."""
         return EvaluationFolder(self.path / f"{EVALUATION_PREFIX}{name}")
+
+    def reproduction(self, name: str) -> EvaluationFolder:
+        """``reproduce-NAME``: the one evaluation ``medvol reproduce`` makes of this run."""
+        return EvaluationFolder(self.path / f"reproduce-{name}")
 
     def evaluations(self) -> list[EvaluationFolder]:
         """Every evaluation folder, sorted by name."""
@@ -193,11 +206,22 @@ class RunFolder:
     # -- reading
 
     def read_config(self) -> ExperimentConfig:
-        """``config.yaml`` through the typed loader (run folders of earlier versions upgraded)."""
+        """``config.yaml`` through the typed loader.
+
+        Run folders written by medvol 0.1.0 declared MedMNIST classifiers as
+        ``data.task: classification``; they are read as ``medmnist-classification``.
+        """
+        import yaml
+
         from medvol.config import load_config
 
         self.require()
-        return load_config(self.config)
+        try:
+            data = (yaml.safe_load(self.config.read_text()) or {}).get("data", {})
+        except (OSError, yaml.YAMLError, AttributeError):
+            data = {}  # load_config says what is wrong
+        upgrade = data.get("task") == "classification" and str(data.get("root", "")).lower().endswith(".npz")
+        return load_config(self.config, ["data.task=medmnist-classification"] if upgrade else None)
 
     def read_json(self, path: Path) -> dict[str, Any]:
         """A JSON object file of this run.

@@ -1,20 +1,10 @@
 """Experiment tracking, offline by default: everything about a run lives in its folder.
 
-A run folder holds:
-
-- ``config.yaml``: the resolved config;
-- ``split.json``: the case ids of each split;
-- ``fingerprint.json``: what the data looked like (counts, classes, shapes);
-- ``environment.json``: medvol version, git commit (when run from a git
-  checkout), package versions, Python, device and world size, seeds;
-- ``metrics.jsonl``: one JSON line per epoch (training loss, validation
-  metrics, learning rate, time);
-- ``checkpoints/last.pt`` and ``checkpoints/best.pt``;
-- ``tensorboard/``: event files (when enabled);
-- ``normalizer.json``: the fitted intensity normaliser.
-
-MLflow logging is optional (``tracking.mlflow: true``, package ``mlflow``).
-Only the main rank writes.
+``MetricsLogger`` appends each epoch to the run's ``metrics.jsonl`` and mirrors
+it to TensorBoard (``tensorboard/``) and, optionally, MLflow
+(``tracking.mlflow: true``, package ``mlflow``); ``environment`` records what
+lets someone rerun the experiment. Which files a run folder holds is
+``medvol.engine.run_folder``'s to say. Only the main rank writes.
 """
 
 from __future__ import annotations
@@ -26,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from medvol.engine.run_folder import RunFolder
 from medvol.io.atomic import atomic_path
 
 PACKAGES = ("medvol", "torch", "monai", "numpy", "nibabel", "pydicom", "SimpleITK", "scikit-learn")
@@ -70,14 +61,14 @@ def environment(extra: dict[str, Any]) -> dict[str, Any]:
 class MetricsLogger:
     """Appends one JSON line per epoch; mirrors scalars to TensorBoard and MLflow."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, mlflow_uri: str | None, run_name: str) -> None:
-        self.path = run_dir / "metrics.jsonl"
+    def __init__(self, run: RunFolder, tensorboard: bool, mlflow_uri: str | None, run_name: str) -> None:
+        self.path = run.metrics
         self.writer = None
         self.mlflow: Any = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            self.writer = SummaryWriter(str(run.tensorboard))
         if mlflow_uri is not None:
             import mlflow
 
@@ -112,7 +103,7 @@ class MetricsLogger:
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The epochs recorded in a run folder's ``metrics.jsonl``."""
-    path = run_dir / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -120,5 +111,5 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """Replace ``metrics.jsonl`` with the epochs a checkpoint recorded (used when resuming)."""
-    with atomic_path(run_dir / "metrics.jsonl") as temporary:
+    with atomic_path(RunFolder(run_dir).metrics) as temporary:
         temporary.write_text("".join(json.dumps(record) + "\n" for record in history))

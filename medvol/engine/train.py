@@ -37,14 +37,15 @@ from tqdm import tqdm
 from medvol.config import ExperimentConfig, dump_config
 from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
-from medvol.engine.data import TaskData, build_task_data
 from medvol.engine.distributed import Runtime
 from medvol.engine.precision import Precision, resolve_amp, resolve_precision
+from medvol.engine.run_folder import RunFolder
 from medvol.engine.tracking import MetricsLogger, environment, read_metrics, rewrite_metrics
-from medvol.engine.validate import validate
+from medvol.engine.validation import validation_epoch
 from medvol.errors import MedvolError
 from medvol.losses import create_loss
 from medvol.models import create_model
+from medvol.tasks import TaskData, task_for
 
 
 @dataclass
@@ -68,16 +69,17 @@ def train(config: ExperimentConfig, resume: bool = False) -> Path:
 
 
 def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
-    run_dir = config.tracking.output_dir / config.tracking.name
-    checkpoint_dir = run_dir / "checkpoints"
+    run = RunFolder(config.tracking.output_dir / config.tracking.name)
+    run_dir = run.path
     resolve_amp(config.train.amp, runtime.device)  # refuse fp16 off CUDA before anything is written
     if runtime.is_main:
-        _prepare_run_dir(run_dir, resume)
+        _prepare_run_dir(run, resume)
     distributed.barrier(runtime)
     torch.manual_seed(config.train.seed)
     np.random.seed(config.train.seed)
 
-    data = build_task_data(config, runtime, run_dir)
+    task = task_for(config)
+    data = task.build_data(runtime, run)
     model = create_model(config.model.name, **config.model.options).to(runtime.device)
     precision = resolve_precision(config.train.amp, config.train.channels_last, runtime.device, model)
     precision.prepare_model(model)
@@ -91,7 +93,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     progress = Progress()
 
     if resume:
-        state = load_checkpoint(checkpoint_dir / "last.pt", map_location=runtime.device)
+        state = load_checkpoint(run.checkpoint("last"), map_location=runtime.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -102,7 +104,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             _restore_epoch_times(run_dir, progress.history)
             rewrite_metrics(run_dir, progress.history)
     elif runtime.is_main:
-        _write_run_files(config, runtime, run_dir, data, precision)
+        _write_run_files(config, runtime, run, data, precision)
 
     trained: nn.Module = model
     if runtime.distributed:
@@ -110,9 +112,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
     tracker = (
-        MetricsLogger(
-            run_dir, config.tracking.tensorboard, _mlflow_uri(config, run_dir), config.tracking.name
-        )
+        MetricsLogger(run, config.tracking.tensorboard, _mlflow_uri(config, run), config.tracking.name)
         if runtime.is_main
         else None
     )
@@ -146,7 +146,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             schedule.step()
             if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
                 model.eval()
-                metrics = validate(model, data, config, runtime, autocast, loss_fn)
+                metrics = validation_epoch(model, task, data, runtime, autocast, loss_fn)
                 model.train()
                 record.update({f"val_{k}": v for k, v in metrics.items()})
                 _update_best(progress, metrics, config, epoch)
@@ -160,7 +160,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             if runtime.is_main and tracker is not None:
                 # Checkpoint first: it carries the history, so metrics.jsonl can be rebuilt.
                 saving = time.perf_counter()
-                _save(model, optimizer, schedule, progress, config, data, precision, checkpoint_dir, epoch)
+                _save(model, optimizer, schedule, progress, config, data, precision, run, epoch)
                 # The whole epoch, checkpoint write included. The checkpoint just written holds the
                 # time before the write; the next one (and metrics.jsonl, now) holds these.
                 record["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
@@ -215,30 +215,31 @@ def build_schedule(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: learning_rate_factor(config, epoch))
 
 
-def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    last = run_dir / "checkpoints" / "last.pt"
+def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
+    last = run.checkpoint("last")
     if resume and not last.is_file():
-        raise MedvolError(run_dir, "nothing to resume: no checkpoints/last.pt")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise MedvolError(run.path, f"nothing to resume: no {last.relative_to(run.path)}")
+    if not resume and run.path.exists() and any(run.path.iterdir()):
         raise MedvolError(
-            run_dir, "run folder exists; pass --resume to continue it or choose another tracking.name"
+            run.path, "run folder exists; pass --resume to continue it or choose another tracking.name"
         )
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    run.checkpoints.mkdir(parents=True, exist_ok=True)
 
 
 def _write_run_files(
-    config: ExperimentConfig, runtime: Runtime, run_dir: Path, data: TaskData, precision: Precision
+    config: ExperimentConfig, runtime: Runtime, run: RunFolder, data: TaskData, precision: Precision
 ) -> None:
     from medvol.io.atomic import atomic_path, write_json
 
-    with atomic_path(run_dir / "config.yaml") as temporary:
+    with atomic_path(run.config) as temporary:
         temporary.write_text(dump_config(config))
-    write_json(run_dir / "split.json", data.split, default=str)
-    write_json(run_dir / "fingerprint.json", data.fingerprint, default=str)
-    if data.normalizer_state is not None:
-        write_json(run_dir / "normalizer.json", data.normalizer_state, default=str)
+    write_json(run.split, data.split, default=str)
+    write_json(run.fingerprint, data.fingerprint, default=str)
+    write_json(run.input_spec, data.input_spec.to_dict())
+    if data.normalizer is not None:
+        write_json(run.normalizer, data.normalizer.to_dict(), default=str)
     write_json(
-        run_dir / "environment.json",
+        run.environment,
         environment(
             {
                 "device": str(runtime.device),
@@ -252,10 +253,10 @@ def _write_run_files(
     )
 
 
-def _mlflow_uri(config: ExperimentConfig, run_dir: Path) -> str | None:
+def _mlflow_uri(config: ExperimentConfig, run: RunFolder) -> str | None:
     if not config.tracking.mlflow:
         return None
-    return config.tracking.mlflow_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+    return config.tracking.mlflow_uri or f"sqlite:///{run.mlflow_db.resolve()}"
 
 
 def _loader(
@@ -387,7 +388,7 @@ def _save(
     config: ExperimentConfig,
     data: TaskData,
     precision: Precision,
-    checkpoint_dir: Path,
+    run: RunFolder,
     epoch: int,
 ) -> None:
     from medvol.version import __version__
@@ -399,13 +400,13 @@ def _save(
         "progress": progress.__dict__,
         "rng": capture_rng(),
         "config": config.model_dump(mode="json"),
-        "normalizer": data.normalizer_state,
+        "normalizer": None if data.normalizer is None else data.normalizer.to_dict(),
         "precision": precision.to_dict(),
         "medvol_version": __version__,
     }
-    save_checkpoint(state, checkpoint_dir / "last.pt")
+    save_checkpoint(state, run.checkpoint("last"))
     if progress.best_epoch == epoch:
-        save_checkpoint(state, checkpoint_dir / "best.pt")
+        save_checkpoint(state, run.checkpoint("best"))
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -15,12 +15,11 @@ import numpy as np
 from medvol.errors import InvalidDataError, UnreadableFileError
 from medvol.io.atomic import full_suffix
 from medvol.io.dicom import is_dicom_file, load_dicom, load_series, scan_folder, select_series
+from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
 from medvol.io.itk import load_itk, save_itk
 from medvol.io.nifti import load_nifti, save_nifti
 from medvol.volume import Volume
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")
 SAVE_SUFFIXES = NIFTI_SUFFIXES + ITK_WRITE_SUFFIXES
 

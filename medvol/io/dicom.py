@@ -36,6 +36,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from medvol.errors import SeriesError, UnreadableFileError
+from medvol.io.discovery import list_files
 from medvol.io.geometry import affine_from_columns, lps_to_ras
 from medvol.volume import Volume
 
@@ -399,15 +400,6 @@ def scan_headers(
         for part in pool.map(_read_headers, chunks, [collect_errors] * len(chunks)):
             results.extend(part)
     return results
-
-
-def list_files(folder: Path) -> list[Path]:
-    """Every regular file below ``folder``, recursively, sorted, hidden files excluded."""
-    files: list[Path] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
-    return files
 
 
 def scan_folder(

@@ -56,7 +56,7 @@ import SimpleITK as sitk
 
 from medvol.errors import GeometryError
 from medvol.io.geometry import is_sheared
-from medvol.volume import Volume
+from medvol.volume import Volume, grid_difference
 
 __all__ = [
     "PreprocessConfig",
@@ -611,11 +611,10 @@ def _label_on_image_grid(image: Volume, label: Volume | None) -> Volume | None:
     """The label with the image's affine, after checking they share a grid."""
     if label is None:
         return None
-    if label.shape != image.shape or not np.allclose(label.affine, image.affine, atol=_GRID_TOLERANCE_MM):
+    problem = grid_difference(image, label)
+    if problem:
         raise GeometryError(
-            label.meta.get("source_path"),
-            f"the label grid (shape {label.shape}, affine {label.affine.tolist()}) does not match "
-            f"the image grid (shape {image.shape}, affine {image.affine.tolist()})",
+            label.meta.get("source_path"), f"the label grid does not match the image grid: {problem}"
         )
     return Volume(label.array, image.affine, dict(label.meta))
 

@@ -1,4 +1,4 @@
-"""Validation during training: every validation case scored exactly once across ranks.
+"""The validation epoch of training: every validation case scored exactly once across ranks.
 
 Rank ``r`` of ``n`` takes cases ``r, r + n, ...``; per-case results are
 gathered to every rank and reduced there, so no case is dropped or counted
@@ -22,26 +22,26 @@ from torch import nn
 from medvol.config import ExperimentConfig
 from medvol.engine import distributed
 from medvol.engine.distributed import Runtime
+from medvol.engine.inference import predict_volume
 from medvol.metrics import accuracy, dice_per_class, multiclass_auc
 
 if TYPE_CHECKING:
-    from medvol.engine.data import TaskData
-
-SLIDING_WINDOW_OVERLAP = 0.5
+    from medvol.tasks import Task, TaskData
 
 
 @torch.no_grad()
-def validate(
+def validation_epoch(
     model: nn.Module,
+    task: Task,
     data: TaskData,
-    config: ExperimentConfig,
     runtime: Runtime,
     autocast: AbstractContextManager[Any],
     loss_fn: nn.Module,
 ) -> dict[str, float]:
     """Score the validation split; the same numbers on every rank."""
+    config = task.config
     indices = list(range(runtime.rank, len(data.val), runtime.world_size))
-    if data.task == "classification":
+    if task.output == "classification":
         size = config.train.batch_size
         rows: list[dict[str, Any]] = []
         for start in range(0, len(indices), size):
@@ -86,56 +86,6 @@ def _classification_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
         "acc": accuracy(targets, probabilities),
         "cases": len(rows),
     }
-
-
-def predict_volume(
-    model: nn.Module,
-    image: torch.Tensor,
-    patch_size: tuple[int, int, int],
-    autocast: AbstractContextManager[Any],
-) -> torch.Tensor:
-    """Class probabilities ``(B, K, X, Y, Z)`` for images ``(B, C, X, Y, Z)``.
-
-    Gaussian-weighted sliding windows of ``patch_size`` with half overlap (MONAI).
-    An image smaller than the patch along an axis is first padded as training
-    patches are (``medvol.data.dataset.random_patch``): centred, with each
-    image's minimum, not MONAI's zeros (the mean of a z-scored scan), so the
-    model sees at its borders what it was trained on.
-    """
-    from monai.inferers import sliding_window_inference
-
-    padded, window = pad_like_training(image, patch_size)
-    with autocast:
-        logits = sliding_window_inference(
-            padded,
-            roi_size=patch_size,
-            sw_batch_size=4,
-            predictor=model,
-            overlap=SLIDING_WINDOW_OVERLAP,
-            mode="gaussian",
-        )
-    assert isinstance(logits, torch.Tensor)
-    return torch.softmax(logits[window].float(), dim=1)
-
-
-def pad_like_training(
-    image: torch.Tensor, patch_size: tuple[int, int, int]
-) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """``image`` ``(B, C, X, Y, Z)`` padded to at least ``patch_size``, and the window of the original.
-
-    Padding is centred (one voxel more after than before when odd) and filled
-    with each image's minimum over channels and voxels, as in training.
-    """
-    spatial = image.shape[2:]
-    before = [max(0, (p - n + 1) // 2) for n, p in zip(spatial, patch_size, strict=True)]
-    shape = [max(n, p) for n, p in zip(spatial, patch_size, strict=True)]
-    window = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, spatial, strict=True)))
-    if shape == list(spatial):
-        return image, window
-    fill = image.amin(dim=(1, 2, 3, 4), keepdim=True)
-    padded = fill.expand(*image.shape[:2], *shape).clone()
-    padded[window] = image
-    return padded, window
 
 
 def _segment(

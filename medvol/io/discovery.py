@@ -1,0 +1,44 @@
+"""Finding scans on disk: the one walk, the one suffix table, the one DICOM case id.
+
+``medvol index`` (``medvol.data.cases``), ``medvol predict``
+(``medvol.prediction``) and DICOM series discovery (``medvol.io.dicom``) all
+walk folders with :func:`list_files`, recognise scan files by
+:data:`SCAN_FILE_SUFFIXES` and name a DICOM series with :func:`dicom_case_id`,
+so a scan has the same id whichever verb found it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+SCAN_FILE_SUFFIXES = NIFTI_SUFFIXES + ITK_READ_SUFFIXES
+"""Files read as one scan each, by their full suffix (``medvol.io.atomic.full_suffix``)."""
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+"""Names that promise a DICOM file: an error, not an ignored file, when the file is not one."""
+
+
+def list_files(folder: Path, exclude: Path | None = None) -> list[Path]:
+    """Every regular file below ``folder``, recursively, sorted; hidden names and ``exclude`` skipped."""
+    excluded = None if exclude is None else os.path.realpath(exclude)
+    files: list[Path] = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(
+            d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != excluded
+        )
+        files.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
+    return [path for path in files if path.is_file()]
+
+
+def dicom_case_id(series_key: str, folder: Path, root: Path) -> str:
+    """``dicom-<hash>``: a DICOM series' case id.
+
+    The hash covers the series key (SeriesInstanceUID, ``#2``... when split)
+    and the series' folder relative to ``root``; it is stable between runs and
+    carries no patient data.
+    """
+    identity = f"{series_key}|{folder.relative_to(root)}".encode()
+    return "dicom-" + hashlib.sha256(identity).hexdigest()[:12]

@@ -1,0 +1,427 @@
+"""One ``medvol predict`` invocation: check, load the run, find the scans, run this shard.
+
+Its two jobs: label maps from a segmenter (``segment_scans``), a table from a
+classifier (``classify_scans``). Both run the shard's scans through
+``run_pipeline`` (loading and writing in threads around the model) and prepare
+each input with the run's task (``medvol.engine.inference.prepare_input``),
+exactly as training did.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from medvol.errors import MedvolError
+from medvol.io.atomic import file_sha256, write_json
+from medvol.prediction.discovery import Failure, Scan, find_scans
+from medvol.prediction.pipeline import run_pipeline
+from medvol.prediction.sharding import effective_shard, shard_suffix, take_shard
+from medvol.prediction.writers import (
+    output_naming,
+    output_paths,
+    read_predictions,
+    write_csv,
+    write_dicom_seg,
+)
+
+if TYPE_CHECKING:
+    from medvol.engine.inference import Segmentation, TrainedModel
+    from medvol.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Options:
+    """What to compute and write (the CLI flags)."""
+
+    checkpoint: Literal["best", "last"] = "best"
+    flip_tta: bool = False
+    largest_component: bool = False
+    probabilities: bool = False
+    dicom_seg: bool = False
+    overwrite: bool = False
+    device: str = "auto"
+    shard: tuple[int, int] = (0, 1)
+    workers: int = 2
+    progress: bool | None = None  # tqdm's rule: None shows it when stderr is a terminal
+    torch_threads: int | None = None  # None: torch's own setting (OMP_NUM_THREADS, else every core)
+
+
+@dataclass
+class Outcome:
+    """What one ``predict`` call did (this shard's share)."""
+
+    scans: int
+    predicted: int
+    skipped: int
+    failures: list[Failure] = field(default_factory=list)
+    ignored: int = 0
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failures else 0
+
+
+class Predictor:
+    """One ``medvol predict`` invocation over this process's shard."""
+
+    def __init__(self, run_dir: Path, in_dir: Path, out_dir: Path, options: Options) -> None:
+        self.run_dir = run_dir
+        self.in_dir = in_dir
+        self.out_dir = out_dir
+        self.options = options
+        self.shard = effective_shard(options.shard)
+        self.suffix = shard_suffix(*self.shard)
+        self.manifest_path = out_dir / f"predict{self.suffix}.json"
+        self.errors_path = out_dir / f"errors{self.suffix}.csv"
+        self.predictions_path = out_dir / f"predictions{self.suffix}.csv"
+
+    # -- setup
+
+    def check_arguments(self) -> None:
+        """Refuse bad folders before loading anything."""
+        if not self.run_dir.exists():
+            raise MedvolError(self.run_dir, "run folder not found")
+        if not self.run_dir.is_dir():
+            raise MedvolError(self.run_dir, "not a run folder (written by `medvol train`)")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise MedvolError(self.out_dir, "output path exists and is not a folder")
+        if self.in_dir.exists() and self.in_dir.resolve() == self.out_dir.resolve():
+            raise MedvolError(self.out_dir, "the output folder must differ from the input folder")
+        if self.options.dicom_seg and importlib.util.find_spec("highdicom") is None:
+            raise MedvolError(
+                None, "--dicom-seg needs the highdicom package: pip install 'medvol[dicom-seg]'"
+            )
+
+    def load_model(self) -> TrainedModel:
+        from medvol.engine.inference import load_trained
+
+        trained = load_trained(self.run_dir, self.options.checkpoint, self.options.device)
+        segmentation_only = {
+            "--flip-tta": self.options.flip_tta,
+            "--largest-component": self.options.largest_component,
+            "--probabilities": self.options.probabilities,
+            "--dicom-seg": self.options.dicom_seg,
+        }
+        if trained.task.output == "classification":
+            used = [flag for flag, on in segmentation_only.items() if on]
+            if used:
+                raise MedvolError(
+                    self.run_dir, f"{', '.join(used)} apply to segmentation runs; this is a classifier"
+                )
+        return trained
+
+    def settings(self, trained: TrainedModel) -> dict[str, Any]:
+        """What makes two runs' outputs interchangeable (checked before resuming)."""
+        return {
+            "run_dir": str(self.run_dir.resolve()),
+            "task": trained.task.output,
+            "checkpoint": trained.checkpoint,
+            "checkpoint_epoch": trained.epoch,
+            "checkpoint_sha256": file_sha256(trained.run.checkpoint(trained.checkpoint))[:16],
+            "flip_tta": self.options.flip_tta,
+            "largest_component": self.options.largest_component,
+        }
+
+    def check_previous(self, settings: dict[str, Any]) -> None:
+        """Refuse to mix outputs of another model or other settings into OUT_DIR."""
+        if self.options.overwrite or not self.out_dir.is_dir():
+            return
+        for path in sorted(self.out_dir.glob("predict*.json")):
+            try:
+                previous = json.loads(path.read_text()).get("settings", {})
+            except (OSError, ValueError, AttributeError):
+                continue
+            changed = [key for key, value in settings.items() if previous.get(key) != value]
+            if changed:
+                detail = ", ".join(f"{key} {previous.get(key)!r} → {settings[key]!r}" for key in changed)
+                raise MedvolError(
+                    path,
+                    f"outputs here came from other settings ({detail}); pass --overwrite to redo "
+                    "them all, or choose another output folder",
+                )
+
+    # -- running
+
+    def run(self) -> Outcome:
+        import torch
+
+        from medvol.version import __version__
+
+        self.check_arguments()
+        trained = self.load_model()
+        settings = self.settings(trained)
+        self.check_previous(settings)
+        exclude = self.out_dir if _is_inside(self.out_dir, self.in_dir) else None
+        found = find_scans(self.in_dir, exclude)
+        if not found.scans and not found.failures:
+            raise MedvolError(
+                self.in_dir,
+                f"no scans found: none of its {found.ignored} file(s) is a DICOM image, "
+                "NIfTI, NRRD or MetaImage file",
+            )
+        entries: list[Scan | Failure] = sorted(
+            [*found.scans, *found.failures], key=lambda e: (e.relative, e.case_id)
+        )
+        mine = take_shard(entries, *self.shard)
+        scans = [e for e in mine if isinstance(e, Scan)]
+        outcome = Outcome(
+            scans=len(mine),
+            predicted=0,
+            skipped=0,
+            failures=[e for e in mine if isinstance(e, Failure)],
+            ignored=found.ignored,
+        )
+        threads = self.options.torch_threads
+        manifest: dict[str, Any] = {
+            "medvol_version": __version__,
+            "status": "running",
+            "started": _now(),
+            "settings": settings,
+            "in_dir": str(self.in_dir.resolve()),
+            "shard": {"index": self.shard[0], "count": self.shard[1]},
+            "options": {
+                "probabilities": self.options.probabilities,
+                "dicom_seg": self.options.dicom_seg,
+                "overwrite": self.options.overwrite,
+                "device": str(trained.device),
+                "torch_threads": threads or torch.get_num_threads(),
+                "io_threads": self.options.workers,
+            },
+            "naming": output_naming(trained.task.output, self.suffix),
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.manifest_path, manifest)
+        status = "interrupted"
+        previous_threads = torch.get_num_threads()
+        try:
+            if threads:
+                torch.set_num_threads(threads)
+            if trained.task.output == "classification":
+                manifest["classifier_input"] = classify_scans(self, trained, scans, outcome)
+            else:
+                segment_scans(self, trained, scans, outcome)
+            status = "finished"
+        finally:
+            torch.set_num_threads(previous_threads)
+            failures = sorted(outcome.failures, key=lambda f: (f.relative, f.case_id))
+            write_csv(
+                self.errors_path,
+                ("case_id", "input", "reason"),
+                [(f.case_id, f.relative, f.reason) for f in failures],
+            )
+            manifest.update(
+                status=status,
+                finished=_now(),
+                counts={
+                    "scans": outcome.scans,
+                    "predicted": outcome.predicted,
+                    "already_done": outcome.skipped,
+                    "failed": len(outcome.failures),
+                    "ignored_files": outcome.ignored,
+                },
+            )
+            write_json(self.manifest_path, manifest)
+        outcome.files = {"manifest": self.manifest_path, "errors": self.errors_path}
+        if trained.task.output == "classification":
+            outcome.files["predictions"] = self.predictions_path
+        return outcome
+
+    def bar(self, total: int) -> Any:
+        """A progress bar over ``total`` scans (tqdm; shown on a terminal unless told otherwise)."""
+        from tqdm import tqdm
+
+        return tqdm(
+            total=total,
+            desc="predict" + (f" {self.shard[0]}/{self.shard[1]}" if self.shard[1] > 1 else ""),
+            unit="scan",
+            file=sys.stderr,
+            disable=None if self.options.progress is None else not self.options.progress,
+            dynamic_ncols=True,
+        )
+
+    def fail(self, outcome: Outcome, scan: Scan, error: BaseException) -> None:
+        """Record that ``scan`` failed, with a one-line reason."""
+        if not isinstance(error, MedvolError):
+            logger.debug("%s failed", scan.relative, exc_info=error)
+        outcome.failures.append(Failure(scan.case_id, scan.relative, self.reason(scan, error)))
+
+    def reason(self, scan: Scan, error: BaseException) -> str:
+        """The error as one line, naming the file inside the scan when it is not the scan itself."""
+        if not isinstance(error, MedvolError):
+            return f"{type(error).__name__}: {error}".strip()
+        if error.path is None or error.path.resolve() == scan.path.resolve():
+            return error.problem
+        try:
+            where = error.path.resolve().relative_to(self.in_dir.resolve()).as_posix()
+        except ValueError:
+            where = str(error.path)
+        return f"{where}: {error.problem}"
+
+    def load(self, scan: Scan) -> Volume:
+        """The scan as ``medvol.load`` gives it (a DICOM series from its already-read headers)."""
+        from medvol.io import check_finite, load
+        from medvol.io.dicom import load_series
+
+        if scan.series is None:
+            return load(scan.path)
+        volume = load_series(scan.series)
+        volume.meta["source_path"] = str(scan.path)
+        check_finite(volume)
+        return volume
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+CLASSIFIER_BATCH = 32
+CSV_FLUSH_SECONDS = 10.0
+
+
+def segment_scans(predictor: Predictor, trained: TrainedModel, scans: list[Scan], outcome: Outcome) -> None:
+    """Write each scan's label map (and probabilities, DICOM SEG) on its own grid; skip finished ones."""
+    from medvol.engine.inference import segment
+    from medvol.io import save
+    from medvol.volume import Volume
+
+    options = predictor.options
+
+    def outputs(scan: Scan) -> list[Any]:
+        return output_paths(scan, predictor.out_dir, options.probabilities, options.dicom_seg)
+
+    todo = []
+    for scan in scans:
+        if not options.overwrite and all(p.is_file() for p in outputs(scan)):
+            outcome.skipped += 1
+        else:
+            todo.append(scan)
+    no_seg = [s for s in todo if options.dicom_seg and s.is_dicom and not s.single_frame_series]
+    if no_seg:
+        logger.warning(
+            "%d DICOM input(s) are multi-frame or mosaic files; DICOM SEG is written for single-frame "
+            "series only (their NIfTI label maps are written)",
+            len(no_seg),
+        )
+
+    def compute(volumes: list[Volume]) -> list[Segmentation]:
+        return [
+            segment(
+                trained,
+                volume,
+                flip_tta=options.flip_tta,
+                largest_component=options.largest_component,
+                keep_probabilities=options.probabilities,
+            )
+            for volume in volumes
+        ]
+
+    def finish(scan: Scan, result: Segmentation) -> None:
+        label_path, *others = outputs(scan)
+        meta = {"source_path": scan.relative}
+        if options.probabilities:
+            assert result.probabilities is not None
+            probabilities = result.probabilities
+            save(Volume(probabilities.array, probabilities.affine, meta), others.pop(0))
+        if others:  # DICOM SEG
+            write_dicom_seg(scan, result.label.array[0], trained, others.pop(0))
+        save(Volume(result.label.array, result.label.affine, meta), label_path)  # last: marks it done
+
+    with predictor.bar(len(todo)) as bar:
+
+        def done(scan: Scan) -> None:
+            outcome.predicted += 1
+            bar.update()
+
+        def failed(scan: Scan, error: BaseException) -> None:
+            predictor.fail(outcome, scan, error)
+            bar.update()
+            bar.set_postfix(failed=len(outcome.failures))
+
+        run_pipeline(
+            todo, predictor.load, compute, finish, workers=options.workers, on_failure=failed, on_done=done
+        )
+
+
+def classify_scans(
+    predictor: Predictor, trained: TrainedModel, scans: list[Scan], outcome: Outcome
+) -> dict[str, Any]:
+    """Add a ``predictions.csv`` row per scan (resuming an earlier table); returns how inputs were made."""
+    from medvol.engine.inference import classify, prepare_input
+
+    options = predictor.options
+    spec = trained.input_spec
+    classes = trained.num_classes
+    header = ["case_id", "input", *[f"probability_{k}" for k in range(classes)], "predicted_class"]
+    path = predictor.predictions_path
+    rows = {} if options.overwrite else read_predictions(path, header)
+    rows_lock = threading.Lock()  # finish() adds rows in pool threads, flush() reads them here
+    todo = [scan for scan in scans if scan.case_id not in rows]
+    outcome.skipped += len(scans) - len(todo)
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        with rows_lock:
+            table = [rows[key] for key in sorted(rows)]
+        write_csv(path, header, table)
+
+    def prepare(scan: Scan) -> np.ndarray:
+        return prepare_input(trained, predictor.load(scan)).array
+
+    def compute(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return list(classify(trained, np.stack(inputs)))
+
+    def finish(scan: Scan, probabilities: np.ndarray) -> None:
+        values = [f"{float(p):.6f}" for p in probabilities]
+        with rows_lock:
+            rows[scan.case_id] = [scan.case_id, scan.relative, *values, int(np.argmax(probabilities))]
+
+    with predictor.bar(len(todo)) as bar:
+
+        def done(scan: Scan) -> None:
+            nonlocal last_flush
+            outcome.predicted += 1
+            bar.update()
+            if time.monotonic() - last_flush > CSV_FLUSH_SECONDS:
+                flush()
+                last_flush = time.monotonic()
+
+        def failed(scan: Scan, error: BaseException) -> None:
+            predictor.fail(outcome, scan, error)
+            bar.update()
+
+        try:
+            run_pipeline(
+                todo,
+                prepare,
+                compute,
+                finish,
+                batch_size=CLASSIFIER_BATCH,
+                workers=options.workers,
+                on_failure=failed,
+                on_done=done,
+            )
+        finally:
+            flush()
+    return {"shape": list(spec.shape or ()), "channels": spec.channels, "how": trained.task.input_description}

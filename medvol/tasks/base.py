@@ -1,0 +1,278 @@
+"""What every task shares: the datasets of a run, the fold, the cases a run is scored on.
+
+A task is one kind of data (``data.task``): it builds the training and
+validation datasets, prepares one model input from a ``Volume`` exactly as
+training did, and says what an evaluation scores. Nothing outside
+``medvol.tasks`` asks which kind of data a run was trained on.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import numpy as np
+
+from medvol.errors import MedvolError
+
+if TYPE_CHECKING:
+    from medvol.config import ExperimentConfig
+    from medvol.data.cases import Case, IndexReport
+    from medvol.data.dataset import ArrayClassificationDataset, FileClassificationDataset, SegmentationDataset
+    from medvol.data.splits import Fold
+    from medvol.engine.distributed import Runtime
+    from medvol.engine.run_folder import InputSpec, RunFolder
+    from medvol.transforms import Normalizer, PreprocessConfig, PreprocessRecord
+    from medvol.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+Output = Literal["segmentation", "classification"]
+
+
+@dataclass
+class TaskData:
+    """Training and validation datasets plus what a run records about them.
+
+    Attributes:
+        train, val: datasets of ``Sample`` dicts (``medvol.data.dataset``).
+        split: written to ``split.json`` (case ids per split).
+        fingerprint: written to ``fingerprint.json``.
+        normalizer: the normaliser fitted on the training cases (``None``
+            where inputs need none).
+        input_spec: written to ``input.json``: what inference must prepare.
+    """
+
+    train: SegmentationDataset | FileClassificationDataset | ArrayClassificationDataset
+    val: SegmentationDataset | FileClassificationDataset | ArrayClassificationDataset
+    split: dict[str, Any]
+    fingerprint: dict[str, Any]
+    normalizer: Normalizer | None
+    input_spec: InputSpec
+
+
+@dataclass(frozen=True)
+class InputRecipe:
+    """What a trained run prepares its inputs with.
+
+    Attributes:
+        preprocess: the grid scans are put on (``preprocess`` of the config).
+        normalizer: the normaliser fitted on the training cases (``None``
+            where the task uses none).
+        spec: what the model takes (``input.json``).
+    """
+
+    preprocess: PreprocessConfig
+    normalizer: Normalizer | None
+    spec: InputSpec
+
+
+@dataclass
+class ModelInput:
+    """One scan prepared as training prepared it.
+
+    Attributes:
+        array: ``(C, X, Y, Z)`` float32, what the network sees (a segmenter's
+            sliding windows run over it).
+        affine: its voxel → RAS mm affine.
+        record: how to map an output on this grid back to the scan's own grid
+            (``medvol.transforms.invert``); ``None`` where no output is mapped back.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    record: PreprocessRecord | None = None
+
+
+@dataclass
+class Selection:
+    """The cases an evaluation scores, those it cannot, and where they came from."""
+
+    cases: list[Case]
+    errors: list[dict[str, Any]]
+    source: str
+    root: Path
+
+
+class Task(ABC):
+    """One kind of data; see the module docstring.
+
+    Attributes:
+        kind: the ``data.task`` value that chooses it.
+        output: what the model predicts: a label map per voxel or a class per scan.
+        input_description: how a scan becomes the model's input, in a sentence
+            (recorded by ``medvol predict``).
+    """
+
+    kind: ClassVar[str]
+    output: ClassVar[Output]
+    input_description: ClassVar[str]
+
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+
+    @abstractmethod
+    def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
+        """Split, fitted normaliser and datasets (augmentation on the training side only)."""
+
+    @abstractmethod
+    def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
+        """``scan`` ``(C, X, Y, Z)`` as the model's input, exactly as training prepared it."""
+
+    def load_normalizer(self, stored: dict[str, Any] | None) -> Normalizer | None:
+        """The fitted normaliser a checkpoint recorded (per-scan z-score when none was)."""
+        from medvol.transforms import Normalizer, ZScore
+
+        return Normalizer.from_dict(stored) if stored else ZScore(per_scan=True)
+
+    def check_channels(self, recipe: InputRecipe, scan: Volume) -> None:
+        """Refuse a scan with another number of channels than the model takes."""
+        expected = recipe.spec.channels
+        if scan.num_channels != expected:
+            raise MedvolError(
+                scan.meta.get("source_path"),
+                f"the model takes {expected} channel(s), the scan has {scan.num_channels}",
+            )
+
+
+# ----------------------------------------------------------------------------- shared steps
+
+
+def index_cases(config: ExperimentConfig, runtime: Runtime, classes: list[int] | None = None) -> IndexReport:
+    """``medvol index``'s checks of the dataset; says how many cases are skipped, refuses none usable."""
+    from medvol.data.cases import validate
+
+    report = validate(config.data.root, classes=classes)
+    if not report.usable:
+        raise MedvolError(config.data.root, "no usable cases (see `medvol index`)")
+    skipped = len(report.cases) - len(report.usable)
+    if runtime.is_main and skipped:
+        logger.warning(
+            "skipping %d unusable case(s) of %d; see `medvol index` for why", skipped, len(report.cases)
+        )
+    return report
+
+
+def choose_fold(
+    config: ExperimentConfig,
+    case_ids: list[str],
+    patients: list[str | None],
+    labels: list[int] | None = None,
+) -> Fold:
+    """The configured fold of ``case_ids``; ``kfold`` keeps each patient in one fold and,
+    given class ``labels`` (one per case), stratifies by class."""
+    from medvol.data.splits import grouped_folds, load_folds, nnunet_folds
+
+    split = config.data.split
+    if split.method == "nnunet":
+        folds = nnunet_folds(case_ids, split.n_splits, split.seed)
+    elif split.method == "kfold":
+        groups = [p or c for p, c in zip(patients, case_ids, strict=True)]
+        folds = grouped_folds(case_ids, groups, labels, split.n_splits, split.seed)
+    elif split.method == "file" and split.file is not None:
+        folds = load_folds(split.file)
+    else:
+        raise MedvolError(
+            config.data.root, f"split.method {split.method!r} needs split.file or another method"
+        )
+    if split.fold >= len(folds):
+        raise MedvolError(config.data.root, f"split.fold {split.fold} but only {len(folds)} folds")
+    return folds[split.fold]
+
+
+def split_record(config: ExperimentConfig, fold: Fold, report: IndexReport) -> dict[str, Any]:
+    """What ``split.json`` holds for a run on a case folder or manifest."""
+    return {
+        "method": config.data.split.method,
+        "fold": config.data.split.fold,
+        **fold,
+        "skipped": sorted(report.unusable_ids),
+    }
+
+
+def cases_of_fold(
+    config: ExperimentConfig, fold: Fold, by_id: dict[str, Case]
+) -> tuple[list[Case], list[Case]]:
+    """The fold's training and validation cases; refuses a split naming unusable cases."""
+    missing = [c for c in fold["train"] + fold["val"] if c not in by_id]
+    if missing:
+        raise MedvolError(config.data.root, f"the split names cases that are not usable: {missing[:5]}")
+    return [by_id[c] for c in fold["train"]], [by_id[c] for c in fold["val"]]
+
+
+def select_cases(
+    run: RunFolder, config: ExperimentConfig, manifest: Path | None, split: str, column: str
+) -> Selection:
+    """The cases of ``split`` in ``split.json`` (or of a manifest) with what they need to be scored.
+
+    Args:
+        column: the manifest column holding the ground truth: ``label`` (a label
+            map) or ``class``. The run's ``data.classes`` check label-map values only.
+
+    Raises:
+        MedvolError: the manifest is missing, not a CSV, or no case has a ground truth.
+    """
+    from medvol.data.cases import validate
+
+    classes = config.data.classes if column == "label" else None
+    if manifest is not None:
+        if not manifest.is_file():
+            raise MedvolError(manifest, "manifest not found")
+        if manifest.suffix.lower() != ".csv":
+            raise MedvolError(manifest, f"--cases expects a .csv manifest (case_id, image, {column} columns)")
+        report = validate(manifest, classes=classes)
+        found = [case.label if column == "label" else case.target for case in report.cases]
+        if not any(value is not None for value in found):
+            what = "label map" if column == "label" else "class"
+            raise MedvolError(
+                manifest,
+                f"no case has a {what} (column '{column}'): evaluation needs the ground truth of every case",
+            )
+        wanted = [case.case_id for case in report.cases]
+        source = str(manifest)
+    else:
+        wanted = run.split_ids(split)
+        report = validate(config.data.root, classes=classes)
+        source = f"split.json {split} ({config.data.root})"
+    by_id = {case.case_id: case for case in report.usable}
+    problems: dict[str, list[str]] = {}
+    paths: dict[str, str | None] = {}
+    for finding in report.findings:
+        if finding.case_id is not None and finding.severity == "error":
+            problems.setdefault(finding.case_id, []).append(f"{finding.kind}: {finding.message}")
+            paths.setdefault(finding.case_id, finding.path)
+    selected, errors = [], []
+    for case_id in wanted:
+        if case_id in by_id:
+            selected.append(by_id[case_id])
+        else:
+            reason = "; ".join(problems.get(case_id, [])) or f"not found in {report.root}"
+            errors.append(case_error(case_id, paths.get(case_id), f"not usable: {reason}"))
+    return Selection(selected, errors, source, report.root)
+
+
+def case_error(case_id: str, path: str | Path | None, problem: str) -> dict[str, Any]:
+    """One entry of an evaluation summary's ``errors``."""
+    return {"case_id": case_id, "path": None if path is None else str(path), "problem": problem}
+
+
+@dataclass
+class ScoredCases:
+    """The cases a classifier is evaluated on, prepared one by one.
+
+    Attributes:
+        items: ``(case_id, target class, model input (C, X, Y, Z) float32)``,
+            lazily; a case that cannot be prepared is appended to ``errors``
+            instead of being yielded.
+        errors: entries of the summary's ``errors`` (see ``case_error``).
+        details: summary fields saying where the cases came from
+            (``cases_source``, ``n_requested``, ...).
+    """
+
+    items: Iterator[tuple[str, int, np.ndarray]]
+    errors: list[dict[str, Any]]
+    details: dict[str, Any]

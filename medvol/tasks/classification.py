@@ -1,0 +1,306 @@
+"""Classification of scans: one class per case, from scan files or from MedMNIST arrays.
+
+``data.task: classification`` trains on scan files listed in a CSV manifest
+with a ``class`` column: every case is preprocessed, normalised with
+statistics fitted on the training fold, and centre-cropped/padded to the
+fixed input shape ``data.patch_size``.
+
+``data.task: medmnist-classification`` trains on a MedMNIST 3D ``.npz`` with
+its official split: ``uint8`` volumes scaled by ``1/255`` (``medmnist_input``),
+nothing else. A scan given to such a model at inference is scaled the same
+way, so it must hold MedMNIST-range values (0–255); one of another shape is
+reoriented to RAS and resized to the training shape.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medvol.engine.run_folder import InputSpec
+from medvol.errors import MedvolError
+from medvol.tasks.base import (
+    InputRecipe,
+    ModelInput,
+    ScoredCases,
+    Task,
+    TaskData,
+    case_error,
+    cases_of_fold,
+    choose_fold,
+    index_cases,
+    select_cases,
+    split_record,
+)
+
+if TYPE_CHECKING:
+    from medvol.engine.distributed import Runtime
+    from medvol.engine.run_folder import RunFolder
+    from medvol.transforms import Normalizer
+    from medvol.volume import Volume
+
+
+class ClassificationTask(Task):
+    """What the two classification tasks share."""
+
+    output = "classification"
+
+    def input_spec(self, shape: tuple[int, int, int]) -> InputSpec:
+        return InputSpec(
+            task=self.kind,
+            channels=int(self.config.model.options.get("in_channels", 1)),
+            num_classes=self.config.data.num_classes,
+            shape=shape,
+        )
+
+    def class_counts(self, targets: list[int]) -> dict[str, int]:
+        return {str(k): targets.count(k) for k in range(self.config.data.num_classes)}
+
+    @abstractmethod
+    def scored_cases(
+        self, recipe: InputRecipe, run: RunFolder, manifest: Path | None, split: str
+    ) -> ScoredCases:
+        """The cases of ``split`` (or of a manifest with a ``class`` column), prepared as in training."""
+
+
+class ScanClassificationTask(ClassificationTask):
+    """Scan files with a ``class`` per case (a CSV manifest)."""
+
+    kind = "classification"
+    input_description = (
+        "trained on scan files: each scan preprocessed and normalised as in training, "
+        "centre-cropped/padded to data.patch_size"
+    )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The model's input ``(X, Y, Z)`` in voxels (``data.patch_size``)."""
+        shape = self.config.data.patch_size
+        if shape is None:
+            raise MedvolError(
+                self.config.data.root,
+                "classification from scan files needs data.patch_size, the model's input shape "
+                "[X, Y, Z] in voxels (every case is centre-cropped/padded to it)",
+            )
+        return shape
+
+    def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
+        from medvol.data.cache import VolumeCache
+        from medvol.data.dataset import FileClassificationDataset, class_index, fit_normalizer
+        from medvol.tasks.settings import augmenter, normalizer, preprocess_config
+
+        config = self.config
+        shape = self.shape
+        preprocess = preprocess_config(config)
+        if preprocess.crop == "foreground" and preprocess.foreground_from == "label":
+            raise MedvolError(
+                config.data.root,
+                "preprocess.foreground_from: label cannot be used by a classifier (inference has no "
+                "label map); use foreground_from: image",
+            )
+        report = index_cases(config, runtime)
+        without_class = [case.case_id for case in report.usable if case.target is None]
+        if without_class:
+            raise MedvolError(
+                config.data.root,
+                f"{len(without_class)} case(s) have no class (column 'class'), e.g. {without_class[:5]}",
+            )
+        by_id = {case.case_id: case for case in report.usable}
+        targets = {case_id: class_index(case, config.data.num_classes) for case_id, case in by_id.items()}
+        ids = sorted(by_id)
+        fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids], [targets[c] for c in ids])
+        train_cases, val_cases = cases_of_fold(config, fold, by_id)
+        fitted = fit_normalizer(normalizer(config), train_cases, preprocess, use_labels=False)
+        cache = VolumeCache(config.data.cache_dir or run.cache)
+
+        def dataset(cases: list[Any], augment: Any) -> FileClassificationDataset:
+            labels = [targets[case.case_id] for case in cases]
+            return FileClassificationDataset(
+                cases, labels, preprocess, fitted, cache, shape, augment, config.train.seed, runtime.rank
+            )
+
+        counts = {
+            name: self.class_counts([targets[c] for c in names])
+            for name, names in (("all", ids), ("train", fold["train"]), ("val", fold["val"]))
+        }
+        return TaskData(
+            train=dataset(train_cases, augmenter(config)),
+            val=dataset(val_cases, None),
+            split=split_record(config, fold, report),
+            fingerprint={
+                **report.summary(),
+                "input": "scan files",
+                "shape": list(shape),
+                "class_counts": counts,
+            },
+            normalizer=fitted,
+            input_spec=self.input_spec(shape),
+        )
+
+    def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
+        """Preprocess, normalise, centre-crop/pad as ``FileClassificationDataset`` does."""
+        from medvol.data.dataset import classifier_crop, prepare_image
+
+        self.check_channels(recipe, scan)
+        assert recipe.normalizer is not None and recipe.spec.shape is not None
+        image, _, _ = prepare_image(scan, None, recipe.preprocess, recipe.normalizer)
+        return ModelInput(classifier_crop(image.array, recipe.spec.shape), image.affine)
+
+    def scored_cases(
+        self, recipe: InputRecipe, run: RunFolder, manifest: Path | None, split: str
+    ) -> ScoredCases:
+        """``split.json``'s ids or a manifest's cases; an unreadable or class-less case is an error."""
+        from medvol.data.dataset import class_index, load_images
+
+        selection = select_cases(run, self.config, manifest, split, "class")
+        errors = selection.errors
+        requested = len(selection.cases) + len(errors)
+
+        def items() -> Iterator[tuple[str, int, np.ndarray]]:
+            for case in selection.cases:
+                try:
+                    target = class_index(case, self.config.data.num_classes)
+                    prepared = self.prepare_input(recipe, load_images(case))
+                except MedvolError as error:
+                    errors.append(case_error(case.case_id, error.path, error.problem))
+                    continue
+                yield case.case_id, target, prepared.array
+
+        details = {
+            "cases_source": selection.source,
+            "cases_root": str(selection.root),
+            "n_requested": requested,
+        }
+        return ScoredCases(items(), errors, details)
+
+
+class MedMNISTTask(ClassificationTask):
+    """A MedMNIST 3D ``.npz`` with its official split (inputs ``uint8 / 255``)."""
+
+    kind = "medmnist-classification"
+    input_description = (
+        "MedMNIST-trained: each scan reoriented to RAS and scaled by 1/255 as the training arrays were "
+        "(values must lie within 0-255), resized to the training shape (trilinear, anti-aliased) only "
+        "when its shape differs"
+    )
+
+    def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
+        from medvol.data.dataset import ArrayClassificationDataset
+        from medvol.io.medmnist import load_medmnist
+        from medvol.tasks.settings import augmenter
+
+        config = self.config
+        if config.data.split.method != "official":
+            raise MedvolError(
+                config.data.root, "MedMNIST files come with their official split: use split.method: official"
+            )
+        splits = load_medmnist(config.data.root)
+        train, val = splits["train"], splits["val"]
+        seed = config.train.seed
+        shape = tuple(int(n) for n in train.images.shape[1:])
+        return TaskData(
+            train=ArrayClassificationDataset(
+                train.images, train.labels, augmenter(config), seed, runtime.rank, "train"
+            ),
+            val=ArrayClassificationDataset(val.images, val.labels, None, seed, runtime.rank, "val"),
+            split={
+                "method": "official",
+                "train": len(train.labels),
+                "val": len(val.labels),
+                "test": "not used in training",
+            },
+            fingerprint={
+                "cases": {name: len(s.labels) for name, s in splits.items()},
+                "class_counts": {
+                    name: {
+                        str(v): int(c) for v, c in zip(*np.unique(s.labels, return_counts=True), strict=True)
+                    }
+                    for name, s in splits.items()
+                },
+                "shape": list(shape),
+            },
+            normalizer=None,
+            input_spec=self.input_spec((shape[0], shape[1], shape[2])),
+        )
+
+    def load_normalizer(self, stored: dict[str, Any] | None) -> Normalizer | None:
+        return None
+
+    def scored_cases(
+        self, recipe: InputRecipe, run: RunFolder, manifest: Path | None, split: str
+    ) -> ScoredCases:
+        """A split of the run's ``.npz`` (``val`` or ``test``); manifests are refused."""
+        from medvol.data.dataset import medmnist_input
+        from medvol.io.atomic import file_sha256
+        from medvol.io.medmnist import load_medmnist
+
+        root = self.config.data.root
+        if manifest is not None:
+            raise MedvolError(
+                manifest,
+                "a MedMNIST classifier is evaluated on the splits of its .npz file: use --split val|test",
+            )
+        data = load_medmnist(root)[split]
+        if len(data.labels) == 0:
+            raise MedvolError(root, f"the {split} split is empty")
+        if tuple(data.images.shape[1:]) != recipe.spec.shape:
+            raise MedvolError(
+                root,
+                f"volumes are {list(data.images.shape[1:])} but the run was trained on "
+                f"{list(recipe.spec.shape or ())}",
+            )
+        items = (
+            (f"{split}-{index:05d}", int(target), medmnist_input(image))
+            for index, (image, target) in enumerate(zip(data.images, data.labels, strict=True))
+        )
+        details = {
+            "cases_source": f"{root} ({split}_images, {split}_labels)",
+            "data_sha256": file_sha256(root),
+            "n_requested": len(data.labels),
+        }
+        return ScoredCases(items, [], details)
+
+    def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
+        """``scan`` reoriented to RAS and scaled by 1/255 as the training arrays were; resized
+        (trilinear, anti-aliased) only when its shape differs from the training shape.
+
+        Raises:
+            MedvolError: another number of channels, or values outside MedMNIST's 0–255.
+        """
+        from medvol.data.dataset import medmnist_input
+        from medvol.transforms.preprocess import reorient
+
+        self.check_channels(recipe, scan)
+        shape = recipe.spec.shape
+        assert shape is not None
+        low, high = float(scan.array.min()), float(scan.array.max())
+        if low < 0 or high > 255:
+            raise MedvolError(
+                scan.meta.get("source_path"),
+                f"values span [{low:g}, {high:g}], but this MedMNIST-trained classifier takes volumes "
+                "in MedMNIST's 0-255 range (it saw uint8 / 255 in training); scale the scan as "
+                "MedMNIST does first",
+            )
+        oriented, _ = reorient(scan, "RAS")
+        array = medmnist_input(oriented.array)
+        if tuple(oriented.shape) != shape:
+            array = _resize(array, shape)
+        return ModelInput(array, oriented.affine)
+
+
+def _counts(labels: np.ndarray) -> dict[str, int]:
+    values, counts = np.unique(labels, return_counts=True)
+    return {str(v): int(c) for v, c in zip(values, counts, strict=True)}
+
+
+def _resize(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """``(C, X, Y, Z)`` resized to ``shape`` (trilinear, anti-aliased), kept within [0, 1]."""
+    import torch
+    from monai.transforms import Resize
+
+    resized = Resize(shape, mode="trilinear", anti_aliasing=True)(torch.from_numpy(array))
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
