@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medvol.augment import augment_config_from_dict, build_augmenter
+from medvol.augment import build_augmenter
 from medvol.config import ExperimentConfig
 from medvol.data.cache import VolumeCache
 from medvol.data.cases import IndexReport
@@ -24,7 +24,6 @@ from medvol.data.splits import Fold, grouped_folds, load_folds, nnunet_folds
 from medvol.engine.distributed import Runtime
 from medvol.errors import MedvolError
 from medvol.io.medmnist import is_medmnist_file
-from medvol.transforms import Normalizer, PreprocessConfig, ZScore
 
 
 @dataclass
@@ -41,11 +40,7 @@ class TaskData:
 
 def build_task_data(config: ExperimentConfig, runtime: Runtime, run_dir: Path) -> TaskData:
     """Datasets for the config's task; augmentation on the training side only."""
-    augmenter = (
-        None
-        if config.augment is None
-        else build_augmenter(augment_config_from_dict(config.augment), seed=config.train.seed)
-    )
+    augmenter = None if config.augment is None else build_augmenter(config.augment, seed=config.train.seed)
     if is_medmnist_file(config.data.root):
         return _medmnist(config, runtime, augmenter)
     if config.data.task == "classification":
@@ -133,8 +128,8 @@ def _segmentation(config: ExperimentConfig, runtime: Runtime, run_dir: Path, aug
     missing = [c for c in fold["train"] + fold["val"] if c not in by_id]
     if missing:
         raise MedvolError(config.data.root, f"the split names cases that are not usable: {missing[:5]}")
-    preprocess = PreprocessConfig.from_dict(config.preprocess)
-    normalizer = Normalizer.from_dict(config.normalize) if config.normalize else ZScore(per_scan=True)
+    preprocess = config.preprocess
+    normalizer = config.normalizer()
     train_cases = [by_id[c] for c in fold["train"]]
     normalizer = fit_normalizer(normalizer, train_cases, preprocess)
     cache = VolumeCache(config.data.cache_dir or run_dir / "cache")
@@ -169,7 +164,7 @@ def _file_classification(
             "classification from scan files needs data.patch_size, the model's input shape "
             "[X, Y, Z] in voxels (every case is centre-cropped/padded to it)",
         )
-    preprocess = PreprocessConfig.from_dict(config.preprocess)
+    preprocess = config.preprocess
     if preprocess.crop == "foreground" and preprocess.foreground_from == "label":
         raise MedvolError(
             config.data.root,
@@ -192,7 +187,7 @@ def _file_classification(
     missing = [c for c in fold["train"] + fold["val"] if c not in by_id]
     if missing:
         raise MedvolError(config.data.root, f"the split names cases that are not usable: {missing[:5]}")
-    normalizer = Normalizer.from_dict(config.normalize) if config.normalize else ZScore(per_scan=True)
+    normalizer = config.normalizer()
     train_cases = [by_id[c] for c in fold["train"]]
     val_cases = [by_id[c] for c in fold["val"]]
     normalizer = fit_normalizer(normalizer, train_cases, preprocess, use_labels=False)
