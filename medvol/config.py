@@ -211,17 +211,22 @@ class NormalizeSection(Section):
 def _normalize_section(kind: type[Normalizer]) -> type[NormalizeSection]:
     """The section for one normaliser; its params are the constructor's parameters, types and defaults."""
     hints = typing.get_type_hints(kind.__init__)
+    empty = inspect.Parameter.empty
     fields: dict[str, Any] = {
-        name: (hints.get(name, Any), parameter.default)
+        name: (hints.get(name, Any), ... if parameter.default is empty else parameter.default)
         for name, parameter in inspect.signature(kind).parameters.items()
     }
-    params = create_model(f"{kind.__name__}Params", __base__=NormalizerParams, **fields)
-    return create_model(
+    params = create_model(f"{kind.__name__}Params", __base__=NormalizerParams, __module__=__name__, **fields)
+    required = any(default is ... for _, default in fields.values())
+    section = create_model(
         f"{kind.__name__}Section",
         __base__=NormalizeSection,
+        __module__=__name__,
         type=(Literal[kind.__name__], ...),  # type: ignore[arg-type]
-        params=(params, params()),
+        params=(params, ... if required else params()),
     )
+    globals().update({params.__name__: params, section.__name__: section})  # importable, so picklable
+    return section
 
 
 if TYPE_CHECKING:

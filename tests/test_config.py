@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -92,6 +93,7 @@ def test_typed_sections_round_trip_with_the_keys_written(tmp_path: Path) -> None
     again = load_config(tmp_path / "config.yaml")
     assert again == config
     assert dump_config(again) == dump_config(config)
+    assert pickle.loads(pickle.dumps(config)) == config  # e.g. to DataLoader workers under spawn
 
 
 def test_section_defaults_null_and_empty() -> None:
