@@ -11,7 +11,8 @@ import yaml
 
 from medvol.augment import AugmentConfig
 from medvol.config import ExperimentConfig, dump_config, load_config, parse_config
-from medvol.errors import MedvolError
+from medvol.errors import ConfigurationError, MedvolError
+from medvol.models.registry import check_options, option_problems
 from medvol.transforms import CTWindow, PreprocessConfig, ZScore
 
 MINIMAL = {
@@ -215,3 +216,16 @@ def test_class_counts_must_agree() -> None:
         parse_config(classes)
     classifier = {**MINIMAL, "data": {**MINIMAL["data"], "classes": [0, 1, 2]}}
     assert parse_config(classifier).data.classes == [0, 1, 2]  # classes is a segmentation setting
+
+
+def test_check_options_checks_names_without_building() -> None:
+    check_options("model", "unet", {"num_classes": 3, "base_filters": 8})
+    check_options("loss", "dice_ce", {"lambda_ce": 0.5})
+    with pytest.raises(ConfigurationError, match=r"'base_filter' \(did you mean 'base_filters'\?\)"):
+        check_options("model", "unet", {"base_filter": 8})
+    with pytest.raises(ConfigurationError, match=r"unknown loss 'dice'"):
+        check_options("loss", "dice", {})
+    assert option_problems("model", "unet", {"levels": 3, "norm": "batch"}) == [
+        (("options", "levels"), option_problems("model", "unet", {"levels": 3})[0][1])
+    ]
+    assert "has no option 'levels'" in option_problems("model", "unet", {"levels": 3})[0][1]
