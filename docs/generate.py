@@ -78,7 +78,9 @@ NOTES: dict[str, str] = {
     "tracking": "Where the run folder goes and what records it.",
     "data.task": "What the model predicts: a label map per voxel, or one class per case.",
     "data.split": "How the cases are divided into training and validation folds.",
-    "data.num_classes": "Number of classes, background included for segmentation.",
+    "data.num_classes": "Number of classes, background included for segmentation; must equal the model's "
+    "`num_classes` (checked when the config is loaded), and for segmentation the values of `classes` "
+    "must be 0 to `num_classes` − 1.",
     "data.patch_size": "Training patch in voxels (after preprocessing); `null` trains on whole volumes. "
     "Validation uses sliding windows of this size.",
     "data.cache_dir": "Folder of the memory-mapped cache of preprocessed cases; `null`: `cache/` in the run "
@@ -393,13 +395,14 @@ def pydantic_sections(notes: dict[str, str], used: set[str]) -> list[str]:
                 kind = f"[section](#{_section_anchor(key)})"
                 children.append((annotation, key))
             elif key in dataclass_sections:
-                kind = f"{kind} ([keys](#{key}))"
+                optional = type(None) in typing.get_args(annotation)
+                kind = f"[section](#{key})" + (" or null" if optional else "")
             bounds = constraints(field.metadata)
             if bounds:
                 kind = f"{kind}, {bounds}"
             if field.is_required():
                 default = "required"
-            elif _is_section(annotation):
+            elif _is_section(annotation) or dataclasses.is_dataclass(field.default):
                 default = "its defaults"
             else:
                 default = yaml_value(field.get_default(call_default_factory=True))
@@ -439,7 +442,9 @@ def normalize_section() -> str:
     parts = [
         "## `normalize` {#normalize}\n\n"
         "An intensity normaliser, written `{type: NAME, params: {...}}` (the form `Normalizer.to_dict()` "
-        "writes), from `medvol.transforms.normalize`. A normaliser that learns statistics is fitted on "
+        "writes), from `medvol.transforms.normalize`: `type` is one of the names below and `params` its "
+        "parameters (checked when the config is loaded; omitted ones keep the defaults below). "
+        "A normaliser that learns statistics is fitted on "
         "the preprocessed training fold only, and what it learned is saved with the run "
         "(`normalizer.json`) for evaluation and prediction. Omitted or `null`: segmentation uses "
         "`ZScore` with `per_scan: true`; MedMNIST arrays are used as stored. With "
@@ -534,14 +539,17 @@ def config_reference() -> tuple[str, set[str]]:
             "Models",
             "models",
             "`model.name` and the keys `model.options` accepts "
-            "(`medvol.models.create_model(name, **options)`). Segmenters output `num_classes` logits "
-            "per voxel, ResNets per case.",
+            "(`medvol.models.create_model(name, **options)`); names and keys are checked when the config is "
+            "loaded, values when the model is built. Segmenters output `num_classes` logits per voxel, "
+            "ResNets per case; `num_classes` must equal `data.num_classes`.",
             registry._models(),
         ),
         factory_section(
             "Losses",
             "losses",
-            "`loss.name` and the keys `loss.options` accepts (`medvol.losses.create_loss`).",
+            "`loss.name` and the keys `loss.options` accepts (`medvol.losses.create_loss`), checked when "
+            "the config is loaded like the model's (for `deep_supervision`, also the wrapped `loss` and its "
+            "`loss_options`).",
             losses._LOSSES,
         ),
     ]

@@ -390,7 +390,7 @@ def run_plan(args: argparse.Namespace) -> int:
 def run_synthesize(args: argparse.Namespace) -> int:
     import csv
 
-    from medvol.augment import augment_config_from_dict, synthesize_cases
+    from medvol.augment import AugmentConfig, synthesize_cases
     from medvol.data import validate
     from medvol.errors import MedvolError
     from medvol.io.atomic import atomic_path
@@ -402,7 +402,7 @@ def run_synthesize(args: argparse.Namespace) -> int:
         from medvol.config import load_config
 
         config = load_config(args.source)
-        root, augment = config.data.root, augment_config_from_dict(config.augment or {})
+        root, augment = config.data.root, config.augment or AugmentConfig()
     report = validate(root)
     cases = [(case.images, case.label) for case in report.usable if case.label is not None]
     if not cases:

@@ -6,19 +6,54 @@ validates everything with pydantic: an unknown key is an error that names it,
 says where it is and suggests the closest known key; a wrong type says which
 key and what was expected. The resolved config is what a run saves.
 
+The sections that configure medvol's own components are typed by those
+components, so each setting is defined once: ``preprocess`` is a
+``medvol.transforms.PreprocessConfig``, ``augment`` a
+``medvol.augment.AugmentConfig``, and ``normalize`` is checked against the
+constructor of the normaliser it names. ``model`` and ``loss`` options are
+checked against their factories' signatures (nothing is built), and the class
+counts of ``data`` and ``model`` must agree. ``dump_config`` writes those
+sections with the keys they were written with (plus any value that differs
+from its default), so a saved config reads back to an equal one.
+
 Units are in the key names (``spacing_mm``, ``lr``, ``epochs``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
+from medvol.augment import AugmentConfig
 from medvol.errors import MedvolError
+from medvol.transforms import Normalizer, PreprocessConfig, ZScore
+from medvol.transforms.normalize import _NORMALIZERS
+
+#: Where a problem is, relative to the section that found it, and what it is.
+Problem = tuple[tuple[str, ...], str]
 
 
 class Section(BaseModel):
@@ -60,16 +95,44 @@ class DataConfig(Section):
         return self
 
 
-class ModelConfig(Section):
+class _Registered(Section):
+    """A section naming a registered model or loss: its options are checked against the factory."""
+
+    _kind: ClassVar[str]
+    name: str
+    options: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _known_name_and_options(self) -> _Registered:
+        from medvol.models.registry import option_problems
+
+        problems = option_problems(self._kind, self.name, self.options)
+        inner, inner_options = self.options.get("loss", "dice_ce"), self.options.get("loss_options") or {}
+        if (
+            not problems
+            and (self._kind, self.name) == ("loss", "deep_supervision")
+            and isinstance(inner, str)
+            and isinstance(inner_options, Mapping)
+        ):  # the loss it wraps, and that loss's options
+            problems = [
+                (("options", "loss") if at == ("name",) else ("options", "loss_options", *at[1:]), message)
+                for at, message in option_problems("loss", inner, inner_options)
+            ]
+        if problems:
+            raise _located(problems)
+        return self
+
+
+class ModelConfig(_Registered):
     """A model from ``medvol.models.create_model(name, **options)``."""
 
-    name: str
-    options: dict[str, Any] = {}
+    _kind = "model"
 
 
-class LossConfig(Section):
-    name: str
-    options: dict[str, Any] = {}
+class LossConfig(_Registered):
+    """The training loss: ``medvol.losses.create_loss(name, **options)``."""
+
+    _kind = "loss"
 
 
 class OptimizerConfig(Section):
@@ -131,6 +194,63 @@ class TrackingConfig(Section):
     mlflow_uri: str | None = None
 
 
+class NormalizerParams(Section):
+    """Constructor arguments of a normaliser (subclassed per normaliser); dumps the ones written."""
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if key in self.model_fields_set}
+
+
+class NormalizeSection(Section):
+    """``normalize``: ``{type: NAME, params: {...}}``, one subclass per normaliser."""
+
+    type: str  # the normaliser's class name in medvol.transforms.normalize
+    params: NormalizerParams
+
+    def build(self) -> Normalizer:
+        """A new, unfitted normaliser with these parameters."""
+        return _NORMALIZERS[self.type](**dict(self.params))
+
+    @model_validator(mode="after")
+    def _valid_values(self) -> NormalizeSection:
+        self.build()  # the normaliser checks its own values (ValueError)
+        return self
+
+
+def _normalize_section(kind: type[Normalizer]) -> type[NormalizeSection]:
+    """The section for one normaliser; its params are the constructor's parameters, types and defaults."""
+    hints = typing.get_type_hints(kind.__init__)
+    empty = inspect.Parameter.empty
+    fields: dict[str, Any] = {
+        name: (hints.get(name, Any), ... if parameter.default is empty else parameter.default)
+        for name, parameter in inspect.signature(kind).parameters.items()
+    }
+    params = create_model(f"{kind.__name__}Params", __base__=NormalizerParams, __module__=__name__, **fields)
+    required = any(default is ... for _, default in fields.values())
+    section = create_model(
+        f"{kind.__name__}Section",
+        __base__=NormalizeSection,
+        __module__=__name__,
+        type=(Literal[kind.__name__], ...),  # type: ignore[arg-type]
+        params=(params, ... if required else params()),
+    )
+    globals().update({params.__name__: params, section.__name__: section})  # importable, so picklable
+    return section
+
+
+if TYPE_CHECKING:
+    NormalizeConfig = NormalizeSection
+else:
+    NormalizeConfig = Annotated[
+        Union[tuple(_normalize_section(kind) for kind in _NORMALIZERS.values())],  # noqa: UP007
+        Field(discriminator="type"),
+    ]
+
+#: The sections typed by a frozen dataclass of the component they configure.
+_DATACLASS_SECTIONS = ("preprocess", "augment")
+
+
 class ExperimentConfig(Section):
     """A whole training run."""
 
@@ -141,17 +261,110 @@ class ExperimentConfig(Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     tracking: TrackingConfig = TrackingConfig()
-    preprocess: dict[str, Any] = {}  # medvol.transforms.PreprocessConfig fields
-    normalize: dict[str, Any] | None = None  # medvol.transforms.Normalizer.to_dict() form
-    augment: dict[str, Any] | None = None  # medvol.augment.AugmentConfig fields; {} = defaults, null = none
+    preprocess: PreprocessConfig = PreprocessConfig()  # medvol.transforms.PreprocessConfig fields
+    normalize: NormalizeConfig | None = None  # {type, params} of a normaliser; null = per-scan ZScore
+    augment: AugmentConfig | None = None  # medvol.augment.AugmentConfig fields; {} = defaults, null = none
 
-    @field_validator("preprocess")
+    # Per dataclass section, the keys to dump: those written, or set to a non-default value.
+    _written: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
+
+    def normalizer(self) -> Normalizer:
+        """A new, unfitted normaliser: ``normalize``'s, or ``ZScore(per_scan=True)`` when it is null."""
+        return ZScore(per_scan=True) if self.normalize is None else self.normalize.build()
+
+    @field_validator("augment", mode="wrap")
     @classmethod
-    def _known_preprocess_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
-        from medvol.transforms import PreprocessConfig
+    def _augment_value_errors(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(value)
+        except MedvolError as error:  # AugmentConfig's own value checks
+            raise ValueError(error.problem) from error
 
-        PreprocessConfig.from_dict(value)  # raises ValueError naming unknown keys
-        return value
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_written_keys(
+        cls, data: Any, handler: ModelWrapValidatorHandler[ExperimentConfig]
+    ) -> ExperimentConfig:
+        config = handler(data)
+        if isinstance(data, Mapping):
+            given = {name: data.get(name) for name in _DATACLASS_SECTIONS}
+            config._written = {
+                name: frozenset(map(str, value)) if isinstance(value, Mapping) else _changed(value)
+                for name, value in given.items()
+            }
+        return config
+
+    @model_validator(mode="after")
+    def _class_counts_agree(self) -> ExperimentConfig:
+        problems: list[Problem] = []
+        classes = self.data.num_classes
+        if "num_classes" in self.model.options:
+            given = self.model.options["num_classes"]
+            if given != classes:
+                problems.append(
+                    (
+                        ("model", "options", "num_classes"),
+                        f"is {given!r} but data.num_classes is {classes}: the model must output one "
+                        "score per class",
+                    )
+                )
+        else:
+            from medvol.models.registry import factories
+
+            parameter = inspect.signature(factories("model")[self.model.name]).parameters.get("num_classes")
+            if parameter is not None and parameter.default not in (inspect.Parameter.empty, classes):
+                problems.append(
+                    (
+                        ("model", "options"),
+                        f"model {self.model.name!r} outputs {parameter.default} classes unless "
+                        f"num_classes is given, but data.num_classes is {classes}; "
+                        f"set model.options.num_classes: {classes}",
+                    )
+                )
+        declared = self.data.classes
+        if (
+            self.data.task == "segmentation"
+            and declared is not None
+            and sorted(set(declared)) != list(range(classes))
+        ):
+            problems.append(
+                (
+                    ("data", "classes"),
+                    f"{declared} does not match data.num_classes {classes}: segmentation labels are the "
+                    f"class indices 0 to {classes - 1}, background 0 included",
+                )
+            )
+        if problems:
+            raise _located(problems)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for name in _DATACLASS_SECTIONS:
+            section, dumped = getattr(self, name), data.get(name)
+            if section is not None and isinstance(dumped, dict):
+                keep = self._written.get(name, frozenset()) | _changed(section)
+                data[name] = {key: value for key, value in dumped.items() if key in keep}
+        return data
+
+
+def _changed(section: Any) -> frozenset[str]:
+    """The fields of a config dataclass that differ from their defaults."""
+    if not dataclasses.is_dataclass(section) or isinstance(section, type):
+        return frozenset()
+    default = type(section)()
+    return frozenset(
+        field.name
+        for field in dataclasses.fields(section)
+        if getattr(section, field.name) != getattr(default, field.name)
+    )
+
+
+def _located(problems: Sequence[Problem]) -> PydanticCustomError:
+    """One validation error carrying several problems, each at its own location (see ``_explain``)."""
+    text = "; ".join(f"{'.'.join(where)}: {message}" for where, message in problems)
+    return PydanticCustomError("medvol_located", "{text}", {"text": text, "problems": list(problems)})
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -199,23 +412,73 @@ def dump_config(config: ExperimentConfig) -> str:
 def _explain(error: ValidationError) -> str:
     lines = []
     for problem in error.errors():
-        location = [str(part) for part in problem["loc"]]
+        location, section = _resolve(problem["loc"])
         where = ".".join(location)
-        if problem["type"] == "extra_forbidden":
-            lines.append(f"  unknown key {where}{_suggestion(location)}")
+        kind, context = problem["type"], problem.get("ctx") or {}
+        if kind in ("extra_forbidden", "unexpected_keyword_argument"):
+            close = difflib.get_close_matches(location[-1], list(_fields(section)), n=1)
+            hint = f" (did you mean {'.'.join([*location[:-1], close[0]])}?)" if close else ""
+            lines.append(f"  unknown key {where}{hint}")
+        elif kind == "medvol_located":
+            lines += [f"  {'.'.join([*location, *at])}: {message}" for at, message in context["problems"]]
+        elif kind in ("union_tag_invalid", "union_tag_not_found"):  # normalize.type
+            key = str(context["discriminator"]).strip("'")
+            expected = list(_union_tags(_fields(section).get(location[-1])))
+            close = difflib.get_close_matches(str(context.get("tag")), expected, n=1)
+            found = f"unknown {context['tag']!r}" if "tag" in context else "missing"
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            lines.append(f"  {where}.{key}: {found}{hint}; one of {', '.join(expected)}")
+        elif kind == "tuple_type":
+            lines.append(f"  {where}: should be a list")
         else:
-            lines.append(f"  {where}: {problem['msg']}")
+            lines.append(f"  {where}: {str(problem['msg']).removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 
-def _suggestion(location: list[str]) -> str:
-    """`` (did you mean x.y?)`` from the known keys of the enclosing section."""
-    section: type[BaseModel] = ExperimentConfig
-    for part in location[:-1]:
-        field = section.model_fields.get(part)
-        annotation = None if field is None else field.annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return ""
-        section = annotation
-    close = difflib.get_close_matches(location[-1], list(section.model_fields), n=1)
-    return f" (did you mean {'.'.join([*location[:-1], close[0]])}?)" if close else ""
+def _resolve(location: Sequence[str | int]) -> tuple[list[str], Any]:
+    """A pydantic error location as config keys, and the section that holds its last key.
+
+    The keys leave out the tags pydantic adds to a location inside a union of
+    sections (``normalize.ZScore.params`` is ``normalize.params``).
+    """
+    keys: list[str] = []
+    section: Any = None
+    annotation: Any = ExperimentConfig
+    for part in map(str, location):
+        tags = _union_tags(annotation)
+        if part in tags:
+            annotation = tags[part]
+            continue
+        keys.append(part)
+        section, annotation = annotation, _fields(annotation).get(part)
+    return keys, section
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types a field annotation allows, ``None`` and ``Annotated`` stripped."""
+    if typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [member for arg in typing.get_args(annotation) for member in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _union_tags(annotation: Any) -> dict[str, Any]:
+    """``{tag: section}`` for the members of a union of sections told apart by their ``type``."""
+    tags = {}
+    for member in _members(annotation):
+        field = _fields(member).get("type")
+        if typing.get_origin(field) is Literal:
+            tags[str(typing.get_args(field)[0])] = member
+    return tags
+
+
+def _fields(annotation: Any) -> dict[str, Any]:
+    """``{key: annotation}`` of a config section (pydantic model or dataclass); ``{}`` for anything else."""
+    members = _members(annotation)
+    section = members[0] if len(members) == 1 else None
+    if isinstance(section, type) and issubclass(section, BaseModel):
+        return {name: field.annotation for name, field in section.model_fields.items()}
+    if isinstance(section, type) and dataclasses.is_dataclass(section):
+        return typing.get_type_hints(section)
+    return {}

@@ -142,15 +142,14 @@ def test_medmnist_input_is_value_over_255_on_every_path(
     data = task_for(run.read_config()).build_data(Runtime(torch.device("cpu")), run)
     arrays = np.load(run.read_config().data.root)
     image = arrays["val_images"][0]
-    np.testing.assert_array_equal(
-        data.val[0]["image"].numpy(), image[np.newaxis] / np.float32(255)
-    )  # training
+    training = data.val[0]["image"].numpy()
+    np.testing.assert_array_equal(training, image[np.newaxis] / np.float32(255))
     trained = load_trained(medmnist_classifier, device="cpu")
     assert isinstance(trained.task, MedMNISTTask)
     scored = trained.task.scored_cases(trained.recipe, run, None, "val")
     case_id, target, evaluated = next(scored.items)
     assert case_id == "val-00000" and target == int(arrays["val_labels"][0, 0])
-    np.testing.assert_array_equal(evaluated, data.val[0]["image"].numpy())  # evaluation path
+    np.testing.assert_array_equal(evaluated, training)  # evaluation path
 
     halved = image // 2  # values 0..127: dividing by 255 and by the maximum differ
     assert halved.max() == 127
@@ -173,7 +172,7 @@ def test_medmnist_classifier_refuses_a_scan_outside_0_255(medmnist_classifier: P
 
 
 def test_a_medmnist_file_needs_its_task() -> None:
-    with pytest.raises(MedvolError, match="data.task: medmnist-classification"):
+    with pytest.raises(MedvolError, match=r"data\.task: medmnist-classification"):
         parse_config(
             {
                 "data": {"task": "classification", "root": "adrenal.npz"},

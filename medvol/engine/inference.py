@@ -141,8 +141,6 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
         MedvolError: the folder is not a finished-enough run (no config or
             checkpoint), naming what is missing.
     """
-    from medvol.tasks.settings import preprocess_config
-
     run = RunFolder(run_dir)
     config = run.read_config()
     chosen, path = run.existing_checkpoint(checkpoint)
@@ -162,7 +160,7 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
         model=model,
         device=torch_device,
         recipe=InputRecipe(
-            preprocess_config(config), task.load_normalizer(state.get("normalizer")), run.read_input_spec()
+            config.preprocess, task.load_normalizer(state.get("normalizer")), run.read_input_spec()
         ),
         checkpoint=chosen,
         epoch=int(state["progress"]["epoch"]),

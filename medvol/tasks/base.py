@@ -20,6 +20,7 @@ import numpy as np
 from medvol.errors import MedvolError
 
 if TYPE_CHECKING:
+    from medvol.augment import Augmenter
     from medvol.config import ExperimentConfig
     from medvol.data.cases import Case, IndexReport
     from medvol.data.dataset import ArrayClassificationDataset, FileClassificationDataset, SegmentationDataset
@@ -155,6 +156,13 @@ def index_cases(config: ExperimentConfig, runtime: Runtime, classes: list[int] |
             "skipping %d unusable case(s) of %d; see `medvol index` for why", skipped, len(report.cases)
         )
     return report
+
+
+def training_augmenter(config: ExperimentConfig) -> Augmenter | None:
+    """The training augmenter (``augment``; ``null``: none), seeded with ``train.seed``."""
+    from medvol.augment import build_augmenter
+
+    return None if config.augment is None else build_augmenter(config.augment, seed=config.train.seed)
 
 
 def choose_fold(

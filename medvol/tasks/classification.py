@@ -35,6 +35,7 @@ from medvol.tasks.base import (
     index_cases,
     select_cases,
     split_record,
+    training_augmenter,
 )
 
 if TYPE_CHECKING:
@@ -91,11 +92,10 @@ class ScanClassificationTask(ClassificationTask):
     def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
         from medvol.data.cache import VolumeCache
         from medvol.data.dataset import FileClassificationDataset, class_index, fit_normalizer
-        from medvol.tasks.settings import augmenter, normalizer, preprocess_config
 
         config = self.config
         shape = self.shape
-        preprocess = preprocess_config(config)
+        preprocess = config.preprocess
         if preprocess.crop == "foreground" and preprocess.foreground_from == "label":
             raise MedvolError(
                 config.data.root,
@@ -114,7 +114,7 @@ class ScanClassificationTask(ClassificationTask):
         ids = sorted(by_id)
         fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids], [targets[c] for c in ids])
         train_cases, val_cases = cases_of_fold(config, fold, by_id)
-        fitted = fit_normalizer(normalizer(config), train_cases, preprocess, use_labels=False)
+        fitted = fit_normalizer(config.normalizer(), train_cases, preprocess, use_labels=False)
         cache = VolumeCache(config.data.cache_dir or run.cache)
 
         def dataset(cases: list[Any], augment: Any) -> FileClassificationDataset:
@@ -128,7 +128,7 @@ class ScanClassificationTask(ClassificationTask):
             for name, names in (("all", ids), ("train", fold["train"]), ("val", fold["val"]))
         }
         return TaskData(
-            train=dataset(train_cases, augmenter(config)),
+            train=dataset(train_cases, training_augmenter(config)),
             val=dataset(val_cases, None),
             split=split_record(config, fold, report),
             fingerprint={
@@ -191,7 +191,6 @@ class MedMNISTTask(ClassificationTask):
     def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
         from medvol.data.dataset import ArrayClassificationDataset
         from medvol.io.medmnist import load_medmnist
-        from medvol.tasks.settings import augmenter
 
         config = self.config
         if config.data.split.method != "official":
@@ -204,7 +203,7 @@ class MedMNISTTask(ClassificationTask):
         shape = tuple(int(n) for n in train.images.shape[1:])
         return TaskData(
             train=ArrayClassificationDataset(
-                train.images, train.labels, augmenter(config), seed, runtime.rank, "train"
+                train.images, train.labels, training_augmenter(config), seed, runtime.rank, "train"
             ),
             val=ArrayClassificationDataset(val.images, val.labels, None, seed, runtime.rank, "val"),
             split={

@@ -23,6 +23,7 @@ from medvol.tasks.base import (
     choose_fold,
     index_cases,
     split_record,
+    training_augmenter,
 )
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ class SegmentationTask(Task):
     def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
         from medvol.data.cache import VolumeCache
         from medvol.data.dataset import SegmentationDataset, fit_normalizer
-        from medvol.tasks.settings import augmenter, normalizer, preprocess_config
 
         config = self.config
         report = index_cases(config, runtime, classes=config.data.classes)
@@ -52,14 +52,14 @@ class SegmentationTask(Task):
         ids = sorted(by_id)
         fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids])
         train_cases, val_cases = cases_of_fold(config, fold, by_id)
-        preprocess = preprocess_config(config)
-        fitted = fit_normalizer(normalizer(config), train_cases, preprocess)
+        preprocess = config.preprocess
+        fitted = fit_normalizer(config.normalizer(), train_cases, preprocess)
         cache = VolumeCache(config.data.cache_dir or run.cache)
         seed, rank = config.train.seed, runtime.rank
         patch = config.data.patch_size
         return TaskData(
             train=SegmentationDataset(
-                train_cases, preprocess, fitted, cache, patch, augmenter(config), seed, rank
+                train_cases, preprocess, fitted, cache, patch, training_augmenter(config), seed, rank
             ),
             val=SegmentationDataset(val_cases, preprocess, fitted, cache, None, None, seed, rank),
             split=split_record(config, fold, report),
