@@ -224,6 +224,8 @@ def _evaluate_segmentation(
 
     from medvol.data.dataset import load_case
     from medvol.engine.inference import segment
+    from medvol.engine.run_folder import EvaluationFolder
+    from medvol.evaluation.overlays import OverlaySlices, overlay_slices, save_overlays
     from medvol.io import save
     from medvol.volume import Volume
 
@@ -232,6 +234,7 @@ def _evaluate_segmentation(
     requested = len(selected) + len(errors)
     classes = list(range(1, config.data.num_classes))
     accumulator = SegmentationAccumulator(classes, policy)
+    overlays: dict[str, OverlaySlices] = {}
     for case in tqdm(selected, desc="evaluate", disable=None, leave=False):
         try:
             image, label = load_case(case)
@@ -249,9 +252,11 @@ def _evaluate_segmentation(
                 Volume(predicted.array, predicted.affine, meta),
                 out_dir / PREDICTIONS / f"{case.case_id}.nii.gz",
             )
+            overlays[case.case_id] = overlay_slices(image, label, predicted)
         except MedvolError as error:
             errors.append(_error(case.case_id, error.path, error.problem))
     _write_segmentation_csv(out_dir / CASES_CSV, accumulator)
+    save_overlays(EvaluationFolder(out_dir), overlays)
     train_ids = set(_split_json(run_dir).get("train") or [])
     summary = {
         **header,
