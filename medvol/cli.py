@@ -486,9 +486,10 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from medvol.report import run_cli
+    from medvol.report import write_report
 
-    return run_cli(args)
+    print(f"wrote {write_report(args.run_dir, args.out, args.format)}")
+    return 0
 
 
 def run_reproduce(args: argparse.Namespace) -> int:

@@ -45,6 +45,7 @@ def evaluate_segmentation(
 
     from medvol.data.dataset import load_case
     from medvol.engine.inference import segment
+    from medvol.evaluation.overlays import OverlaySlices, overlay_slices, save_overlays
     from medvol.io import save
     from medvol.volume import Volume
 
@@ -55,6 +56,7 @@ def evaluate_segmentation(
     requested = len(selected) + len(errors)
     classes = list(range(1, config.data.num_classes))
     accumulator = SegmentationAccumulator(classes, policy)
+    overlays: dict[str, OverlaySlices] = {}
     for case in tqdm(selected, desc="evaluate", disable=None, leave=False):
         try:
             image, label = load_case(case)
@@ -72,9 +74,11 @@ def evaluate_segmentation(
                 Volume(predicted.array, predicted.affine, meta),
                 evaluation.prediction(case.case_id),
             )
+            overlays[case.case_id] = overlay_slices(image, label, predicted)
         except MedvolError as error:
             errors.append(case_error(case.case_id, error.path, error.problem))
     _write_segmentation_csv(evaluation.cases, accumulator)
+    save_overlays(evaluation, overlays)
     train_ids = set(trained.run.read_split().get("train") or [])
     summary: dict[str, Any] = {
         "cases_source": source,

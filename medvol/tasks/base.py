@@ -130,6 +130,47 @@ class Task(ABC):
 
         return Normalizer.from_dict(stored) if stored else ZScore(per_scan=True)
 
+    # -- the model card (medvol.report): what only the task knows about its data
+
+    def card_data(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
+        """Rows of the model card's data table for a case folder or manifest."""
+        data = self.config.data
+        skipped = split.get("skipped") or []
+        return [
+            (
+                "Cases",
+                f"{fingerprint.get('cases', '?')} case ids found, {fingerprint.get('usable_pairs', '?')} "
+                f"usable ({fingerprint.get('layout', '?')} layout)",
+            ),
+            (
+                "Split",
+                f"{split.get('method', 'unknown')}, fold {split.get('fold')} of {data.split.n_splits} "
+                f"(seed {data.split.seed})",
+            ),
+            ("Training cases", str(len(split.get("train") or []))),
+            ("Validation cases", f"{len(split.get('val') or [])} (also select the checkpoint)"),
+            ("Unusable cases skipped", f"{len(skipped)}" + (f": {', '.join(skipped)}" if skipped else "")),
+        ]
+
+    def card_inputs(self, normalizer: dict[str, Any] | None) -> list[str]:
+        """Model-card sentences on how inputs are made (``normalizer``: the run's ``normalizer.json``)."""
+        written = self.config.model_dump(mode="json")["preprocess"]
+        described = ", ".join(f"{key}: {value}" for key, value in written.items())
+        items = [f"Preprocessing: {described or 'defaults (no resampling)'}."]
+        if normalizer:
+            params = ", ".join(f"{key}: {value}" for key, value in (normalizer.get("params") or {}).items())
+            fitted = "fitted on the training cases only" if normalizer.get("learned") else "per scan"
+            items.append(f"Intensity normalisation: `{normalizer.get('type')}` {params} ({fitted}).")
+        return items
+
+    def card_provenance(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:
+        """Model-card limitations of the training data."""
+        return [
+            f"Trained on {len(split.get('train') or [])} cases from one folder (`{self.config.data.root}`); "
+            "whether they come from one site or several is not recorded. Behaviour on other scanners, "
+            "sites, protocols or populations is unknown."
+        ]
+
     def check_channels(self, recipe: InputRecipe, scan: Volume) -> None:
         """Refuse a scan with another number of channels than the model takes."""
         expected = recipe.spec.channels

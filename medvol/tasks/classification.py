@@ -77,6 +77,16 @@ class ScanClassificationTask(ClassificationTask):
         "centre-cropped/padded to data.patch_size"
     )
 
+    def card_data(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
+        counts = fingerprint.get("class_counts") or {}
+        rows = [(f"Classes ({side})", _counts_text(counts.get(side) or {})) for side in ("train", "val")]
+        return [*super().card_data(split, fingerprint), *rows]
+
+    def card_inputs(self, normalizer: dict[str, Any] | None) -> list[str]:
+        size = "×".join(str(n) for n in self.shape)
+        crop = f"Every case centre-cropped/padded to {size} voxels (padding with its minimum)."
+        return [*super().card_inputs(normalizer), crop]
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """The model's input ``(X, Y, Z)`` in voxels (``data.patch_size``)."""
@@ -229,6 +239,31 @@ class MedMNISTTask(ClassificationTask):
     def load_normalizer(self, stored: dict[str, Any] | None) -> Normalizer | None:
         return None
 
+    def card_data(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
+        use = {"train": "training", "val": "validation, checkpoint selection", "test": "held out"}
+        rows = [
+            ("Volumes", f"{_shape_text(fingerprint.get('shape'))} voxels, uint8"),
+            ("Split", f"{split.get('method', 'unknown')} (the file's own train/val/test split)"),
+        ]
+        for name, count in (fingerprint.get("cases") or {}).items():
+            balance = (fingerprint.get("class_counts") or {}).get(name, {})
+            rows.append((f"{name} cases", f"{count} ({_counts_text(balance)}); {use.get(name, '')}"))
+        return rows
+
+    def card_inputs(self, normalizer: dict[str, Any] | None) -> list[str]:
+        return [
+            "Voxels are divided by 255 (uint8 to [0, 1]); no resampling, no other normalisation.",
+            "The volumes carry no physical spacing; medvol treats them as 1 mm isotropic.",
+        ]
+
+    def card_provenance(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[str]:
+        return [
+            f"Trained on {split.get('train')} cases of one public dataset (`{self.config.data.root.name}`); "
+            "behaviour on other scanners, sites, protocols or populations is unknown.",
+            f"Inputs are small downsampled volumes ({_shape_text(fingerprint.get('shape'))} voxels) without "
+            "physical spacing; results do not transfer to full-resolution imaging.",
+        ]
+
     def scored_cases(
         self, recipe: InputRecipe, run: RunFolder, manifest: Path | None, split: str
     ) -> ScoredCases:
@@ -289,6 +324,16 @@ class MedMNISTTask(ClassificationTask):
         if tuple(oriented.shape) != shape:
             array = _resize(array, shape)
         return ModelInput(array, oriented.affine)
+
+
+def _shape_text(shape: Any) -> str:
+    """``28×28×28`` from a list of sizes; ``?`` otherwise."""
+    return "×".join(str(n) for n in shape) if isinstance(shape, list | tuple) else "?"
+
+
+def _counts_text(counts: dict[str, Any]) -> str:
+    """``class 0: 12, class 1: 4``."""
+    return ", ".join(f"class {k}: {v}" for k, v in counts.items())
 
 
 def _counts(labels: np.ndarray) -> dict[str, int]:

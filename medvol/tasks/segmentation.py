@@ -8,7 +8,7 @@ maps the probabilities back to the scan's own grid (``to_source_grid``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -67,6 +67,18 @@ class SegmentationTask(Task):
             normalizer=fitted,
             input_spec=self.input_spec(),
         )
+
+    def card_data(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
+        classes = ("Classes", f"{self.config.data.num_classes} including background 0")
+        return [*super().card_data(split, fingerprint), classes]
+
+    def card_inputs(self, normalizer: dict[str, Any] | None) -> list[str]:
+        items = super().card_inputs(normalizer)
+        patch = self.config.data.patch_size
+        if patch is not None:
+            size = "×".join(str(n) for n in patch)
+            items.append(f"Training patches of {size} voxels; inference by sliding windows.")
+        return items
 
     def input_spec(self) -> InputSpec:
         config = self.config
