@@ -76,13 +76,17 @@ NOTES: dict[str, str] = {
     "schedule": "The learning-rate schedule.",
     "train": "The training loop: epochs, batches, precision, validation, device, seed.",
     "tracking": "Where the run folder goes and what records it.",
-    "data.task": "What the model predicts: a label map per voxel, or one class per case.",
+    "data.task": "The kind of data, which decides everything a run does with it (`medvol.tasks`): "
+    "`segmentation` (label maps per case), `classification` (scan files with one class each, a CSV "
+    "manifest) or `medmnist-classification` (a MedMNIST 3D `.npz` with its official split).",
     "data.split": "How the cases are divided into training and validation folds.",
     "data.num_classes": "Number of classes, background included for segmentation; must equal the model's "
     "`num_classes` (checked when the config is loaded), and for segmentation the values of `classes` "
     "must be 0 to `num_classes` − 1.",
-    "data.patch_size": "Training patch in voxels (after preprocessing); `null` trains on whole volumes. "
-    "Validation uses sliding windows of this size.",
+    "data.patch_size": "Segmentation: training patch in voxels (after preprocessing); `null` trains on "
+    "whole volumes. Validation and inference use sliding windows of this size.",
+    "data.input_shape": "Classification from scan files (required there): the model's input in voxels "
+    "(after preprocessing); every case is centre-cropped/padded to it.",
     "data.cache_dir": "Folder of the memory-mapped cache of preprocessed cases; `null`: `cache/` in the run "
     "folder.",
     "data.num_workers": "DataLoader worker processes per training process.",

@@ -68,7 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"medvol {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_info(verbs, common)
+    _add_convert(verbs, common)
+    _add_index(verbs, common)
+    _add_plan(verbs, common)
+    _add_synthesize(verbs, common)
+    _add_train(verbs, common)
+    _add_runs(verbs, common)
+    _add_evaluate(verbs, common)
+    _add_predict(verbs, common)
+    _add_report(verbs, common)
+    _add_reproduce(verbs, common)
+    _add_demo(verbs, common)
+    return parser
 
+
+def _add_info(verbs: Any, common: argparse.ArgumentParser) -> None:
     info = verbs.add_parser(
         "info", parents=[common], help="describe an image or the DICOM series in a folder"
     )
@@ -78,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
     info.set_defaults(run=run_info)
 
+
+def _add_convert(verbs: Any, common: argparse.ArgumentParser) -> None:
     convert = verbs.add_parser("convert", parents=[common], help="convert a scan to NIfTI, NRRD or MetaImage")
     convert.add_argument("source", type=Path, help="DICOM folder or file, NIfTI, NRRD or MetaImage")
     convert.add_argument("target", type=Path, help="output file: .nii, .nii.gz, .nrrd or .mha")
@@ -86,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
     convert.set_defaults(run=run_convert)
 
+
+def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
     index = verbs.add_parser(
         "index", parents=[common], help="find and validate the cases of a dataset folder, write a manifest"
     )
@@ -99,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
 
+
+def _add_plan(verbs: Any, common: argparse.ArgumentParser) -> None:
     plan = verbs.add_parser(
         "plan", parents=[common], help="fingerprint a dataset and write an editable preprocessing plan"
     )
@@ -107,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--modality", help="CT, MR, ... (default: from the images' metadata)")
     plan.set_defaults(run=run_plan)
 
+
+def _add_synthesize(verbs: Any, common: argparse.ArgumentParser) -> None:
     synthesize = verbs.add_parser(
         "synthesize", parents=[common], help="write synthetic training variants of labelled cases"
     )
@@ -122,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthesize.add_argument("--seed", type=int, default=0)
     synthesize.set_defaults(run=run_synthesize)
 
+
+def _add_train(verbs: Any, common: argparse.ArgumentParser) -> None:
     train = verbs.add_parser("train", parents=[common], help="train a model from a YAML config")
     train.add_argument("config", type=Path, help="experiment YAML (see configs/)")
     train.add_argument(
@@ -135,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     train.set_defaults(run=run_train)
 
+
+def _add_runs(verbs: Any, common: argparse.ArgumentParser) -> None:
     runs = verbs.add_parser(
         "runs", parents=[common], help="compare runs: settings and best metrics side by side"
     )
@@ -142,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(run=run_runs)
 
+
+def _add_evaluate(verbs: Any, common: argparse.ArgumentParser) -> None:
     evaluate = verbs.add_parser(
         "evaluate", parents=[common], help="score a trained run on its validation or test cases, with CIs"
     )
@@ -170,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     evaluate.set_defaults(run=run_evaluate)
 
+
+def _add_predict(verbs: Any, common: argparse.ArgumentParser) -> None:
     predict = verbs.add_parser("predict", parents=[common], help="run a trained model over a folder of scans")
     predict.add_argument("run_dir", type=Path, help="run folder written by `medvol train`")
     predict.add_argument(
@@ -194,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     predict.set_defaults(run=run_predict)
 
+
+def _add_report(verbs: Any, common: argparse.ArgumentParser) -> None:
     report = verbs.add_parser(
         "report", parents=[common], help="write an HTML or Markdown report and model card for a run"
     )
@@ -202,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="output folder (default RUN_DIR/report)")
     report.set_defaults(run=run_report)
 
+
+def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
     reproduce = verbs.add_parser(
         "reproduce", parents=[common], help="re-run a published study over seeds and compare the numbers"
     )
@@ -220,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     reproduce.set_defaults(run=run_reproduce)
 
+
+def _add_demo(verbs: Any, common: argparse.ArgumentParser) -> None:
     demo = verbs.add_parser("demo", parents=[common], help="run medvol end to end on the bundled sample data")
     demo.add_argument(
         "--out",
@@ -229,7 +266,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quick", action="store_true", help="one epoch per model: a smoke test, not a model")
     demo.set_defaults(run=run_demo)
-    return parser
 
 
 def _version() -> str:

@@ -83,14 +83,29 @@ class DataConfig(Section):
     classes: list[int] | None = None  # allowed label values (segmentation)
     num_classes: int = Field(2, ge=2)
     patch_size: tuple[int, int, int] | None = None
+    input_shape: tuple[int, int, int] | None = None
     cache_dir: Path | None = None
     num_workers: int = Field(0, ge=0)
 
     @model_validator(mode="after")
-    def _medmnist_file_needs_its_task(self) -> DataConfig:
+    def _kind_and_shapes_agree(self) -> DataConfig:
         if self.task != "medmnist-classification" and self.root.suffix.lower() == ".npz":
             raise ValueError(
                 f"data.root is a MedMNIST .npz file: set data.task: medmnist-classification (got {self.task})"
+            )
+        if self.task != "segmentation" and self.patch_size is not None:
+            raise ValueError(
+                "data.patch_size is the segmentation patch; a classifier's input shape is data.input_shape"
+            )
+        if self.task == "classification" and self.input_shape is None:
+            raise ValueError(
+                "classification from scan files needs data.input_shape, the model's input shape "
+                "[X, Y, Z] in voxels (every case is centre-cropped/padded to it)"
+            )
+        if self.task != "classification" and self.input_shape is not None:
+            raise ValueError(
+                f"data.input_shape is for classification from scan files (data.task: {self.task} "
+                "takes its shape from the data or data.patch_size)"
             )
         return self
 

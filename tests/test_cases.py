@@ -12,8 +12,7 @@ import pytest
 
 from medvol.cli import main
 from medvol.data import validate, write_manifest
-from medvol.data.cases import declared_classes
-from medvol.data.dataset import load_case
+from medvol.data.cases import declared_classes, load_case
 from medvol.errors import MedvolError
 
 

@@ -81,7 +81,7 @@ def config(root: Path, out: Path | None = None, **data: Any) -> dict[str, Any]:
             "task": "classification",
             "root": str(root),
             "num_classes": 2,
-            "patch_size": SHAPE,
+            "input_shape": SHAPE,
             "split": {"method": "kfold", "n_splits": 4, "fold": 0, "seed": 0},
             **data,
         },
@@ -232,8 +232,6 @@ def test_bad_classes_are_refused_naming_the_case(
     assert rows[2]["case_id"] in str(error.value)
 
 
-def test_missing_patch_size_is_a_config_error(labelled: Path, tmp_path: Path) -> None:
-    with pytest.raises(MedvolError, match=r"needs data\.patch_size"):
-        task_for(parse_config(config(labelled, patch_size=None))).build_data(
-            Runtime(torch.device("cpu")), RunFolder(tmp_path)
-        )
+def test_missing_input_shape_is_a_config_error(labelled: Path) -> None:
+    with pytest.raises(MedvolError, match=r"needs data\.input_shape"):
+        parse_config(config(labelled, input_shape=None))

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import yaml
 from matplotlib.image import imread
-from medvol.evaluate import evaluate_run
 
 from medvol.cli import main
 from medvol.engine.run_folder import EvaluationFolder, RunFolder
 from medvol.errors import MedvolError
+from medvol.evaluation import evaluate_run
 from medvol.evaluation.overlays import OverlaySlices, overlay_slices, read_overlays, save_overlays
 from medvol.report import write_report
 from medvol.volume import Volume

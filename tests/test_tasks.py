@@ -30,13 +30,20 @@ from medvol.volume import Volume
 HIPPOCAMPUS = Path(str(medvol.sample("hippocampus")))
 
 
-def _tiny_run(root: Path, data: dict[str, Any], model: dict[str, Any], loss: str) -> Path:
+def _tiny_run(root: Path, data: dict[str, Any], model: dict[str, Any], loss: str, metric: str) -> Path:
     config = parse_config(
         {
             "data": data,
             "model": model,
             "loss": {"name": loss},
-            "train": {"epochs": 1, "batch_size": 4, "seed": 0, "device": "cpu"},
+            "train": {
+                "epochs": 1,
+                "batch_size": 4,
+                "seed": 0,
+                "device": "cpu",
+                "metric": metric,
+                "metric_mode": "max",
+            },
             "tracking": {"output_dir": str(root), "name": "run", "tensorboard": False},
         }
     )
@@ -57,6 +64,7 @@ def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
         },
         {"name": "unet", "options": {"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3}},
         "dice_ce",
+        "dice",
     )
 
 
@@ -85,6 +93,7 @@ def medmnist_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
             },
         },
         "cross_entropy",
+        "auc",
     )
 
 

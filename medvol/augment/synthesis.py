@@ -35,10 +35,10 @@ from medvol.augment.pipeline import (
     config_from_dict,
     spawn_seed,
 )
-from medvol.errors import GeometryError, InvalidDataError, MedvolError
+from medvol.errors import MedvolError
 from medvol.io import load, save
 from medvol.io.atomic import atomic_path, full_suffix
-from medvol.volume import Volume, grid_difference
+from medvol.volume import Volume
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -268,7 +268,7 @@ def synthesize_cases(
         report.skipped += per_case - len(todo)
         try:
             if todo:
-                image, label = _load_case(image_paths, label_path)
+                image, label = load_source(image_paths, label_path)
             for k in todo:
                 variant_seed = spawn_seed(seed, _case_key(case_id), k)
                 if mode == "augment":
@@ -338,21 +338,13 @@ def _exists(out_dir: Path, row: Mapping[str, str]) -> bool:
     return (out_dir / row["image"]).is_file() and (out_dir / row["label"]).is_file()
 
 
-def _load_case(image_paths: list[Path], label_path: Path) -> tuple[Volume, Volume]:
-    """The image (channels stacked) and the integer label of a case, checked to share a grid."""
-    channels = [load(path) for path in image_paths]
-    label = load(label_path)
-    for other in [*channels[1:], label]:
-        problem = grid_difference(channels[0], other)
-        if problem:
-            raise GeometryError(other.meta.get("source_path"), problem)
-    values = label.array
-    if values.dtype.kind not in "biu":
-        if not np.all(values == np.round(values)):
-            raise InvalidDataError(label_path, "label has non-integer values")
-        values = values.astype(np.int16)
-    image = np.concatenate([c.array.astype(np.float32) for c in channels])
-    return Volume(image, channels[0].affine, channels[0].meta), Volume(values, label.affine, label.meta)
+def load_source(image_paths: list[Path], label_path: Path) -> tuple[Volume, Volume]:
+    """A source case: channels stacked as float32, integer label map on their grid (``load_files``)."""
+    from medvol.data.cases import load_files
+
+    image, label = load_files(image_paths, label_path)
+    assert label is not None
+    return Volume(image.array.astype(np.float32, copy=False), image.affine, image.meta), label
 
 
 MAX_DRAWS = 32

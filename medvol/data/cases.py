@@ -26,13 +26,14 @@ import hashlib
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from medvol.errors import MedvolError
+from medvol.errors import GeometryError, InvalidDataError, MedvolError
 from medvol.io import load
 from medvol.io.atomic import atomic_path, full_suffix
 from medvol.io.discovery import SCAN_FILE_SUFFIXES, dicom_case_id
@@ -400,6 +401,57 @@ def _check_label_values(
                 f"label values {extra} are not among the declared classes {classes}",
             )
         )
+
+
+def load_files(
+    images: Sequence[Path], label: Path | None, series: str | None = None
+) -> tuple[Volume, Volume | None]:
+    """A case's channels stacked into one Volume ``(C, X, Y, Z)``, and its integer label map (if any).
+
+    Several channels are stacked as float32; a single channel keeps its dtype.
+    Every channel and the label map must lie on the first channel's grid
+    (``medvol.volume.grid_difference``); a float label map must hold integers
+    and is returned as int16.
+
+    Raises:
+        GeometryError: a channel or the label map on another grid.
+        InvalidDataError: a label map with non-integer values.
+    """
+    channels = [load(path, series=series) for path in images]
+    first = channels[0]
+    for other in channels[1:]:
+        problem = grid_difference(first, other)
+        if problem:
+            raise GeometryError(
+                other.meta.get("source_path"), f"channel grid does not match the first's: {problem}"
+            )
+    image = first
+    if len(channels) > 1:
+        image = Volume(
+            np.concatenate([c.array.astype(np.float32) for c in channels]), first.affine, first.meta
+        )
+    if label is None:
+        return image, None
+    labels = load(label)
+    problem = grid_difference(first, labels)
+    if problem:
+        raise GeometryError(label, f"label grid does not match the image's: {problem}")
+    values = labels.array
+    if values.dtype.kind not in "biu":
+        if not np.all(values == np.round(values)):
+            raise InvalidDataError(label, "label has non-integer values")
+        values = values.astype(np.int16)
+    return image, Volume(values, labels.affine, labels.meta)
+
+
+def load_case(case: Case) -> tuple[Volume, Volume | None]:
+    """The case's channels stacked into one Volume, and its label map (if any); see ``load_files``."""
+    return load_files(case.images, case.label, case.series)
+
+
+def load_images(case: Case) -> Volume:
+    """The case's channels stacked into one Volume ``(C, X, Y, Z)`` (no label map is read)."""
+    return load_files(case.images, None, case.series)[0]
 
 
 MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "series", "usable", "problems")

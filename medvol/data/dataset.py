@@ -35,34 +35,14 @@ from torch.utils.data import Dataset, get_worker_info
 
 from medvol.augment import Augmenter, worker_seed
 from medvol.data.cache import CacheEntry, VolumeCache
-from medvol.data.cases import Case
+from medvol.data.cases import Case, load_case, load_images
 from medvol.errors import MedvolError
-from medvol.io import load
 from medvol.transforms import Normalizer, PreprocessConfig, PreprocessRecord, crop_or_pad, preprocess
 from medvol.volume import Volume
 
 CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
 FOREGROUND_FRACTION = 1 / 3
 KEEP_OPEN = 4096  # cache entries kept memory-mapped in the main process (3 maps each)
-
-
-def load_images(case: Case) -> Volume:
-    """The case's channels stacked into one Volume ``(C, X, Y, Z)`` (no label map is read)."""
-    channels = [load(path, series=case.series) for path in case.images]
-    image = channels[0]
-    if len(channels) > 1:
-        array = np.concatenate([channel.array.astype(np.float32) for channel in channels])
-        image = Volume(array, image.affine, image.meta)
-    return image
-
-
-def load_case(case: Case) -> tuple[Volume, Volume | None]:
-    """The case's channels stacked into one Volume, and its label map (if any)."""
-    image = load_images(case)
-    label = None if case.label is None else load(case.label)
-    if label is not None and label.array.dtype.kind == "f":
-        label = Volume(label.array.astype(np.int16), label.affine, label.meta)  # validated integral
-    return image, label
 
 
 def prepare_image(

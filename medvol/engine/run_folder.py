@@ -208,8 +208,10 @@ class RunFolder:
     def read_config(self) -> ExperimentConfig:
         """``config.yaml`` through the typed loader.
 
-        Run folders written by medvol 0.1.0 declared MedMNIST classifiers as
-        ``data.task: classification``; they are read as ``medmnist-classification``.
+        Run folders written by medvol 0.1.0 are read as medvol reads them now:
+        MedMNIST classifiers declared ``data.task: classification`` (now
+        ``medmnist-classification``), and classifiers on scan files gave their
+        input shape as ``data.patch_size`` (now ``data.input_shape``).
         """
         import yaml
 
@@ -220,8 +222,12 @@ class RunFolder:
             data = (yaml.safe_load(self.config.read_text()) or {}).get("data", {})
         except (OSError, yaml.YAMLError, AttributeError):
             data = {}  # load_config says what is wrong
-        upgrade = data.get("task") == "classification" and str(data.get("root", "")).lower().endswith(".npz")
-        return load_config(self.config, ["data.task=medmnist-classification"] if upgrade else None)
+        upgrades = []
+        if data.get("task") == "classification" and data.get("patch_size") is not None:
+            upgrades = [f"data.input_shape={data['patch_size']}", "data.patch_size=null"]
+        if data.get("task") == "classification" and str(data.get("root", "")).lower().endswith(".npz"):
+            upgrades = ["data.task=medmnist-classification"]
+        return load_config(self.config, upgrades)
 
     def read_json(self, path: Path) -> dict[str, Any]:
         """A JSON object file of this run.

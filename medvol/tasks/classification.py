@@ -3,7 +3,7 @@
 ``data.task: classification`` trains on scan files listed in a CSV manifest
 with a ``class`` column: every case is preprocessed, normalised with
 statistics fitted on the training fold, and centre-cropped/padded to the
-fixed input shape ``data.patch_size``.
+fixed input shape ``data.input_shape``.
 
 ``data.task: medmnist-classification`` trains on a MedMNIST 3D ``.npz`` with
 its official split: ``uint8`` volumes scaled by ``1/255`` (``medmnist_input``),
@@ -74,7 +74,7 @@ class ScanClassificationTask(ClassificationTask):
     kind = "classification"
     input_description = (
         "trained on scan files: each scan preprocessed and normalised as in training, "
-        "centre-cropped/padded to data.patch_size"
+        "centre-cropped/padded to data.input_shape"
     )
 
     def card_data(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
@@ -89,15 +89,9 @@ class ScanClassificationTask(ClassificationTask):
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """The model's input ``(X, Y, Z)`` in voxels (``data.patch_size``)."""
-        shape = self.config.data.patch_size
-        if shape is None:
-            raise MedvolError(
-                self.config.data.root,
-                "classification from scan files needs data.patch_size, the model's input shape "
-                "[X, Y, Z] in voxels (every case is centre-cropped/padded to it)",
-            )
-        return shape
+        """The model's input ``(X, Y, Z)`` in voxels (``data.input_shape``, required by the config)."""
+        assert self.config.data.input_shape is not None
+        return self.config.data.input_shape
 
     def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
         from medvol.data.cache import VolumeCache
@@ -164,7 +158,8 @@ class ScanClassificationTask(ClassificationTask):
         self, recipe: InputRecipe, run: RunFolder, manifest: Path | None, split: str
     ) -> ScoredCases:
         """``split.json``'s ids or a manifest's cases; an unreadable or class-less case is an error."""
-        from medvol.data.dataset import class_index, load_images
+        from medvol.data.cases import load_images
+        from medvol.data.dataset import class_index
 
         selection = select_cases(run, self.config, manifest, split, "class")
         errors = selection.errors
