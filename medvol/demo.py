@@ -20,6 +20,7 @@ About four minutes on two CPU cores; ``--quick`` trains for one epoch each
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medvol.cli import describe, format_summary, main
 from medvol.errors import MedvolError
 from medvol.io import load, save
+from medvol.io.describe import describe, format_summary
 
 TOTAL_STEPS = 10
 
@@ -113,8 +114,15 @@ def classifier_config(out: Path, quick: bool) -> dict[str, Any]:
     }
 
 
-def run(out: Path, quick: bool = False) -> int:
-    """Run the demo, writing into ``out``; returns an exit code."""
+def run(out: Path, main: Callable[[Sequence[str]], int], quick: bool = False) -> int:
+    """Run the demo, writing into ``out``; returns an exit code.
+
+    Args:
+        out: output folder (configs, runs, predictions, reports).
+        main: the ``medvol`` command line (``medvol.cli.main``), which runs
+            each step as the printed command would.
+        quick: one epoch per model (a smoke test, not a useful model).
+    """
     out.mkdir(parents=True, exist_ok=True)
     if (out / "runs").exists():
         print(f"removing the previous demo runs in {out / 'runs'}")
