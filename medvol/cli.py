@@ -2,14 +2,15 @@
 
 Heavy libraries are imported inside the verbs so that ``medvol --help`` is
 instant. Errors print one line naming the file and the problem and exit
-non-zero; ``--debug`` shows the traceback instead.
+non-zero; ``--debug`` shows the traceback instead. Library messages are
+shown through ``medvol.logs.console``: progress on stdout, warnings on stderr
+as ``medvol: warning: ...``, debug messages with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -21,14 +22,13 @@ EXIT_ERROR = 1
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from medvol.logs import console
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="medvol: %(levelname)s: %(message)s",
-    )
     try:
-        return int(args.run(args) or 0)
+        with console(debug=args.debug):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("medvol: interrupted", file=sys.stderr)
         return 130
