@@ -62,14 +62,15 @@ from medvol.engine.inference import load_trained, segment
 from medvol.engine.validate import SLIDING_WINDOW_OVERLAP, predict_volume
 from medvol.models import create_model
 from medvol.predict import Options, predict
+from medvol.samples import configs
 
 HIPPOCAMPUS = Path("msd-hippocampus")
 TRAIN_CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006")
-UNET = {"in_channels": 1, "num_classes": 3, "base_filters": 16, "num_levels": 4}
+UNET = configs.unet_options(base_filters=16, num_levels=4)
 PATCH = (40, 56, 40)
 MODELS = {
     "config_unet": (UNET, PATCH),
-    "small_unet": ({"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3}, (32, 32, 32)),
+    "small_unet": (configs.unet_options(), (32, 32, 32)),
 }
 
 

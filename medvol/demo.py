@@ -31,6 +31,7 @@ import yaml
 from medvol.errors import MedvolError
 from medvol.io import load, save
 from medvol.io.describe import describe, format_summary
+from medvol.samples import configs
 
 TOTAL_STEPS = 10
 
@@ -47,71 +48,37 @@ def sample_ct_series() -> Path:
 
 def segmenter_config(out: Path, quick: bool) -> dict[str, Any]:
     """A UNet sized for a CPU on the 12 bundled hippocampus training cases."""
-    return {
-        "data": {
-            "task": "segmentation",
-            "root": str(sample("hippocampus/train")),
-            "split": {"method": "nnunet", "n_splits": 4, "fold": 0},
-            "classes": [0, 1, 2],
-            "num_classes": 3,
-            "patch_size": [32, 48, 32],
-        },
-        "preprocess": {"orientation": "RAS", "spacing_mm": [1.0, 1.0, 1.0]},
-        "normalize": {"type": "ZScore", "params": {"per_scan": True}},
-        "augment": {"affine_prob": 0.2, "rotate_deg": 10.0, "noise_prob": 0.1},
-        "model": {
-            "name": "unet",
-            "options": {"in_channels": 1, "num_classes": 3, "base_filters": 8, "num_levels": 3},
-        },
-        "loss": {"name": "dice_ce"},
-        "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4},
-        "schedule": {"name": "poly"},
-        "train": {
-            "epochs": 1 if quick else 60,
-            "batch_size": 4,
-            "val_every": 1 if quick else 10,
-            "metric": "dice",
-            "metric_mode": "max",
-            "seed": 0,
-        },
-        "tracking": {"output_dir": str(out / "runs"), "name": "hippocampus-unet", "tensorboard": False},
-    }
+    config = configs.hippocampus_segmenter(
+        sample("hippocampus/train"),
+        epochs=1 if quick else 60,
+        output_dir=out / "runs",
+        name="hippocampus-unet",
+        base_filters=8,
+        patch_size=(32, 48, 32),
+        split={"method": "nnunet", "n_splits": 4, "fold": 0},
+        batch_size=4,
+    )
+    config["normalize"] = {"type": "ZScore", "params": {"per_scan": True}}
+    config["augment"] = {"affine_prob": 0.2, "rotate_deg": 10.0, "noise_prob": 0.1}
+    config["optimizer"] = {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4}
+    config["schedule"] = {"name": "poly"}
+    config["train"]["val_every"] = 1 if quick else 10
+    return config
 
 
 def classifier_config(out: Path, quick: bool) -> dict[str, Any]:
     """A small 3D ResNet-10 on the bundled AdrenalMNIST3D 28³ file."""
-    return {
-        "data": {
-            "task": "classification",
-            "root": str(sample("adrenalmnist3d.npz")),
-            "split": {"method": "official"},
-            "num_classes": 2,
-        },
-        "augment": {"affine_prob": 0.3, "rotate_deg": 10.0},
-        "model": {
-            "name": "resnet10",
-            "options": {
-                "in_channels": 1,
-                "num_classes": 2,
-                "stem_kernel": 3,
-                "stem_stride": 2,
-                "stem_pool": False,
-                "widths": 8,
-            },
-        },
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": 0.001},
-        "schedule": {"name": "cosine"},
-        "train": {
-            "epochs": 1 if quick else 12,
-            "batch_size": 32,
-            "val_every": 1,
-            "metric": "auc",
-            "metric_mode": "max",
-            "seed": 0,
-        },
-        "tracking": {"output_dir": str(out / "runs"), "name": "adrenal-resnet10", "tensorboard": False},
-    }
+    config = configs.medmnist_classifier(
+        sample("adrenalmnist3d.npz"),
+        epochs=1 if quick else 12,
+        output_dir=out / "runs",
+        name="adrenal-resnet10",
+        batch_size=32,
+        lr=0.001,
+    )
+    config["augment"] = {"affine_prob": 0.3, "rotate_deg": 10.0}
+    config["schedule"] = {"name": "cosine"}
+    return config
 
 
 def run(out: Path, main: Callable[[Sequence[str]], int], quick: bool = False) -> int:

@@ -30,6 +30,7 @@ from medvol.engine.distributed import Runtime
 from medvol.engine.inference import classify_scan, load_trained
 from medvol.errors import MedvolError
 from medvol.evaluate import evaluate_run
+from medvol.samples import configs
 from medvol.transforms import crop_or_pad
 from medvol.volume import Volume
 
@@ -85,10 +86,7 @@ def config(root: Path, out: Path | None = None, **data: Any) -> dict[str, Any]:
             **data,
         },
         "normalize": {"type": "ZScore", "params": {"per_scan": False}},
-        "model": {
-            "name": "resnet10",
-            "options": {"in_channels": 1, "num_classes": 2, "stem_kernel": 3, "stem_stride": 2, "widths": 4},
-        },
+        "model": {"name": "resnet10", "options": configs.resnet_options(widths=4, stem_pool=True)},
         "loss": {"name": "cross_entropy"},
         "optimizer": {"name": "adam", "lr": 0.003},
         "train": {"epochs": 2, "batch_size": 4, "metric": "auc", "metric_mode": "max", "amp": "none"},

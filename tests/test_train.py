@@ -42,6 +42,7 @@ from medvol.engine.precision import (
 from medvol.engine.train import learning_rate_factor
 from medvol.errors import MedvolError
 from medvol.models import create_model
+from medvol.samples import configs
 from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset, write_config
 
 RUN_FILES = ("config.yaml", "split.json", "fingerprint.json", "environment.json", "metrics.jsonl")
@@ -57,25 +58,8 @@ def adrenal_subset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 def classifier_config(
     root: Path, out: Path, name: str, epochs: int = 3, norm: str = "batch"
 ) -> dict[str, Any]:
-    return {
-        "data": {"task": "classification", "root": str(root), "split": {"method": "official"}},
-        "model": {
-            "name": "resnet10",
-            "options": {
-                "in_channels": 1,
-                "num_classes": 2,
-                "stem_kernel": 3,
-                "stem_stride": 2,
-                "stem_pool": False,
-                "widths": 8,
-                "norm": norm,
-            },
-        },
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": 0.003},
-        "train": {"epochs": epochs, "batch_size": 16, "metric": "auc", "metric_mode": "max"},
-        "tracking": {"output_dir": str(out), "name": name, "tensorboard": False},
-    }
+    """The shared tiny ResNet-10 (width 8, stride-2 stem) at batch 16, Adam 3e-3."""
+    return configs.medmnist_classifier(root, epochs=epochs, output_dir=out, name=name, norm=norm)
 
 
 def exact(config: dict[str, Any]) -> dict[str, Any]:
@@ -198,18 +182,7 @@ def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Pa
 
 def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
     data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "003", "004", "006", "007", "008"))
-    config = {
-        "data": {"task": "segmentation", "root": str(data), "num_classes": 3, "patch_size": [32, 32, 32]},
-        "preprocess": {"spacing_mm": [1.0, 1.0, 1.0]},
-        "model": {
-            "name": "unet",
-            "options": {"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3},
-        },
-        "loss": {"name": "dice_ce"},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 3, "batch_size": 2, "metric": "dice", "metric_mode": "max"},
-        "tracking": {"output_dir": str(tmp_path / "runs"), "name": "seg", "tensorboard": False},
-    }
+    config = configs.hippocampus_segmenter(data, epochs=3, output_dir=tmp_path / "runs", name="seg")
     assert main(["train", str(write_config(tmp_path / "seg.yaml", config))]) == 0
     run_dir = tmp_path / "runs" / "seg"
     history = metrics(run_dir)
@@ -225,7 +198,7 @@ def test_learning_rate_schedules() -> None:
     from medvol.config import parse_config
 
     base = {
-        "data": {"task": "classification", "root": "x.npz"},
+        "data": {"task": configs.MEDMNIST_TASK, "root": "x.npz"},
         "model": {"name": "resnet10"},
         "loss": {"name": "cross_entropy"},
     }
@@ -270,7 +243,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(
 
 
 BASE = {
-    "data": {"task": "classification", "root": "x.npz"},
+    "data": {"task": configs.MEDMNIST_TASK, "root": "x.npz"},
     "model": {"name": "resnet10"},
     "loss": {"name": "cross_entropy"},
 }
@@ -350,7 +323,7 @@ def test_bf16_self_check_passes_a_correct_convolution() -> None:
 def test_channels_last_auto_is_on_for_resnets_only() -> None:
     cpu = torch.device("cpu")
     resnet = create_model("resnet10", num_classes=2, widths=4)
-    unet = create_model("unet", in_channels=1, num_classes=3, base_filters=4, num_levels=3)
+    unet = create_model("unet", **configs.unet_options())
     assert resolve_precision("none", "auto", cpu, resnet).channels_last
     assert not resolve_precision("none", "auto", cpu, unet).channels_last
     assert not resolve_precision("none", False, cpu, resnet).channels_last
