@@ -194,6 +194,53 @@ def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> No
     assert len(list((run_dir / "cache").iterdir())) == 6  # every case preprocessed once
 
 
+def held_out_hippocampus(folder: Path) -> tuple[Path, Path]:
+    """A manifest of the 16 bundled hippocampus cases and a split: train on 12, validate on the 4 held out."""
+    from medvol.data.splits import save_folds
+    from medvol.demo import sample
+
+    rows, ids = [], {}
+    for part in ("train", "holdout"):
+        images = sorted((sample("hippocampus") / part / "images").glob("*.nii.gz"))
+        ids[part] = [image.name.removesuffix(".nii.gz") for image in images]
+        rows += [
+            f"{case},{image},{image.parent.parent / 'labels' / image.name}"
+            for case, image in zip(ids[part], images, strict=True)
+        ]
+    manifest = folder / "cases.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("case_id,image,label\n" + "\n".join(rows) + "\n")
+    return manifest, save_folds([{"train": ids["train"], "val": ids["holdout"]}], folder / "split.json")
+
+
+def test_segmenter_reaches_a_dice_floor_on_held_out_cases(tmp_path: Path) -> None:
+    """60 epochs of a small UNet on 12 bundled cases segment 4 unseen ones with Dice above 0.75.
+
+    Measured on 2 CPU cores (fp32): mean Dice 0.862 / 0.853 / 0.861 for seeds 0, 1, 2 (each
+    class 0.83 or more), about 8 s; after 10 epochs it is 0.34, so the floor catches a
+    model, loss, schedule, sampling or validation that stops learning, not noise.
+    """
+    manifest, split = held_out_hippocampus(tmp_path / "data")
+    config = configs.hippocampus_segmenter(
+        manifest,
+        epochs=60,
+        output_dir=tmp_path / "runs",
+        name="floor",
+        base_filters=8,
+        patch_size=(32, 48, 32),
+        split={"method": "file", "file": str(split), "fold": 0},
+        batch_size=4,
+    )
+    config["normalize"] = {"type": "ZScore", "params": {"per_scan": True}}
+    config["train"]["val_every"] = 60  # validate once, at the end: the held-out cases choose nothing
+    exact(config)
+    assert main(["train", str(write_config(tmp_path / "floor.yaml", config))]) == 0
+    (last,) = [record for record in metrics(tmp_path / "runs" / "floor") if "val_dice" in record]
+    assert last["val_cases"] == 4
+    assert last["val_dice"] > 0.75, last
+    assert min(last["val_dice_1"], last["val_dice_2"]) > 0.7, last
+
+
 def test_learning_rate_schedules() -> None:
     from medvol.config import parse_config
 
