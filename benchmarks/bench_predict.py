@@ -57,20 +57,20 @@ from bench_io import DEFAULT_DATA, time_calls
 from common import environment, finish_report, make_log, stdout_to_stderr
 
 import medvol
+from medvol import demo
 from medvol.cli import main as medvol_main
 from medvol.engine.inference import load_trained, segment
 from medvol.engine.validate import SLIDING_WINDOW_OVERLAP, predict_volume
 from medvol.models import create_model
 from medvol.predict import Options, predict
-from medvol.samples import configs
 
 HIPPOCAMPUS = Path("msd-hippocampus")
 TRAIN_CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006")
-UNET = configs.unet_options(base_filters=16, num_levels=4)
+UNET = demo.unet_options(base_filters=16, num_levels=4)
 PATCH = (40, 56, 40)
 MODELS = {
     "config_unet": (UNET, PATCH),
-    "small_unet": (configs.unet_options(), (32, 32, 32)),
+    "small_unet": (demo.unet_options(), (32, 32, 32)),
 }
 
 

@@ -309,9 +309,9 @@ def link(source: Path, target: Path) -> None:
 
 
 def hippocampus(settings: Settings, data_root: Path, work: Path, jobs: int, dev: bool) -> dict[str, Any]:
+    from medvol import demo
     from medvol.augment import synthesize_cases
     from medvol.data import nnunet_folds, save_folds, validate
-    from medvol.samples import configs
 
     root = data_root / HIPPO
     log(f"indexing {root}")
@@ -390,7 +390,7 @@ def hippocampus(settings: Settings, data_root: Path, work: Path, jobs: int, dev:
                 schedule = epochs_for(
                     settings.hippo_steps, len(train_ids), settings.hippo_batch, settings.lr_drop_at
                 )
-                config = configs.hippocampus_segmenter(
+                config = demo.hippocampus_segmenter(
                     folder,
                     epochs=schedule["epochs"],
                     output_dir=work / "runs",
@@ -483,9 +483,9 @@ def mean_dice(matrix: np.ndarray) -> float:
 
 
 def adrenal(settings: Settings, data_root: Path, work: Path, jobs: int) -> dict[str, Any]:
+    from medvol import demo
     from medvol.augment import AugmentConfig, build_augmenter
     from medvol.augment.pipeline import spawn_seed
-    from medvol.samples import configs
 
     source = data_root / ADRENAL
     arrays = np.load(source)
@@ -558,7 +558,7 @@ def adrenal(settings: Settings, data_root: Path, work: Path, jobs: int) -> dict[
             cases = int(np.load(path)["train_labels"].shape[0])
             schedule = epochs_for(settings.adrenal_steps, cases, settings.adrenal_batch, settings.lr_drop_at)
             name = f"adrenal-{arm.replace('+', '_')}-seed{seed}"
-            config = configs.medmnist_classifier(
+            config = demo.medmnist_classifier(
                 path,
                 epochs=schedule["epochs"],
                 output_dir=work / "runs",

@@ -61,14 +61,14 @@ from common import environment, finish_report, make_log, stdout_to_stderr
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from medvol import demo
 from medvol.config import parse_config
 from medvol.engine.train import train
 from medvol.losses import create_loss
 from medvol.models import create_model
-from medvol.samples import configs
 
 ADRENAL = Path("adrenalmnist3d") / "adrenalmnist3d.npz"
-UNET_OPTIONS = configs.unet_options(base_filters=16, num_levels=4)  # the hippocampus config's UNet
+UNET_OPTIONS = demo.unet_options(base_filters=16, num_levels=4)  # the hippocampus config's UNet
 LR = 1e-3
 
 
@@ -116,7 +116,7 @@ FULL = Sizes(
         OptionsCase(
             "resnet18_protocol",
             "resnet18",
-            configs.resnet_options(widths=64, stem_stride=1),
+            demo.resnet_options(widths=64, stem_stride=1),
             (28, 28, 28),
             batch_size=32,
             warmup_steps=1,
@@ -151,7 +151,7 @@ QUICK = Sizes(
         OptionsCase(
             "resnet18_w4",
             "resnet18",
-            configs.resnet_options(widths=4, stem_stride=1),
+            demo.resnet_options(widths=4, stem_stride=1),
             (28, 28, 28),
             batch_size=4,
             warmup_steps=1,
@@ -162,7 +162,7 @@ QUICK = Sizes(
         OptionsCase(
             "unet_small",
             "unet",
-            configs.unet_options(),
+            demo.unet_options(),
             (16, 16, 16),
             batch_size=2,
             warmup_steps=2,
@@ -202,7 +202,7 @@ class BaselineLoop:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, case: TrainerCase, seed: int = 0) -> None:
         torch.manual_seed(seed)
-        self.model = create_model("resnet18", **configs.resnet_options(widths=case.widths, stem_stride=1))
+        self.model = create_model("resnet18", **demo.resnet_options(widths=case.widths, stem_stride=1))
         self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -241,7 +241,7 @@ class BaselineLoop:
 
 
 def medvol_config(npz: Path, case: TrainerCase, out: Path) -> dict[str, Any]:
-    config = configs.medmnist_classifier(
+    config = demo.medmnist_classifier(
         npz,
         epochs=case.epochs,
         output_dir=out,

@@ -15,12 +15,18 @@ repeated by hand; the configs are written into the output folder.
 
 About four minutes on two CPU cores; ``--quick`` trains for one epoch each
 (a smoke test of the pipeline, not a useful model).
+
+This module is also the one home of the small configs for the bundled
+samples (:func:`medmnist_classifier`, :func:`hippocampus_segmenter`,
+:func:`resnet_options`, :func:`unet_options`), which the tests and benchmarks
+build their tiny models from; ``MEDMNIST_TASK`` names the ``data.task`` of a
+MedMNIST file once.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,7 +37,6 @@ import yaml
 from medvol.errors import MedvolError
 from medvol.io import load, save
 from medvol.io.describe import describe, format_summary
-from medvol.samples import configs
 
 TOTAL_STEPS = 10
 
@@ -46,9 +51,167 @@ def sample_ct_series() -> Path:
     return sample("ct_jpeg2000")
 
 
+# Small experiment configs for the bundled samples: the one home of the demo's, the tests' and the
+# benchmarks' tiny models. Each returns a plain dict in the YAML form of ``medvol.config``; the
+# parameters are what callers vary, and a caller with more to change edits the returned dict.
+
+# ``data.task`` of a MedMNIST .npz: the one place the builders name it.
+MEDMNIST_TASK = "classification"
+
+HIPPOCAMPUS_CLASSES = [0, 1, 2]  # background, anterior, posterior
+
+
+def resnet_options(
+    *, widths: int = 8, stem_stride: int = 2, num_classes: int = 2, **extra: Any
+) -> dict[str, Any]:
+    """``create_model("resnet…", **options)`` for one-channel 28³ volumes.
+
+    A 3×3×3 stem without max-pool; ``stem_stride`` 2 halves the grid first
+    (28 → 14, cheaper), 1 keeps it (the MedMNIST protocol). ``widths`` is the
+    first stage's channels (then 2×, 4×, 8×); ``extra`` adds options such as
+    ``norm``.
+    """
+    return {
+        "in_channels": 1,
+        "num_classes": num_classes,
+        "stem_kernel": 3,
+        "stem_stride": stem_stride,
+        "stem_pool": False,
+        "widths": widths,
+        **extra,
+    }
+
+
+def unet_options(*, base_filters: int = 4, num_levels: int = 3, num_classes: int = 3) -> dict[str, Any]:
+    """``create_model("unet", **options)`` for one-channel volumes (3 classes: the hippocampus labels)."""
+    return {
+        "in_channels": 1,
+        "num_classes": num_classes,
+        "base_filters": base_filters,
+        "num_levels": num_levels,
+    }
+
+
+def _tracking(output_dir: str | Path, name: str) -> dict[str, Any]:
+    """The run goes to ``output_dir/name``; no TensorBoard files."""
+    return {"output_dir": str(output_dir), "name": name, "tensorboard": False}
+
+
+def medmnist_classifier(
+    root: str | Path,
+    *,
+    epochs: int,
+    output_dir: str | Path | None = None,
+    name: str = "adrenal-resnet10",
+    model: str = "resnet10",
+    widths: int = 8,
+    stem_stride: int = 2,
+    batch_size: int = 16,
+    lr: float = 0.003,
+    seed: int = 0,
+    **model_options: Any,
+) -> dict[str, Any]:
+    """A small 3D ResNet on a two-class MedMNIST file with its official split.
+
+    Args:
+        root: the MedMNIST ``.npz`` (28³ volumes).
+        epochs: training epochs (validation after each).
+        output_dir: folder of run folders; ``None`` leaves ``tracking`` out.
+        name: the run folder's name under ``output_dir``.
+        model: a ResNet of ``medvol.models`` (``resnet10``, ``resnet18`` ...).
+        widths, stem_stride, model_options: see :func:`resnet_options`.
+        batch_size, lr, seed: ``train.batch_size``, Adam's learning rate,
+            ``train.seed``.
+    """
+    config: dict[str, Any] = {
+        "data": {
+            "task": MEDMNIST_TASK,
+            "root": str(root),
+            "split": {"method": "official"},
+            "num_classes": 2,
+        },
+        "model": {
+            "name": model,
+            "options": resnet_options(widths=widths, stem_stride=stem_stride, **model_options),
+        },
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "adam", "lr": lr},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "val_every": 1,
+            "metric": "auc",
+            "metric_mode": "max",
+            "seed": seed,
+        },
+    }
+    if output_dir is not None:
+        config["tracking"] = _tracking(output_dir, name)
+    return config
+
+
+def hippocampus_segmenter(
+    root: str | Path,
+    *,
+    epochs: int,
+    output_dir: str | Path | None = None,
+    name: str = "hippocampus-unet",
+    base_filters: int = 4,
+    num_levels: int = 3,
+    patch_size: Sequence[int] = (32, 32, 32),
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    split: Mapping[str, Any] | None = None,
+    batch_size: int = 2,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A small UNet on MSD hippocampus cases (labels 0, 1, 2).
+
+    Args:
+        root: dataset folder (``images/`` + ``labels/``) or ``.csv`` manifest.
+        epochs: training epochs (validation after each).
+        output_dir: folder of run folders; ``None`` leaves ``tracking`` out.
+        name: the run folder's name under ``output_dir``.
+        base_filters, num_levels: see :func:`unet_options`.
+        patch_size: training patch ``(X, Y, Z)`` in voxels.
+        spacing_mm: the grid the cases are resampled to (RAS orientation).
+        split: ``data.split``; default fold 0 of 5 nnU-Net-style folds.
+        batch_size, lr, seed: ``train.batch_size``, Adam's learning rate,
+            ``train.seed``.
+    """
+    config: dict[str, Any] = {
+        "data": {
+            "task": "segmentation",
+            "root": str(root),
+            "split": dict(split) if split is not None else {"method": "nnunet", "n_splits": 5, "fold": 0},
+            "classes": list(HIPPOCAMPUS_CLASSES),
+            "num_classes": len(HIPPOCAMPUS_CLASSES),
+            "patch_size": list(patch_size),
+        },
+        "preprocess": {"orientation": "RAS", "spacing_mm": list(spacing_mm)},
+        "model": {
+            "name": "unet",
+            "options": unet_options(base_filters=base_filters, num_levels=num_levels),
+        },
+        "loss": {"name": "dice_ce"},
+        "optimizer": {"name": "adam", "lr": lr},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "val_every": 1,
+            "metric": "dice",
+            "metric_mode": "max",
+            "seed": seed,
+        },
+    }
+    if output_dir is not None:
+        config["tracking"] = _tracking(output_dir, name)
+    return config
+
+
 def segmenter_config(out: Path, quick: bool) -> dict[str, Any]:
     """A UNet sized for a CPU on the 12 bundled hippocampus training cases."""
-    config = configs.hippocampus_segmenter(
+    config = hippocampus_segmenter(
         sample("hippocampus/train"),
         epochs=1 if quick else 60,
         output_dir=out / "runs",
@@ -68,7 +231,7 @@ def segmenter_config(out: Path, quick: bool) -> dict[str, Any]:
 
 def classifier_config(out: Path, quick: bool) -> dict[str, Any]:
     """A small 3D ResNet-10 on the bundled AdrenalMNIST3D 28³ file."""
-    config = configs.medmnist_classifier(
+    config = medmnist_classifier(
         sample("adrenalmnist3d.npz"),
         epochs=1 if quick else 12,
         output_dir=out / "runs",

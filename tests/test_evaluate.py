@@ -19,6 +19,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from medvol import demo
 from medvol.cli import main
 from medvol.errors import MedvolError
 from medvol.evaluate import (
@@ -29,7 +30,6 @@ from medvol.evaluate import (
     point_estimates,
 )
 from medvol.metrics import classification_metrics, dice_per_class, mean_ci
-from medvol.samples import configs
 from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset
 
 HIPPOCAMPUS_CASES = ("001", "003", "004", "006", "007")
@@ -60,7 +60,7 @@ def adrenal_file(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def classifier_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch ResNet-10 (width 8) on the AdrenalMNIST3D subset."""
-    config = configs.medmnist_classifier(adrenal_file(shared_data, tmp_path_factory), epochs=2)
+    config = demo.medmnist_classifier(adrenal_file(shared_data, tmp_path_factory), epochs=2)
     return _cached_run(tmp_path_factory, "classifier", config)
 
 
@@ -71,7 +71,7 @@ def hippocampus_folder(shared_data: Path, tmp_path_factory: pytest.TempPathFacto
 
 def segmenter_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch small U-Net on five hippocampus cases (2-fold nnU-Net split: 3 validation cases)."""
-    config = configs.hippocampus_segmenter(
+    config = demo.hippocampus_segmenter(
         hippocampus_folder(shared_data, tmp_path_factory),
         epochs=2,
         split={"method": "nnunet", "n_splits": 2},

@@ -23,6 +23,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 import medvol
+from medvol import demo
 from medvol.cli import main
 from medvol.config import parse_config
 from medvol.engine.data import build_task_data
@@ -30,7 +31,6 @@ from medvol.engine.distributed import Runtime
 from medvol.engine.inference import classify_scan, load_trained
 from medvol.errors import MedvolError
 from medvol.evaluate import evaluate_run
-from medvol.samples import configs
 from medvol.transforms import crop_or_pad
 from medvol.volume import Volume
 
@@ -86,7 +86,7 @@ def config(root: Path, out: Path | None = None, **data: Any) -> dict[str, Any]:
             **data,
         },
         "normalize": {"type": "ZScore", "params": {"per_scan": False}},
-        "model": {"name": "resnet10", "options": configs.resnet_options(widths=4, stem_pool=True)},
+        "model": {"name": "resnet10", "options": demo.resnet_options(widths=4, stem_pool=True)},
         "loss": {"name": "cross_entropy"},
         "optimizer": {"name": "adam", "lr": 0.003},
         "train": {"epochs": 2, "batch_size": 4, "metric": "auc", "metric_mode": "max", "amp": "none"},

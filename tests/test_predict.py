@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import medvol
+from medvol import demo
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
@@ -37,7 +38,6 @@ from medvol.predict import (
     predict,
     take_shard,
 )
-from medvol.samples import configs
 from tests.dicom_factory import IDENTIFIERS, Geometry, write_series
 from tests.geometry_oracle import index_map
 from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset, write_config
@@ -52,7 +52,7 @@ def segmenter(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A tiny U-Net trained for one epoch on 4 hippocampus cases at 4 mm (geometry checks only)."""
     root = tmp_path_factory.mktemp("segmenter")
     copy_hippocampus_pairs(shared_data, root / "data", HIPPOCAMPUS_TRAIN)
-    config = configs.hippocampus_segmenter(
+    config = demo.hippocampus_segmenter(
         root / "data",
         epochs=1,
         output_dir=root / "runs",
@@ -71,7 +71,7 @@ def classifier(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A tiny ResNet trained for one epoch on 40 AdrenalMNIST3D 28³ cases."""
     root = tmp_path_factory.mktemp("classifier")
     write_adrenal_subset(shared_data, root / "adrenal.npz", {"train": 24, "val": 16, "test": 4})
-    config = configs.medmnist_classifier(
+    config = demo.medmnist_classifier(
         root / "adrenal.npz", epochs=1, output_dir=root / "runs", name="clf", widths=4, batch_size=8
     )
     assert main(["train", str(write_config(root / "clf.yaml", config))]) == 0

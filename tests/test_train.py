@@ -28,6 +28,7 @@ import pytest
 import torch
 from torch import nn
 
+from medvol import demo
 from medvol.cli import main
 from medvol.config import parse_config
 from medvol.engine import precision
@@ -42,7 +43,6 @@ from medvol.engine.precision import (
 from medvol.engine.train import learning_rate_factor
 from medvol.errors import MedvolError
 from medvol.models import create_model
-from medvol.samples import configs
 from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset, write_config
 
 RUN_FILES = ("config.yaml", "split.json", "fingerprint.json", "environment.json", "metrics.jsonl")
@@ -59,7 +59,7 @@ def classifier_config(
     root: Path, out: Path, name: str, epochs: int = 3, norm: str = "batch"
 ) -> dict[str, Any]:
     """The shared tiny ResNet-10 (width 8, stride-2 stem) at batch 16, Adam 3e-3."""
-    return configs.medmnist_classifier(root, epochs=epochs, output_dir=out, name=name, norm=norm)
+    return demo.medmnist_classifier(root, epochs=epochs, output_dir=out, name=name, norm=norm)
 
 
 def exact(config: dict[str, Any]) -> dict[str, Any]:
@@ -182,7 +182,7 @@ def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Pa
 
 def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
     data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "003", "004", "006", "007", "008"))
-    config = configs.hippocampus_segmenter(data, epochs=3, output_dir=tmp_path / "runs", name="seg")
+    config = demo.hippocampus_segmenter(data, epochs=3, output_dir=tmp_path / "runs", name="seg")
     assert main(["train", str(write_config(tmp_path / "seg.yaml", config))]) == 0
     run_dir = tmp_path / "runs" / "seg"
     history = metrics(run_dir)
@@ -197,11 +197,10 @@ def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> No
 def held_out_hippocampus(folder: Path) -> tuple[Path, Path]:
     """A manifest of the 16 bundled hippocampus cases and a split: train on 12, validate on the 4 held out."""
     from medvol.data.splits import save_folds
-    from medvol.demo import sample
 
     rows, ids = [], {}
     for part in ("train", "holdout"):
-        images = sorted((sample("hippocampus") / part / "images").glob("*.nii.gz"))
+        images = sorted((demo.sample("hippocampus") / part / "images").glob("*.nii.gz"))
         ids[part] = [image.name.removesuffix(".nii.gz") for image in images]
         rows += [
             f"{case},{image},{image.parent.parent / 'labels' / image.name}"
@@ -221,7 +220,7 @@ def test_segmenter_reaches_a_dice_floor_on_held_out_cases(tmp_path: Path) -> Non
     model, loss, schedule, sampling or validation that stops learning, not noise.
     """
     manifest, split = held_out_hippocampus(tmp_path / "data")
-    config = configs.hippocampus_segmenter(
+    config = demo.hippocampus_segmenter(
         manifest,
         epochs=60,
         output_dir=tmp_path / "runs",
@@ -245,7 +244,7 @@ def test_learning_rate_schedules() -> None:
     from medvol.config import parse_config
 
     base = {
-        "data": {"task": configs.MEDMNIST_TASK, "root": "x.npz"},
+        "data": {"task": demo.MEDMNIST_TASK, "root": "x.npz"},
         "model": {"name": "resnet10"},
         "loss": {"name": "cross_entropy"},
     }
@@ -290,7 +289,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(
 
 
 BASE = {
-    "data": {"task": configs.MEDMNIST_TASK, "root": "x.npz"},
+    "data": {"task": demo.MEDMNIST_TASK, "root": "x.npz"},
     "model": {"name": "resnet10"},
     "loss": {"name": "cross_entropy"},
 }
@@ -370,7 +369,7 @@ def test_bf16_self_check_passes_a_correct_convolution() -> None:
 def test_channels_last_auto_is_on_for_resnets_only() -> None:
     cpu = torch.device("cpu")
     resnet = create_model("resnet10", num_classes=2, widths=4)
-    unet = create_model("unet", **configs.unet_options())
+    unet = create_model("unet", **demo.unet_options())
     assert resolve_precision("none", "auto", cpu, resnet).channels_last
     assert not resolve_precision("none", "auto", cpu, unet).channels_last
     assert not resolve_precision("none", False, cpu, resnet).channels_last
