@@ -57,6 +57,7 @@ from bench_io import DEFAULT_DATA, time_calls
 from common import environment, finish_report, make_log, stdout_to_stderr
 
 import medvol
+from medvol import demo
 from medvol.cli import main as medvol_main
 from medvol.engine.inference import SLIDING_WINDOW_OVERLAP, load_trained, predict_volume, segment
 from medvol.models import create_model
@@ -64,11 +65,11 @@ from medvol.prediction import Options, predict
 
 HIPPOCAMPUS = Path("msd-hippocampus")
 TRAIN_CASES = ("hippocampus_001", "hippocampus_003", "hippocampus_004", "hippocampus_006")
-UNET = {"in_channels": 1, "num_classes": 3, "base_filters": 16, "num_levels": 4}
+UNET = demo.unet_options(base_filters=16, num_levels=4)
 PATCH = (40, 56, 40)
 MODELS = {
     "config_unet": (UNET, PATCH),
-    "small_unet": ({"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3}, (32, 32, 32)),
+    "small_unet": (demo.unet_options(), (32, 32, 32)),
 }
 
 

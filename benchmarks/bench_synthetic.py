@@ -311,6 +311,7 @@ def link(source: Path, target: Path) -> None:
 
 
 def hippocampus(settings: Settings, data_root: Path, work: Path, jobs: int, dev: bool) -> dict[str, Any]:
+    from medvol import demo
     from medvol.augment import synthesize_cases
     from medvol.data import nnunet_folds, save_folds, validate
 
@@ -391,45 +392,27 @@ def hippocampus(settings: Settings, data_root: Path, work: Path, jobs: int, dev:
                 schedule = epochs_for(
                     settings.hippo_steps, len(train_ids), settings.hippo_batch, settings.lr_drop_at
                 )
-                config = {
-                    "data": {
-                        "task": "segmentation",
-                        "root": str(folder),
-                        "classes": [0, 1, 2],
-                        "num_classes": 3,
-                        "patch_size": [settings.hippo_patch] * 3,
-                        "split": {"method": "file", "file": str(split), "fold": 0},
-                        "cache_dir": str(work / "cache"),
-                    },
-                    "preprocess": {"spacing_mm": [1.0, 1.0, 1.0]},
-                    "model": {
-                        "name": "unet",
-                        "options": {
-                            "in_channels": 1,
-                            "num_classes": 3,
-                            "base_filters": settings.hippo_base_filters,
-                            "num_levels": settings.hippo_levels,
-                        },
-                    },
-                    "loss": {"name": "dice_ce"},
-                    "optimizer": {"name": "adam", "lr": settings.hippo_lr},
-                    "schedule": {
-                        "name": "multistep",
-                        "milestones": [schedule["milestone_epoch"]],
-                        "gamma": 0.1,
-                    },
-                    "train": {
-                        "epochs": schedule["epochs"],
-                        "batch_size": settings.hippo_batch,
-                        "val_every": schedule["epochs"],
-                        "metric": "dice",
-                        "metric_mode": "max",
-                        "device": "cpu",
-                        "seed": seed,
-                    },
-                    "tracking": {"output_dir": str(work / "runs"), "name": name, "tensorboard": False},
-                    "augment": {},
+                config = demo.hippocampus_segmenter(
+                    folder,
+                    epochs=schedule["epochs"],
+                    output_dir=work / "runs",
+                    name=name,
+                    base_filters=settings.hippo_base_filters,
+                    num_levels=settings.hippo_levels,
+                    patch_size=[settings.hippo_patch] * 3,
+                    split={"method": "file", "file": str(split), "fold": 0},
+                    batch_size=settings.hippo_batch,
+                    lr=settings.hippo_lr,
+                    seed=seed,
+                )
+                config["data"]["cache_dir"] = str(work / "cache")
+                config["schedule"] = {
+                    "name": "multistep",
+                    "milestones": [schedule["milestone_epoch"]],
+                    "gamma": 0.1,
                 }
+                config["train"].update({"val_every": schedule["epochs"], "device": "cpu"})
+                config["augment"] = {}
                 tasks.append(
                     {
                         "size": size,
@@ -502,6 +485,7 @@ def mean_dice(matrix: np.ndarray) -> float:
 
 
 def adrenal(settings: Settings, data_root: Path, work: Path, jobs: int) -> dict[str, Any]:
+    from medvol import demo
     from medvol.augment import AugmentConfig, build_augmenter
     from medvol.augment.pipeline import spawn_seed
 
@@ -576,38 +560,21 @@ def adrenal(settings: Settings, data_root: Path, work: Path, jobs: int) -> dict[
             cases = int(np.load(path)["train_labels"].shape[0])
             schedule = epochs_for(settings.adrenal_steps, cases, settings.adrenal_batch, settings.lr_drop_at)
             name = f"adrenal-{arm.replace('+', '_')}-seed{seed}"
-            config = {
-                "data": {
-                    "task": "medmnist-classification",
-                    "root": str(path),
-                    "split": {"method": "official"},
-                },
-                "model": {
-                    "name": "resnet10",
-                    "options": {
-                        "in_channels": 1,
-                        "num_classes": 2,
-                        "stem_kernel": 3,
-                        "stem_stride": 1,
-                        "stem_pool": False,
-                        "widths": settings.adrenal_width,
-                    },
-                },
-                "loss": {"name": "cross_entropy"},
-                "optimizer": {"name": "adam", "lr": settings.adrenal_lr},
-                "schedule": {"name": "multistep", "milestones": [schedule["milestone_epoch"]], "gamma": 0.1},
-                "train": {
-                    "epochs": schedule["epochs"],
-                    "batch_size": settings.adrenal_batch,
-                    "val_every": schedule["epochs"],
-                    "metric": "auc",
-                    "metric_mode": "max",
-                    "device": "cpu",
-                    "seed": seed,
-                },
-                "tracking": {"output_dir": str(work / "runs"), "name": name, "tensorboard": False},
-                "augment": {} if arm == "real+online-augment" else None,
-            }
+            config = demo.medmnist_classifier(
+                path,
+                epochs=schedule["epochs"],
+                output_dir=work / "runs",
+                name=name,
+                widths=settings.adrenal_width,
+                stem_stride=1,
+                batch_size=settings.adrenal_batch,
+                lr=settings.adrenal_lr,
+                seed=seed,
+            )
+            milestones = [schedule["milestone_epoch"]]
+            config["schedule"] = {"name": "multistep", "milestones": milestones, "gamma": 0.1}
+            config["train"].update({"val_every": schedule["epochs"], "device": "cpu"})
+            config["augment"] = {} if arm == "real+online-augment" else None
             tasks.append(
                 {
                     "arm": arm,

@@ -61,14 +61,14 @@ from common import environment, finish_report, make_log, stdout_to_stderr
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from medvol import demo
 from medvol.config import parse_config
 from medvol.engine.train import train
 from medvol.losses import create_loss
 from medvol.models import create_model
 
 ADRENAL = Path("adrenalmnist3d") / "adrenalmnist3d.npz"
-RESNET_STEM = {"in_channels": 1, "num_classes": 2, "stem_kernel": 3, "stem_stride": 1, "stem_pool": False}
-UNET_OPTIONS = {"in_channels": 1, "num_classes": 3, "base_filters": 16, "num_levels": 4}
+UNET_OPTIONS = demo.unet_options(base_filters=16, num_levels=4)  # the hippocampus config's UNet
 LR = 1e-3
 
 
@@ -116,7 +116,7 @@ FULL = Sizes(
         OptionsCase(
             "resnet18_protocol",
             "resnet18",
-            {**RESNET_STEM, "widths": 64},
+            demo.resnet_options(widths=64, stem_stride=1),
             (28, 28, 28),
             batch_size=32,
             warmup_steps=1,
@@ -151,7 +151,7 @@ QUICK = Sizes(
         OptionsCase(
             "resnet18_w4",
             "resnet18",
-            {**RESNET_STEM, "widths": 4},
+            demo.resnet_options(widths=4, stem_stride=1),
             (28, 28, 28),
             batch_size=4,
             warmup_steps=1,
@@ -162,7 +162,7 @@ QUICK = Sizes(
         OptionsCase(
             "unet_small",
             "unet",
-            {**UNET_OPTIONS, "base_filters": 4, "num_levels": 3},
+            demo.unet_options(),
             (16, 16, 16),
             batch_size=2,
             warmup_steps=2,
@@ -202,7 +202,7 @@ class BaselineLoop:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, case: TrainerCase, seed: int = 0) -> None:
         torch.manual_seed(seed)
-        self.model = create_model("resnet18", **RESNET_STEM, widths=case.widths)
+        self.model = create_model("resnet18", **demo.resnet_options(widths=case.widths, stem_stride=1))
         self.model.train()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -241,24 +241,26 @@ class BaselineLoop:
 
 
 def medvol_config(npz: Path, case: TrainerCase, out: Path) -> dict[str, Any]:
-    return {
-        "data": {"task": "medmnist-classification", "root": str(npz), "split": {"method": "official"}},
-        "model": {"name": "resnet18", "options": {**RESNET_STEM, "widths": case.widths}},
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": LR},
-        "train": {
-            "epochs": case.epochs,
-            "batch_size": case.batch_size,
+    config = demo.medmnist_classifier(
+        npz,
+        epochs=case.epochs,
+        output_dir=out,
+        name=case.name,
+        model="resnet18",
+        widths=case.widths,
+        stem_stride=1,
+        batch_size=case.batch_size,
+        lr=LR,
+    )
+    config["train"].update(
+        {
             "amp": case.amp,
             "channels_last": False,  # like the hand-written loop: compare the trainer, not the layout
             "val_every": case.epochs,  # validate once, after the last (timed) epoch
-            "metric": "auc",
-            "metric_mode": "max",
             "device": "cpu",
-            "seed": 0,
-        },
-        "tracking": {"output_dir": str(out), "name": case.name, "tensorboard": False},
-    }
+        }
+    )
+    return config
 
 
 def trainer_vs_loop(case: TrainerCase, data: Path, tmp: Path) -> dict[str, Any]:

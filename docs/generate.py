@@ -546,7 +546,7 @@ def config_reference() -> tuple[str, set[str]]:
             "(`medvol.models.create_model(name, **options)`); names and keys are checked when the config is "
             "loaded, values when the model is built. Segmenters output `num_classes` logits per voxel, "
             "ResNets per case; `num_classes` must equal `data.num_classes`.",
-            registry._models(),
+            registry.model_factories(),
         ),
         factory_section(
             "Losses",
@@ -554,7 +554,7 @@ def config_reference() -> tuple[str, set[str]]:
             "`loss.name` and the keys `loss.options` accepts (`medvol.losses.create_loss`), checked when "
             "the config is loaded like the model's (for `deep_supervision`, also the wrapped `loss` and its "
             "`loss_options`).",
-            losses._LOSSES,
+            losses.loss_factories(),
         ),
     ]
     return "\n\n".join(parts) + "\n", used

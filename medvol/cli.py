@@ -2,36 +2,33 @@
 
 Heavy libraries are imported inside the verbs so that ``medvol --help`` is
 instant. Errors print one line naming the file and the problem and exit
-non-zero; ``--debug`` shows the traceback instead.
+non-zero; ``--debug`` shows the traceback instead. Library messages are
+shown through ``medvol.logs.console``: progress on stdout, warnings on stderr
+as ``medvol: warning: ...``, debug messages with ``--debug``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from medvol.volume import Volume
+from typing import Any
 
 EXIT_ERROR = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
+    from medvol.logs import console
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="medvol: %(levelname)s: %(message)s",
-    )
     try:
-        return int(args.run(args) or 0)
+        with console(debug=args.debug):
+            return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("medvol: interrupted", file=sys.stderr)
         return 130
@@ -274,58 +271,9 @@ def _version() -> str:
     return __version__
 
 
-def describe(volume: Volume) -> dict[str, Any]:
-    """The geometry and intensity summary ``medvol info`` prints (no patient data)."""
-    array = volume.array
-    meta = volume.meta
-    summary: dict[str, Any] = {
-        "path": meta.get("source_path"),
-        "format": meta.get("format"),
-        "reader": meta.get("reader"),
-        "modality": meta.get("modality"),
-        "shape": list(volume.shape),
-        "channels": volume.num_channels,
-        "spacing": [round(s, 6) for s in volume.spacing],
-        "orientation": volume.orientation,
-        "affine": [[round(float(v), 6) for v in row] for row in volume.affine],
-        "dtype": str(array.dtype),
-        "intensity_range": [_number(array.min()), _number(array.max())] if array.size else None,
-    }
-    for key in (
-        "series_uid",
-        "series_number",
-        "series_description",
-        "transfer_syntax",
-        "gantry_tilt_deg",
-        "mosaic",
-        "multiframe",
-        "slice_step_from",
-        "affine_from",
-    ):
-        if meta.get(key) is not None:
-            summary[key] = meta[key]
-    if meta.get("skipped_files"):
-        summary["skipped_files"] = len(meta["skipped_files"])
-    return summary
-
-
-def _number(value: Any) -> float | int:
-    return int(value) if float(value).is_integer() else round(float(value), 6)
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    lines = []
-    for key, value in summary.items():
-        if key == "affine":
-            rows = ["[" + ", ".join(f"{v:10.4f}" for v in row) + "]" for row in value]
-            lines.append(f"  {'affine':<18} " + f"\n  {'':<18} ".join(rows))
-        else:
-            lines.append(f"  {key:<18} {value}")
-    return "\n".join(lines)
-
-
 def run_info(args: argparse.Namespace) -> int:
     from medvol.io import load, load_all
+    from medvol.io.describe import describe, format_summary
 
     path: Path = args.path
     if args.series is None:
@@ -550,7 +498,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from medvol.demo import run
 
-    return run(args.out, quick=args.quick)
+    return run(args.out, main, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -119,7 +119,7 @@ class _Registered(Section):
 
     @model_validator(mode="after")
     def _known_name_and_options(self) -> _Registered:
-        from medvol.models.registry import option_problems
+        from medvol.factories import option_problems
 
         problems = option_problems(self._kind, self.name, self.options)
         inner, inner_options = self.options.get("loss", "dice_ce"), self.options.get("loss_options") or {}
@@ -324,7 +324,7 @@ class ExperimentConfig(Section):
                     )
                 )
         else:
-            from medvol.models.registry import factories
+            from medvol.factories import factories
 
             parameter = inspect.signature(factories("model")[self.model.name]).parameters.get("num_classes")
             if parameter is not None and parameter.default not in (inspect.Parameter.empty, classes):

@@ -15,11 +15,18 @@ repeated by hand; the configs are written into the output folder.
 
 About four minutes on two CPU cores; ``--quick`` trains for one epoch each
 (a smoke test of the pipeline, not a useful model).
+
+This module is also the one home of the small configs for the bundled
+samples (:func:`medmnist_classifier`, :func:`hippocampus_segmenter`,
+:func:`resnet_options`, :func:`unet_options`), which the tests and benchmarks
+build their tiny models from; ``MEDMNIST_TASK`` names the ``data.task`` of a
+MedMNIST file once.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,9 +34,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from medvol.cli import describe, format_summary, main
 from medvol.errors import MedvolError
 from medvol.io import load, save
+from medvol.io.describe import describe, format_summary
 
 TOTAL_STEPS = 10
 
@@ -44,77 +51,208 @@ def sample_ct_series() -> Path:
     return sample("ct_jpeg2000")
 
 
-def segmenter_config(out: Path, quick: bool) -> dict[str, Any]:
-    """A UNet sized for a CPU on the 12 bundled hippocampus training cases."""
+# Small experiment configs for the bundled samples: the one home of the demo's, the tests' and the
+# benchmarks' tiny models. Each returns a plain dict in the YAML form of ``medvol.config``; the
+# parameters are what callers vary, and a caller with more to change edits the returned dict.
+
+# ``data.task`` of a MedMNIST .npz: the one place the builders name it.
+MEDMNIST_TASK = "medmnist-classification"
+
+HIPPOCAMPUS_CLASSES = [0, 1, 2]  # background, anterior, posterior
+
+
+def resnet_options(
+    *, widths: int = 8, stem_stride: int = 2, num_classes: int = 2, **extra: Any
+) -> dict[str, Any]:
+    """``create_model("resnet…", **options)`` for one-channel 28³ volumes.
+
+    A 3×3×3 stem without max-pool; ``stem_stride`` 2 halves the grid first
+    (28 → 14, cheaper), 1 keeps it (the MedMNIST protocol). ``widths`` is the
+    first stage's channels (then 2×, 4×, 8×); ``extra`` adds options such as
+    ``norm``.
+    """
     return {
+        "in_channels": 1,
+        "num_classes": num_classes,
+        "stem_kernel": 3,
+        "stem_stride": stem_stride,
+        "stem_pool": False,
+        "widths": widths,
+        **extra,
+    }
+
+
+def unet_options(*, base_filters: int = 4, num_levels: int = 3, num_classes: int = 3) -> dict[str, Any]:
+    """``create_model("unet", **options)`` for one-channel volumes (3 classes: the hippocampus labels)."""
+    return {
+        "in_channels": 1,
+        "num_classes": num_classes,
+        "base_filters": base_filters,
+        "num_levels": num_levels,
+    }
+
+
+def _tracking(output_dir: str | Path, name: str) -> dict[str, Any]:
+    """The run goes to ``output_dir/name``; no TensorBoard files."""
+    return {"output_dir": str(output_dir), "name": name, "tensorboard": False}
+
+
+def medmnist_classifier(
+    root: str | Path,
+    *,
+    epochs: int,
+    output_dir: str | Path | None = None,
+    name: str = "adrenal-resnet10",
+    model: str = "resnet10",
+    widths: int = 8,
+    stem_stride: int = 2,
+    batch_size: int = 16,
+    lr: float = 0.003,
+    seed: int = 0,
+    **model_options: Any,
+) -> dict[str, Any]:
+    """A small 3D ResNet on a two-class MedMNIST file with its official split.
+
+    Args:
+        root: the MedMNIST ``.npz`` (28³ volumes).
+        epochs: training epochs (validation after each).
+        output_dir: folder of run folders; ``None`` leaves ``tracking`` out.
+        name: the run folder's name under ``output_dir``.
+        model: a ResNet of ``medvol.models`` (``resnet10``, ``resnet18`` ...).
+        widths, stem_stride, model_options: see :func:`resnet_options`.
+        batch_size, lr, seed: ``train.batch_size``, Adam's learning rate,
+            ``train.seed``.
+    """
+    config: dict[str, Any] = {
+        "data": {
+            "task": MEDMNIST_TASK,
+            "root": str(root),
+            "split": {"method": "official"},
+            "num_classes": 2,
+        },
+        "model": {
+            "name": model,
+            "options": resnet_options(widths=widths, stem_stride=stem_stride, **model_options),
+        },
+        "loss": {"name": "cross_entropy"},
+        "optimizer": {"name": "adam", "lr": lr},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "val_every": 1,
+            "metric": "auc",
+            "metric_mode": "max",
+            "seed": seed,
+        },
+    }
+    if output_dir is not None:
+        config["tracking"] = _tracking(output_dir, name)
+    return config
+
+
+def hippocampus_segmenter(
+    root: str | Path,
+    *,
+    epochs: int,
+    output_dir: str | Path | None = None,
+    name: str = "hippocampus-unet",
+    base_filters: int = 4,
+    num_levels: int = 3,
+    patch_size: Sequence[int] = (32, 32, 32),
+    spacing_mm: Sequence[float] = (1.0, 1.0, 1.0),
+    split: Mapping[str, Any] | None = None,
+    batch_size: int = 2,
+    lr: float = 0.01,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A small UNet on MSD hippocampus cases (labels 0, 1, 2).
+
+    Args:
+        root: dataset folder (``images/`` + ``labels/``) or ``.csv`` manifest.
+        epochs: training epochs (validation after each).
+        output_dir: folder of run folders; ``None`` leaves ``tracking`` out.
+        name: the run folder's name under ``output_dir``.
+        base_filters, num_levels: see :func:`unet_options`.
+        patch_size: training patch ``(X, Y, Z)`` in voxels.
+        spacing_mm: the grid the cases are resampled to (RAS orientation).
+        split: ``data.split``; default fold 0 of 5 nnU-Net-style folds.
+        batch_size, lr, seed: ``train.batch_size``, Adam's learning rate,
+            ``train.seed``.
+    """
+    config: dict[str, Any] = {
         "data": {
             "task": "segmentation",
-            "root": str(sample("hippocampus/train")),
-            "split": {"method": "nnunet", "n_splits": 4, "fold": 0},
-            "classes": [0, 1, 2],
-            "num_classes": 3,
-            "patch_size": [32, 48, 32],
+            "root": str(root),
+            "split": dict(split) if split is not None else {"method": "nnunet", "n_splits": 5, "fold": 0},
+            "classes": list(HIPPOCAMPUS_CLASSES),
+            "num_classes": len(HIPPOCAMPUS_CLASSES),
+            "patch_size": list(patch_size),
         },
-        "preprocess": {"orientation": "RAS", "spacing_mm": [1.0, 1.0, 1.0]},
-        "normalize": {"type": "ZScore", "params": {"per_scan": True}},
-        "augment": {"affine_prob": 0.2, "rotate_deg": 10.0, "noise_prob": 0.1},
+        "preprocess": {"orientation": "RAS", "spacing_mm": list(spacing_mm)},
         "model": {
             "name": "unet",
-            "options": {"in_channels": 1, "num_classes": 3, "base_filters": 8, "num_levels": 3},
+            "options": unet_options(base_filters=base_filters, num_levels=num_levels),
         },
         "loss": {"name": "dice_ce"},
-        "optimizer": {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4},
-        "schedule": {"name": "poly"},
+        "optimizer": {"name": "adam", "lr": lr},
         "train": {
-            "epochs": 1 if quick else 60,
-            "batch_size": 4,
-            "val_every": 1 if quick else 10,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "val_every": 1,
             "metric": "dice",
             "metric_mode": "max",
-            "seed": 0,
+            "seed": seed,
         },
-        "tracking": {"output_dir": str(out / "runs"), "name": "hippocampus-unet", "tensorboard": False},
     }
+    if output_dir is not None:
+        config["tracking"] = _tracking(output_dir, name)
+    return config
+
+
+def segmenter_config(out: Path, quick: bool) -> dict[str, Any]:
+    """A UNet sized for a CPU on the 12 bundled hippocampus training cases."""
+    config = hippocampus_segmenter(
+        sample("hippocampus/train"),
+        epochs=1 if quick else 60,
+        output_dir=out / "runs",
+        name="hippocampus-unet",
+        base_filters=8,
+        patch_size=(32, 48, 32),
+        split={"method": "nnunet", "n_splits": 4, "fold": 0},
+        batch_size=4,
+    )
+    config["normalize"] = {"type": "ZScore", "params": {"per_scan": True}}
+    config["augment"] = {"affine_prob": 0.2, "rotate_deg": 10.0, "noise_prob": 0.1}
+    config["optimizer"] = {"name": "adamw", "lr": 0.01, "weight_decay": 1e-4}
+    config["schedule"] = {"name": "poly"}
+    config["train"]["val_every"] = 1 if quick else 10
+    return config
 
 
 def classifier_config(out: Path, quick: bool) -> dict[str, Any]:
     """A small 3D ResNet-10 on the bundled AdrenalMNIST3D 28³ file."""
-    return {
-        "data": {
-            "task": "medmnist-classification",
-            "root": str(sample("adrenalmnist3d.npz")),
-            "split": {"method": "official"},
-            "num_classes": 2,
-        },
-        "augment": {"affine_prob": 0.3, "rotate_deg": 10.0},
-        "model": {
-            "name": "resnet10",
-            "options": {
-                "in_channels": 1,
-                "num_classes": 2,
-                "stem_kernel": 3,
-                "stem_stride": 2,
-                "stem_pool": False,
-                "widths": 8,
-            },
-        },
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": 0.001},
-        "schedule": {"name": "cosine"},
-        "train": {
-            "epochs": 1 if quick else 12,
-            "batch_size": 32,
-            "val_every": 1,
-            "metric": "auc",
-            "metric_mode": "max",
-            "seed": 0,
-        },
-        "tracking": {"output_dir": str(out / "runs"), "name": "adrenal-resnet10", "tensorboard": False},
-    }
+    config = medmnist_classifier(
+        sample("adrenalmnist3d.npz"),
+        epochs=1 if quick else 12,
+        output_dir=out / "runs",
+        name="adrenal-resnet10",
+        batch_size=32,
+        lr=0.001,
+    )
+    config["augment"] = {"affine_prob": 0.3, "rotate_deg": 10.0}
+    config["schedule"] = {"name": "cosine"}
+    return config
 
 
-def run(out: Path, quick: bool = False) -> int:
-    """Run the demo, writing into ``out``; returns an exit code."""
+def run(out: Path, main: Callable[[Sequence[str]], int], quick: bool = False) -> int:
+    """Run the demo, writing into ``out``; returns an exit code.
+
+    Args:
+        out: output folder (configs, runs, predictions, reports).
+        main: the ``medvol`` command line (``medvol.cli.main``), which runs
+            each step as the printed command would.
+        quick: one epoch per model (a smoke test, not a useful model).
+    """
     out.mkdir(parents=True, exist_ok=True)
     if (out / "runs").exists():
         print(f"removing the previous demo runs in {out / 'runs'}")

@@ -44,6 +44,11 @@ def create_loss(name: str, **options: Any) -> nn.Module:
     return build("loss", _LOSSES, name, options)
 
 
+def loss_factories() -> dict[str, Any]:
+    """The registered losses by name."""
+    return _LOSSES
+
+
 def available_losses() -> list[str]:
     """The registered loss names."""
     return list(_LOSSES)

@@ -12,7 +12,7 @@ import yaml
 from medvol.augment import AugmentConfig
 from medvol.config import ExperimentConfig, dump_config, load_config, parse_config
 from medvol.errors import ConfigurationError, MedvolError
-from medvol.models.registry import check_options, option_problems
+from medvol.factories import check_options, option_problems
 from medvol.transforms import CTWindow, PreprocessConfig, ZScore
 
 MINIMAL = {

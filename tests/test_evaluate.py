@@ -19,6 +19,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from medvol import demo
 from medvol.cli import main
 from medvol.errors import MedvolError
 from medvol.evaluation import aggregate, evaluate_run, point_estimates
@@ -59,27 +60,7 @@ def adrenal_file(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 def classifier_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch ResNet-10 (width 8) on the AdrenalMNIST3D subset."""
-    config = {
-        "data": {
-            "task": "medmnist-classification",
-            "root": str(adrenal_file(shared_data, tmp_path_factory)),
-        },
-        "model": {
-            "name": "resnet10",
-            "options": {
-                "in_channels": 1,
-                "num_classes": 2,
-                "stem_kernel": 3,
-                "stem_stride": 2,
-                "stem_pool": False,
-                "widths": 8,
-            },
-        },
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": 0.003},
-        "train": {"epochs": 2, "batch_size": 16, "metric": "auc", "metric_mode": "max"},
-    }
-    config["data"]["split"] = {"method": "official"}
+    config = demo.medmnist_classifier(adrenal_file(shared_data, tmp_path_factory), epochs=2)
     return _cached_run(tmp_path_factory, "classifier", config)
 
 
@@ -90,23 +71,11 @@ def hippocampus_folder(shared_data: Path, tmp_path_factory: pytest.TempPathFacto
 
 def segmenter_run(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-epoch small U-Net on five hippocampus cases (2-fold nnU-Net split: 3 validation cases)."""
-    config = {
-        "data": {
-            "task": "segmentation",
-            "root": str(hippocampus_folder(shared_data, tmp_path_factory)),
-            "num_classes": 3,
-            "patch_size": [32, 32, 32],
-            "split": {"method": "nnunet", "n_splits": 2},
-        },
-        "preprocess": {"spacing_mm": [1.0, 1.0, 1.0]},
-        "model": {
-            "name": "unet",
-            "options": {"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3},
-        },
-        "loss": {"name": "dice_ce"},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 2, "batch_size": 2, "metric": "dice", "metric_mode": "max"},
-    }
+    config = demo.hippocampus_segmenter(
+        hippocampus_folder(shared_data, tmp_path_factory),
+        epochs=2,
+        split={"method": "nnunet", "n_splits": 2},
+    )
     return _cached_run(tmp_path_factory, "segmenter", config)
 
 

@@ -23,6 +23,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 import medvol
+from medvol import demo
 from medvol.cli import main
 from medvol.config import parse_config
 from medvol.engine.distributed import Runtime
@@ -86,10 +87,7 @@ def config(root: Path, out: Path | None = None, **data: Any) -> dict[str, Any]:
             **data,
         },
         "normalize": {"type": "ZScore", "params": {"per_scan": False}},
-        "model": {
-            "name": "resnet10",
-            "options": {"in_channels": 1, "num_classes": 2, "stem_kernel": 3, "stem_stride": 2, "widths": 4},
-        },
+        "model": {"name": "resnet10", "options": demo.resnet_options(widths=4, stem_pool=True)},
         "loss": {"name": "cross_entropy"},
         "optimizer": {"name": "adam", "lr": 0.003},
         "train": {"epochs": 2, "batch_size": 4, "metric": "auc", "metric_mode": "max", "amp": "none"},

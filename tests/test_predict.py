@@ -25,6 +25,7 @@ import pytest
 import torch
 
 import medvol
+from medvol import demo
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
@@ -50,24 +51,16 @@ def segmenter(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     """A tiny U-Net trained for one epoch on 4 hippocampus cases at 4 mm (geometry checks only)."""
     root = tmp_path_factory.mktemp("segmenter")
     copy_hippocampus_pairs(shared_data, root / "data", HIPPOCAMPUS_TRAIN)
-    config = {
-        "data": {
-            "task": "segmentation",
-            "root": str(root / "data"),
-            "num_classes": 3,
-            "patch_size": [16, 16, 16],
-            "split": {"n_splits": 2},
-        },
-        "preprocess": {"spacing_mm": [4.0, 4.0, 4.0], "pad_to_shape": [16, 16, 16]},
-        "model": {
-            "name": "unet",
-            "options": {"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3},
-        },
-        "loss": {"name": "dice_ce"},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 1, "batch_size": 2, "metric": "dice", "metric_mode": "max"},
-        "tracking": {"output_dir": str(root / "runs"), "name": "seg", "tensorboard": False},
-    }
+    config = demo.hippocampus_segmenter(
+        root / "data",
+        epochs=1,
+        output_dir=root / "runs",
+        name="seg",
+        patch_size=(16, 16, 16),
+        spacing_mm=(4.0, 4.0, 4.0),
+        split={"n_splits": 2},
+    )
+    config["preprocess"]["pad_to_shape"] = [16, 16, 16]
     assert main(["train", str(write_config(root / "seg.yaml", config))]) == 0
     return root / "runs" / "seg"
 
@@ -77,28 +70,9 @@ def classifier(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A tiny ResNet trained for one epoch on 40 AdrenalMNIST3D 28³ cases."""
     root = tmp_path_factory.mktemp("classifier")
     write_adrenal_subset(shared_data, root / "adrenal.npz", {"train": 24, "val": 16, "test": 4})
-    config = {
-        "data": {
-            "task": "medmnist-classification",
-            "root": str(root / "adrenal.npz"),
-            "split": {"method": "official"},
-        },
-        "model": {
-            "name": "resnet10",
-            "options": {
-                "in_channels": 1,
-                "num_classes": 2,
-                "stem_kernel": 3,
-                "stem_stride": 2,
-                "stem_pool": False,
-                "widths": 4,
-            },
-        },
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": 0.003},
-        "train": {"epochs": 1, "batch_size": 8, "metric": "auc", "metric_mode": "max"},
-        "tracking": {"output_dir": str(root / "runs"), "name": "clf", "tensorboard": False},
-    }
+    config = demo.medmnist_classifier(
+        root / "adrenal.npz", epochs=1, output_dir=root / "runs", name="clf", widths=4, batch_size=8
+    )
     assert main(["train", str(write_config(root / "clf.yaml", config))]) == 0
     return root / "runs" / "clf"
 

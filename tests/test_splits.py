@@ -22,6 +22,30 @@ def test_nnunet_folds_match_the_reference_recipe() -> None:
     assert sorted(case for f in folds for case in f["val"]) == keys  # every case validated once
 
 
+def test_nnunet_fold_0_is_the_same_cases_as_always() -> None:
+    """Fixed ids, fixed answer: a change of sorting, seed or splitter would move cases between folds.
+
+    The expected lists were computed once with scikit-learn's
+    ``KFold(n_splits, shuffle=True, random_state=12345)`` on the sorted ids, as nnU-Net builds its
+    splits; a published fold-0 result is only comparable while they hold.
+    """
+    ids = [f"hippocampus_{i:03d}" for i in (7, 1, 4, 3, 19, 11, 8, 6, 14, 15, 17, 20)]
+    folds = nnunet_folds(ids)
+    assert folds[0]["val"] == ["hippocampus_001", "hippocampus_006", "hippocampus_015"]
+    assert [fold["val"] for fold in folds[1:]] == [
+        ["hippocampus_014", "hippocampus_019", "hippocampus_020"],
+        ["hippocampus_011", "hippocampus_017"],
+        ["hippocampus_003", "hippocampus_007"],
+        ["hippocampus_004", "hippocampus_008"],
+    ]
+    assert nnunet_folds(list(reversed(ids))) == folds  # the order the ids are found in does not matter
+    # the bundled hippocampus training cases, 4 folds as `medvol demo` splits them
+    bundled = [f"hippocampus_{i:03d}" for i in (1, 4, 6, 7, 8, 11, 14, 15, 17, 19, 20, 23)]
+    demo_fold = nnunet_folds(bundled, n_splits=4)[0]
+    assert demo_fold["val"] == ["hippocampus_001", "hippocampus_007", "hippocampus_017"]
+    assert demo_fold["train"] == sorted(set(bundled) - set(demo_fold["val"]))
+
+
 def test_grouped_folds_keep_patients_together_and_stratify() -> None:
     cases = [f"c{i}" for i in range(40)]
     patients = [f"p{i // 2}" for i in range(40)]  # two scans per patient

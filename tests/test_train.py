@@ -28,6 +28,7 @@ import pytest
 import torch
 from torch import nn
 
+from medvol import demo
 from medvol.cli import main
 from medvol.config import parse_config
 from medvol.engine import precision
@@ -57,25 +58,8 @@ def adrenal_subset(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) 
 def classifier_config(
     root: Path, out: Path, name: str, epochs: int = 3, norm: str = "batch"
 ) -> dict[str, Any]:
-    return {
-        "data": {"task": "medmnist-classification", "root": str(root), "split": {"method": "official"}},
-        "model": {
-            "name": "resnet10",
-            "options": {
-                "in_channels": 1,
-                "num_classes": 2,
-                "stem_kernel": 3,
-                "stem_stride": 2,
-                "stem_pool": False,
-                "widths": 8,
-                "norm": norm,
-            },
-        },
-        "loss": {"name": "cross_entropy"},
-        "optimizer": {"name": "adam", "lr": 0.003},
-        "train": {"epochs": epochs, "batch_size": 16, "metric": "auc", "metric_mode": "max"},
-        "tracking": {"output_dir": str(out), "name": name, "tensorboard": False},
-    }
+    """The shared tiny ResNet-10 (width 8, stride-2 stem) at batch 16, Adam 3e-3."""
+    return demo.medmnist_classifier(root, epochs=epochs, output_dir=out, name=name, norm=norm)
 
 
 def exact(config: dict[str, Any]) -> dict[str, Any]:
@@ -198,18 +182,7 @@ def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Pa
 
 def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> None:
     data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "003", "004", "006", "007", "008"))
-    config = {
-        "data": {"task": "segmentation", "root": str(data), "num_classes": 3, "patch_size": [32, 32, 32]},
-        "preprocess": {"spacing_mm": [1.0, 1.0, 1.0]},
-        "model": {
-            "name": "unet",
-            "options": {"in_channels": 1, "num_classes": 3, "base_filters": 4, "num_levels": 3},
-        },
-        "loss": {"name": "dice_ce"},
-        "optimizer": {"name": "adam", "lr": 0.01},
-        "train": {"epochs": 3, "batch_size": 2, "metric": "dice", "metric_mode": "max"},
-        "tracking": {"output_dir": str(tmp_path / "runs"), "name": "seg", "tensorboard": False},
-    }
+    config = demo.hippocampus_segmenter(data, epochs=3, output_dir=tmp_path / "runs", name="seg")
     assert main(["train", str(write_config(tmp_path / "seg.yaml", config))]) == 0
     run_dir = tmp_path / "runs" / "seg"
     history = metrics(run_dir)
@@ -221,11 +194,57 @@ def test_segmenter_on_hippocampus_cases(shared_data: Path, tmp_path: Path) -> No
     assert len(list((run_dir / "cache").iterdir())) == 6  # every case preprocessed once
 
 
+def held_out_hippocampus(folder: Path) -> tuple[Path, Path]:
+    """A manifest of the 16 bundled hippocampus cases and a split: train on 12, validate on the 4 held out."""
+    from medvol.data.splits import save_folds
+
+    rows, ids = [], {}
+    for part in ("train", "holdout"):
+        images = sorted((demo.sample("hippocampus") / part / "images").glob("*.nii.gz"))
+        ids[part] = [image.name.removesuffix(".nii.gz") for image in images]
+        rows += [
+            f"{case},{image},{image.parent.parent / 'labels' / image.name}"
+            for case, image in zip(ids[part], images, strict=True)
+        ]
+    manifest = folder / "cases.csv"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest.write_text("case_id,image,label\n" + "\n".join(rows) + "\n")
+    return manifest, save_folds([{"train": ids["train"], "val": ids["holdout"]}], folder / "split.json")
+
+
+def test_segmenter_reaches_a_dice_floor_on_held_out_cases(tmp_path: Path) -> None:
+    """60 epochs of a small UNet on 12 bundled cases segment 4 unseen ones with Dice above 0.75.
+
+    Measured on 2 CPU cores (fp32): mean Dice 0.862 / 0.853 / 0.861 for seeds 0, 1, 2 (each
+    class 0.83 or more), about 8 s; after 10 epochs it is 0.34, so the floor catches a
+    model, loss, schedule, sampling or validation that stops learning, not noise.
+    """
+    manifest, split = held_out_hippocampus(tmp_path / "data")
+    config = demo.hippocampus_segmenter(
+        manifest,
+        epochs=60,
+        output_dir=tmp_path / "runs",
+        name="floor",
+        base_filters=8,
+        patch_size=(32, 48, 32),
+        split={"method": "file", "file": str(split), "fold": 0},
+        batch_size=4,
+    )
+    config["normalize"] = {"type": "ZScore", "params": {"per_scan": True}}
+    config["train"]["val_every"] = 60  # validate once, at the end: the held-out cases choose nothing
+    exact(config)
+    assert main(["train", str(write_config(tmp_path / "floor.yaml", config))]) == 0
+    (last,) = [record for record in metrics(tmp_path / "runs" / "floor") if "val_dice" in record]
+    assert last["val_cases"] == 4
+    assert last["val_dice"] > 0.75, last
+    assert min(last["val_dice_1"], last["val_dice_2"]) > 0.7, last
+
+
 def test_learning_rate_schedules() -> None:
     from medvol.config import parse_config
 
     base = {
-        "data": {"task": "medmnist-classification", "root": "x.npz"},
+        "data": {"task": demo.MEDMNIST_TASK, "root": "x.npz"},
         "model": {"name": "resnet10"},
         "loss": {"name": "cross_entropy"},
     }
@@ -270,7 +289,7 @@ def test_early_stopping_ends_a_run_that_stops_improving(
 
 
 BASE = {
-    "data": {"task": "medmnist-classification", "root": "x.npz"},
+    "data": {"task": demo.MEDMNIST_TASK, "root": "x.npz"},
     "model": {"name": "resnet10"},
     "loss": {"name": "cross_entropy"},
 }
@@ -350,7 +369,7 @@ def test_bf16_self_check_passes_a_correct_convolution() -> None:
 def test_channels_last_auto_is_on_for_resnets_only() -> None:
     cpu = torch.device("cpu")
     resnet = create_model("resnet10", num_classes=2, widths=4)
-    unet = create_model("unet", in_channels=1, num_classes=3, base_filters=4, num_levels=3)
+    unet = create_model("unet", **demo.unet_options())
     assert resolve_precision("none", "auto", cpu, resnet).channels_last
     assert not resolve_precision("none", "auto", cpu, unet).channels_last
     assert not resolve_precision("none", False, cpu, resnet).channels_last

@@ -49,10 +49,47 @@ def test_volume_rejects_bad_shapes_and_affines(array: np.ndarray, affine: np.nda
         medvol.Volume(array, affine)
 
 
+def test_nifti_oblique_affine_is_read_as_written(tmp_path: Path) -> None:
+    """An oblique, sheared sform written by nibabel comes back as the hand-written numbers."""
+    path = tmp_path / "oblique.nii.gz"
+    nib.save(nib.Nifti1Image(ramp((6, 7, 8)), OBLIQUE), path)
+    volume = medvol.load(path)
+    np.testing.assert_allclose(volume.affine, OBLIQUE, rtol=0, atol=1e-6)  # the sform is float32
+    # voxel (1, 2, 3) by hand: x = 0.9 - 0.6 + 0.3 - 20.5, y = 0.31 + 1.76 - 0.6 + 14.25,
+    # z = -0.05 + 0.44 + 7.2 + 101; its value is 1·56 + 2·8 + 3 in the ramp
+    np.testing.assert_allclose(
+        volume.world_coordinates(np.array([[1, 2, 3]])), [[-19.9, 15.72, 108.59]], atol=1e-5
+    )
+    assert volume.array[0, 1, 2, 3] == 75
+
+
+def test_nifti_qform_only_affine_is_read_as_written(tmp_path: Path) -> None:
+    """A rotated grid stored only as a qform (quaternion, pixdim, offset): 30° about z, 0.8×0.8×2.5 mm."""
+    cos, sin = np.sqrt(3) / 2, 0.5
+    rotated = np.array(
+        [
+            [0.8 * cos, -0.8 * sin, 0.0, 10.0],
+            [0.8 * sin, 0.8 * cos, 0.0, -5.0],
+            [0.0, 0.0, 2.5, 30.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    image = nib.Nifti1Image(ramp((4, 5, 6)), None)
+    image.set_qform(rotated, code=1)
+    image.set_sform(None, code=0)
+    nib.save(image, tmp_path / "qform.nii")
+    assert int(nib.load(tmp_path / "qform.nii").header["sform_code"]) == 0
+    volume = medvol.load(tmp_path / "qform.nii")
+    np.testing.assert_allclose(volume.affine, rotated, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(volume.spacing, (0.8, 0.8, 2.5), atol=1e-6)
+    assert volume.orientation == "RAS"
+
+
 def test_nifti_oblique_round_trip_is_exact(tmp_path: Path) -> None:
     path = tmp_path / "oblique.nii.gz"
     nib.save(nib.Nifti1Image(ramp((6, 7, 8)), OBLIQUE), path)
     first = medvol.load(path)
+    np.testing.assert_allclose(first.affine, OBLIQUE, rtol=0, atol=1e-6)
     medvol.save(first, tmp_path / "again.nii")
     second = medvol.load(tmp_path / "again.nii")
     np.testing.assert_array_equal(second.affine, first.affine)

@@ -3,7 +3,8 @@
 ``torchrun`` sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; when they are
 present medvol joins the process group (NCCL on CUDA, gloo on CPU) and each
 rank takes its share of the data. Without them it is rank 0 of 1 and nothing
-distributed is touched. medvol reads no other environment variables.
+distributed is touched. :func:`launch_environment` is the one place that
+reads them; medvol reads no other environment variables.
 """
 
 from __future__ import annotations
@@ -11,12 +12,55 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
 
 from medvol.errors import MedvolError
+
+
+class Launch(NamedTuple):
+    """This process's place in a torchrun launch (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+
+def launch_environment(environ: Mapping[str, str] | None = None) -> Launch:
+    """``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` as torchrun sets them, checked.
+
+    A variable that is unset or empty takes its single-process value (0, 0, 1).
+
+    Args:
+        environ: the environment to read (default ``os.environ``).
+
+    Raises:
+        MedvolError: a value is not an integer, ``WORLD_SIZE`` is below 1, or
+            ``RANK`` or ``LOCAL_RANK`` is not a rank of ``WORLD_SIZE``.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, int] = {}
+    for name, default in (("RANK", 0), ("LOCAL_RANK", 0), ("WORLD_SIZE", 1)):
+        text = environ.get(name, "").strip()
+        try:
+            values[name] = int(text) if text else default
+        except ValueError:
+            raise MedvolError(
+                None, f"environment variable {name}={text!r} is not an integer (torchrun sets it)"
+            ) from None
+    launch = Launch(values["RANK"], values["LOCAL_RANK"], values["WORLD_SIZE"])
+    if launch.world_size < 1:
+        raise MedvolError(None, f"environment variable WORLD_SIZE={launch.world_size} must be at least 1")
+    for name, rank in (("RANK", launch.rank), ("LOCAL_RANK", launch.local_rank)):
+        if not 0 <= rank < launch.world_size:
+            raise MedvolError(
+                None,
+                f"environment variable {name}={rank} is not a rank of WORLD_SIZE={launch.world_size} "
+                f"(ranks are 0 to {launch.world_size - 1})",
+            )
+    return launch
 
 
 @dataclass(frozen=True)
@@ -58,12 +102,11 @@ def choose_device(preference: str = "auto", local_rank: int = 0) -> torch.device
 def start(preference: str = "auto") -> Runtime:
     """Join the torchrun process group if launched by torchrun; pick the device."""
     launch = launch_environment()
-    world_size, local_rank = launch.world_size, launch.local_rank
-    device = choose_device(preference, local_rank)
-    if world_size > 1 and not dist.is_initialized():
+    device = choose_device(preference, launch.local_rank)
+    if launch.world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Runtime(device=device, rank=rank, world_size=world_size, local_rank=local_rank)
+    return Runtime(device=device, rank=rank, world_size=launch.world_size, local_rank=launch.local_rank)
 
 
 def stop(runtime: Runtime) -> None:
@@ -92,30 +135,3 @@ def broadcast_flag(runtime: Runtime, flag: bool) -> bool:
     value = [flag]
     dist.broadcast_object_list(value, src=0)
     return bool(value[0])
-
-
-@dataclass(frozen=True)
-class LaunchEnvironment:
-    """What torchrun says about this process (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-
-
-def launch_environment(environ: Mapping[str, str] | None = None) -> LaunchEnvironment:
-    """``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` from torchrun's environment, checked.
-
-    Raises:
-        MedvolError: a value that is not an integer, or a rank outside the world.
-    """
-    environ = os.environ if environ is None else environ
-    try:
-        world = int(environ.get("WORLD_SIZE", "1") or 1)
-        rank = int(environ.get("RANK", "0") or 0)
-        local_rank = int(environ.get("LOCAL_RANK", "0") or 0)
-    except ValueError as error:
-        raise MedvolError(None, f"RANK/LOCAL_RANK/WORLD_SIZE are not integers ({error})") from error
-    if world < 1 or not 0 <= rank < world or local_rank < 0:
-        raise MedvolError(None, f"RANK={rank} is not a rank of WORLD_SIZE={world}")
-    return LaunchEnvironment(rank, local_rank, world)

@@ -16,6 +16,9 @@ Precision: ``train.amp`` and ``train.channels_last`` are resolved for the
 device and model (``medvol.engine.precision``; ``auto`` means bf16 autocast
 where the hardware has native bf16, channels-last for the 3D ResNets), printed
 at the start and recorded in ``environment.json`` and the checkpoints.
+
+Messages (the precision line, one line per epoch, notes) are ``INFO`` records
+of this module's logger; ``medvol.logs`` decides how they are shown.
 """
 
 from __future__ import annotations
@@ -43,9 +46,12 @@ from medvol.engine.run_folder import RunFolder
 from medvol.engine.tracking import MetricsLogger, environment, read_metrics, rewrite_metrics
 from medvol.engine.validation import validation_epoch
 from medvol.errors import MedvolError
+from medvol.logs import get_logger
 from medvol.losses import create_loss
 from medvol.models import create_model
 from medvol.tasks import TaskData, task_for
+
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -84,7 +90,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     precision = resolve_precision(config.train.amp, config.train.channels_last, runtime.device, model)
     precision.prepare_model(model)
     if runtime.is_main:
-        print(f"precision: {precision.describe()}", flush=True)
+        logger.info("precision: %s", precision.describe())
     if runtime.distributed and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     loss_fn = create_loss(config.loss.name, **config.loss.options).to(runtime.device)
@@ -166,12 +172,10 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 record["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 tracker.log(record)
-                print(_epoch_line(record, config), flush=True)
+                logger.info(_epoch_line(record, config))
             if distributed.broadcast_flag(runtime, stop):
                 if runtime.is_main:
-                    print(
-                        f"early stop: no improvement in {progress.stale_validations} validations", flush=True
-                    )
+                    logger.info("early stop: no improvement in %d validations", progress.stale_validations)
                 break
     finally:
         if tracker is not None:
@@ -286,12 +290,14 @@ def _warn_if_precision_changed(recorded: dict[str, Any] | None, precision: Preci
         return
     was = (recorded.get("amp"), recorded.get("channels_last"))
     if was != (precision.amp, precision.channels_last):
-        print(
-            f"note: this run trained with amp {was[0]}, channels_last {was[1]} and resumes with "
-            f"amp {precision.amp}, channels_last {precision.channels_last}; it will not continue "
-            "bit for bit as the uninterrupted run would have (set train.amp and train.channels_last "
-            "explicitly to keep them)",
-            flush=True,
+        logger.info(
+            "note: this run trained with amp %s, channels_last %s and resumes with amp %s, "
+            "channels_last %s; it will not continue bit for bit as the uninterrupted run would have "
+            "(set train.amp and train.channels_last explicitly to keep them)",
+            was[0],
+            was[1],
+            precision.amp,
+            precision.channels_last,
         )
 
 

@@ -20,7 +20,6 @@ Patient identifiers are never read into medvol's records.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -38,9 +37,10 @@ from pydicom.tag import Tag
 from medvol.errors import SeriesError, UnreadableFileError
 from medvol.io.discovery import list_files
 from medvol.io.geometry import affine_from_columns, lps_to_ras
+from medvol.logs import get_logger
 from medvol.volume import Volume
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 # SOP classes that hold no image volume: DICOMDIR, SR, SEG, RT objects,
 # presentation states, key objects, encapsulated documents, raw data.

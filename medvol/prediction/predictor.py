@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import sys
 import threading
 import time
@@ -24,6 +23,7 @@ import numpy as np
 
 from medvol.errors import MedvolError
 from medvol.io.atomic import file_sha256, write_json
+from medvol.logs import get_logger
 from medvol.prediction.discovery import Failure, Scan, find_scans
 from medvol.prediction.pipeline import run_pipeline
 from medvol.prediction.sharding import effective_shard, shard_suffix, take_shard
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from medvol.engine.inference import Segmentation, TrainedModel
     from medvol.volume import Volume
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ training did, and says what an evaluation scores. Nothing outside
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import numpy as np
 
 from medvol.errors import MedvolError
+from medvol.logs import get_logger
 
 if TYPE_CHECKING:
     from medvol.augment import Augmenter
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from medvol.transforms import Normalizer, PreprocessConfig, PreprocessRecord
     from medvol.volume import Volume
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 Output = Literal["segmentation", "classification"]
 

@@ -1,0 +1,75 @@
+"""What ``medvol info`` says about a loaded scan: geometry and intensities, no patient data.
+
+``describe(volume)`` gives a JSON-ready summary (shape, spacing in mm, RAS
+orientation, voxel→RAS affine, dtype, intensity range and the provenance
+fields the readers record); ``format_summary`` lays it out as aligned text.
+The CLI's ``info`` verb and ``medvol demo`` print both through here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medvol.volume import Volume
+
+# Provenance keys of ``Volume.meta`` shown when a reader recorded them (none names the patient).
+META_KEYS = (
+    "series_uid",
+    "series_number",
+    "series_description",
+    "transfer_syntax",
+    "gantry_tilt_deg",
+    "mosaic",
+    "multiframe",
+    "slice_step_from",
+    "affine_from",
+)
+
+
+def describe(volume: Volume) -> dict[str, Any]:
+    """The geometry and intensity summary of ``volume``.
+
+    Returns:
+        ``path``, ``format``, ``reader``, ``modality``, ``shape`` (X, Y, Z),
+        ``channels``, ``spacing`` (mm), ``orientation`` (axis codes, e.g.
+        ``"LAS"``), ``affine`` (4×4, voxel → RAS mm), ``dtype``,
+        ``intensity_range`` (min, max; ``None`` for an empty array), then any
+        of :data:`META_KEYS` the reader recorded and ``skipped_files`` (a count).
+    """
+    array = volume.array
+    meta = volume.meta
+    summary: dict[str, Any] = {
+        "path": meta.get("source_path"),
+        "format": meta.get("format"),
+        "reader": meta.get("reader"),
+        "modality": meta.get("modality"),
+        "shape": list(volume.shape),
+        "channels": volume.num_channels,
+        "spacing": [round(s, 6) for s in volume.spacing],
+        "orientation": volume.orientation,
+        "affine": [[round(float(v), 6) for v in row] for row in volume.affine],
+        "dtype": str(array.dtype),
+        "intensity_range": [_number(array.min()), _number(array.max())] if array.size else None,
+    }
+    for key in META_KEYS:
+        if meta.get(key) is not None:
+            summary[key] = meta[key]
+    if meta.get("skipped_files"):
+        summary["skipped_files"] = len(meta["skipped_files"])
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """``describe``'s summary as indented ``key  value`` lines, the affine as a 4-row block."""
+    lines = []
+    for key, value in summary.items():
+        if key == "affine":
+            rows = ["[" + ", ".join(f"{v:10.4f}" for v in row) + "]" for row in value]
+            lines.append(f"  {'affine':<18} " + f"\n  {'':<18} ".join(rows))
+        else:
+            lines.append(f"  {key:<18} {value}")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> float | int:
+    return int(value) if float(value).is_integer() else round(float(value), 6)
