@@ -240,7 +240,7 @@ def test_accumulator_summarises_cases_and_counts_undefined(
     dice = summary["classes"][1]["dice"]
     assert dice["mean"] == pytest.approx((0.75 + 1.0) / 2)
     assert (dice["n"], dice["n_undefined"]) == (2, 1)
-    assert dice["low"] <= dice["mean"] <= dice["high"]
+    assert np.isnan(dice["low"]) and np.isnan(dice["high"])  # two defined cases: no interval
     assert summary["classes"][1]["hd95_mm"]["mean"] == pytest.approx(0.25)
     assert summary["classes"][1]["n_target_empty"] == 1
     json.dumps(summary)  # writable as it is
@@ -395,6 +395,14 @@ def test_classification_input_errors_are_clear(
 # ----------------------------------------------------------------------------------------------
 # Confidence intervals
 # ----------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_ci_gives_no_interval_below_three_cases() -> None:
+    for values in ([0.8], [0.8, 0.6]):
+        interval = bootstrap_ci(np.array(values), np.mean, n_resamples=100)
+        assert interval.estimate == pytest.approx(np.mean(values))
+        assert np.isnan(interval.low) and np.isnan(interval.high) and interval.n_resamples == 0
+    assert np.isfinite(bootstrap_ci(np.array([0.8, 0.6, 0.7]), np.mean, n_resamples=100).low)
 
 
 def test_bootstrap_ci_contains_the_estimate_and_is_reproducible() -> None:

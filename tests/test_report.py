@@ -192,3 +192,24 @@ def test_overlay_slices_choice_and_round_trip(tmp_path: Path) -> None:
         read_overlays(folder)
     with pytest.raises(MedvolError, match="differ in shape"):
         overlay_slices(_volume(image, spacing), _volume(truth[:5], spacing), _volume(predicted, spacing))
+
+
+@pytest.mark.parametrize(
+    ("orientation", "axis", "letters"),
+    [
+        ("RAS", 2, ("L", "R", "P", "A")),  # axial, x to the right, y up
+        ("LPS", 2, ("R", "L", "A", "P")),  # the same slice of an LPS grid: radiological view
+        ("RAS", 0, ("P", "A", "I", "S")),  # sagittal: y to the right, z up
+    ],
+)
+def test_overlay_edges_carry_anatomical_letters(orientation: str, axis: int, letters: tuple[str, ...]) -> None:
+    from medvol.io.geometry import lps_to_ras
+
+    codes = {"RAS": np.eye(4), "LPS": lps_to_ras(np.eye(4))}
+    volume = Volume(np.zeros((1, 4, 5, 6), np.float32), codes[orientation])
+    assert volume.orientation == orientation
+    mask = Volume(np.ones((1, 4, 5, 6), np.uint8), volume.affine)
+    slices = overlay_slices(volume, mask, mask)
+    slices = OverlaySlices(**{**slices.__dict__, "axis": axis})
+    assert slices.edge_letters == letters
+    assert OverlaySlices(**{**slices.__dict__, "orientation": ""}).edge_letters is None  # older files

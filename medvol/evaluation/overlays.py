@@ -14,7 +14,9 @@ draws them.
 ``overlays.npz`` holds plain arrays only (no pickles): ``case_ids`` (N,) text,
 ``axis`` (N,), ``index`` (N,), ``pixel_mm`` (N, 2), and per case number ``i``
 ``image_i`` float32, ``label_i`` and ``prediction_i`` int32, each (rows, columns), and
-``classes_i`` (the legend's label values).
+``classes_i`` (the legend's label values); ``orientation`` (N,) the scan's axis codes
+(e.g. ``RAS``: voxel axis ``k`` points towards ``orientation[k]``), from which the report
+labels the slice's edges.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ class OverlaySlices:
             second in-plane axes).
         classes: the foreground label values anywhere in the label or predicted volume
             (the figure's legend), ascending.
+        orientation: the scan's axis codes (``Volume.orientation``, e.g. ``"LPS"``);
+            empty in files written before medvol recorded it.
     """
 
     image: np.ndarray
@@ -60,11 +64,26 @@ class OverlaySlices:
     index: int
     pixel_mm: tuple[float, float]
     classes: tuple[int, ...]
+    orientation: str = ""
 
     @property
     def aspect(self) -> float:
         """Height over width of one pixel, for ``imshow(aspect=...)``."""
         return self.pixel_mm[1] / self.pixel_mm[0]
+
+    @property
+    def edge_letters(self) -> tuple[str, str, str, str] | None:
+        """The anatomical directions at the left, right, bottom and top edges of the drawn slice.
+
+        Columns run along the first in-plane axis (left to right), rows along the
+        second (bottom to top, ``origin="lower"``). ``None`` when the orientation
+        was not recorded.
+        """
+        if len(self.orientation) != 3:
+            return None
+        across, up = (self.orientation[a] for a in range(3) if a != self.axis)
+        opposite = dict(zip("RLAPSI", "LRPAIS", strict=True))
+        return opposite[across], across, opposite[up], up
 
 
 def overlay_slices(image: Volume, label: Volume, prediction: Volume) -> OverlaySlices:
@@ -104,6 +123,7 @@ def overlay_slices(image: Volume, label: Volume, prediction: Volume) -> OverlayS
         index=index,
         pixel_mm=(float(spacing[others[0]]), float(spacing[others[1]])),
         classes=tuple(int(v) for v in np.union1d(np.unique(truth), np.unique(predicted)) if v != 0),
+        orientation=image.orientation,
     )
 
 
@@ -120,6 +140,7 @@ def save_overlays(folder: EvaluationFolder, slices: Mapping[str, OverlaySlices])
         "axis": np.asarray([slices[i].axis for i in ids], dtype=np.int64),
         "index": np.asarray([slices[i].index for i in ids], dtype=np.int64),
         "pixel_mm": np.asarray([slices[i].pixel_mm for i in ids], dtype=np.float64).reshape(-1, 2),
+        "orientation": np.asarray([slices[i].orientation for i in ids], dtype=np.str_),
     }
     for number, case_id in enumerate(ids):
         arrays[f"image_{number}"] = slices[case_id].image.astype(np.float32)
@@ -148,6 +169,7 @@ def read_overlays(
     try:
         with np.load(path, allow_pickle=False) as data:
             ids = [str(i) for i in data["case_ids"]]
+            orientations = [str(o) for o in data["orientation"]] if "orientation" in data else [""] * len(ids)
             wanted = ids if case_ids is None else list(case_ids)
             result = {}
             for case_id in wanted:
@@ -162,6 +184,7 @@ def read_overlays(
                     index=int(data["index"][number]),
                     pixel_mm=(float(data["pixel_mm"][number, 0]), float(data["pixel_mm"][number, 1])),
                     classes=tuple(int(v) for v in data[f"classes_{number}"]),
+                    orientation=orientations[number],
                 )
     except (OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as error:
         raise MedvolError(path, f"cannot read the overlay slices ({error})") from error

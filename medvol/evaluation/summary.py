@@ -45,7 +45,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
             f"{label} {_interval(entry[key]['mean'], entry[key]['low'], entry[key]['high'])}"
             for key, label in (("dice", "Dice"), ("hd95_mm", "HD95 mm"), ("assd_mm", "ASSD mm"))
         ]
-        lines.append(f"  {names.get(value, value):<12} " + "  ".join(parts) + f"  ({level})")
+        which = level if entry["dice"].get("low") is not None else "no CI: fewer than 3 cases"
+        lines.append(f"  {names.get(value, value):<12} " + "  ".join(parts) + f"  ({which})")
     return "\n".join(lines)
 
 

@@ -43,6 +43,10 @@ class ConfidenceInterval:
         return asdict(self)
 
 
+MIN_CASES_FOR_CI = 3
+"""Fewer cases give no bootstrap interval: resampling one or two cases only repeats them."""
+
+
 def bootstrap_ci(
     data: np.ndarray | Sequence[float] | tuple[np.ndarray, ...],
     statistic: Callable[..., float],
@@ -74,7 +78,9 @@ def bootstrap_ci(
     Returns:
         The statistic on all cases with its interval; the estimate is not re-centred. When the
         estimate itself is undefined, the estimate and bounds are NaN, no resample is drawn and
-        ``n_undefined`` equals ``n_resamples``.
+        ``n_undefined`` equals ``n_resamples``. With fewer than ``MIN_CASES_FOR_CI`` cases the
+        bounds are NaN and no resample is drawn (``n_resamples`` 0): an interval from one or two
+        cases would look precise and mean nothing.
     """
     single = not isinstance(data, tuple)
     arrays = [np.asarray(data)] if single else [np.asarray(a) for a in data]
@@ -92,6 +98,8 @@ def bootstrap_ci(
         return float(statistic(picked[0]) if single else statistic(*picked))
 
     estimate = evaluate(slice(None))
+    if count < MIN_CASES_FOR_CI:
+        return ConfidenceInterval(estimate, math.nan, math.nan, confidence, "percentile bootstrap", count)
     if not math.isfinite(estimate):
         return ConfidenceInterval(
             math.nan, math.nan, math.nan, confidence, "percentile bootstrap", count, n_resamples, n_resamples

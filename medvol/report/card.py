@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from medvol.metrics.intervals import MIN_CASES_FOR_CI
 from medvol.report.read import RunFiles, parameter_count
 from medvol.report.render import (
     Block,
@@ -243,7 +244,13 @@ def _evaluation_limitations(name: str, summary: dict[str, Any]) -> list[str]:
             "fixed before the first test evaluation gives an unbiased test estimate."
         )
     cases = summary.get("n_cases")
-    if isinstance(cases, int) and cases < 100:
+    if isinstance(cases, int) and cases < MIN_CASES_FOR_CI:
+        notes.append(
+            f"`{name}` has {cases} case(s): too few for a confidence interval, so none is given "
+            f"(medvol gives intervals from {MIN_CASES_FOR_CI} cases up); its numbers describe these "
+            "cases only."
+        )
+    elif isinstance(cases, int) and cases < 100:
         notes.append(
             f"`{name}` has {cases} case(s): its confidence intervals are wide and small "
             "differences between models are not meaningful."

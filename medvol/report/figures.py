@@ -192,10 +192,29 @@ def overlay_figure(slices: OverlaySlices, case_id: str, names: dict[str, str]) -
             aspect=slices.aspect,
         )
         axis.set_axis_off()
+        _label_edges(axis, slices)
     _draw_masks(overlaid, slices, names)
     plain.set_title(f"{case_id}, slice {'xyz'[slices.axis]} = {slices.index}", fontsize=9)
     overlaid.set_title("prediction (filled), ground truth (contour)", fontsize=9)
     return figure
+
+
+def _label_edges(axis: Axes, slices: OverlaySlices) -> None:
+    """The anatomical direction (R/L, A/P, S/I) at the middle of each edge of the slice."""
+    letters = slices.edge_letters
+    if letters is None:
+        return
+    left, right, bottom, top = letters
+    style: dict[str, Any] = {
+        "color": "yellow",
+        "fontsize": 9,
+        "fontweight": "bold",
+        "transform": axis.transAxes,
+    }
+    axis.text(0.02, 0.5, left, ha="left", va="center", **style)
+    axis.text(0.98, 0.5, right, ha="right", va="center", **style)
+    axis.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    axis.text(0.5, 0.98, top, ha="center", va="top", **style)
 
 
 def _draw_masks(axis: Axes, slices: OverlaySlices, names: dict[str, str]) -> None:
@@ -226,9 +245,9 @@ def _draw_masks(axis: Axes, slices: OverlaySlices, names: dict[str, str]) -> Non
             mask = (actual == value).astype(float)
             if mask.any():
                 axis.contour(mask, levels=[0.5], colors=[colour], linewidths=1.2, origin="lower")
-    handles: list[Artist] = [
-        Patch(color=c, alpha=0.45, label=names.get(str(v), f"class {v}"))
-        for v, c in zip(classes, colours, strict=True)
-    ]
-    handles.append(Line2D([], [], color="black", linewidth=1.2, label="ground truth"))
-    axis.legend(handles=handles, fontsize=7, loc="upper right")
+    handles: list[Artist] = []
+    for value, colour in zip(classes, colours, strict=True):
+        name = names.get(str(value), f"class {value}")
+        handles.append(Patch(color=colour, alpha=0.45, label=f"{name}: prediction"))
+        handles.append(Line2D([], [], color=colour, linewidth=1.2, label=f"{name}: ground truth"))
+    axis.legend(handles=handles, fontsize=7, loc="lower right")  # clear of the edge letters
