@@ -112,9 +112,11 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
     index.add_argument(
         "root",
         type=Path,
-        help="dataset folder (imagesTr/labelsTr or images/labels), a .csv or a MedMNIST .npz",
+        help="dataset folder (imagesTr/labelsTr, images/labels or DICOM series), a .csv or a MedMNIST .npz",
     )
-    index.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
+    index.add_argument(
+        "--out", type=Path, required=True, help="manifest CSV to write (its paths are relative to its folder)"
+    )
     index.add_argument(
         "--classes", type=_label_values, help="allowed label values, e.g. 0,1,2 (default: dataset.json)"
     )
