@@ -103,15 +103,23 @@ def _add_convert(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
     index = verbs.add_parser(
-        "index", parents=[common], help="find and validate the cases of a dataset folder, write a manifest"
+        "index",
+        parents=[common],
+        help="find and validate the cases of a dataset folder, write a manifest",
+        epilog="Exit status: 0 when no error was found (warnings allowed); 1 when a case or manifest "
+        "row is unusable or no case is usable (the manifest and the report are written all the same).",
     )
     index.add_argument(
         "root",
         type=Path,
-        help="dataset folder (imagesTr/labelsTr or images/labels), a .csv or a MedMNIST .npz",
+        help="dataset folder (imagesTr/labelsTr, images/labels or DICOM series), a .csv or a MedMNIST .npz",
     )
-    index.add_argument("--out", type=Path, required=True, help="manifest CSV to write")
-    index.add_argument("--classes", help="allowed label values, e.g. 0,1,2 (default: dataset.json)")
+    index.add_argument(
+        "--out", type=Path, required=True, help="manifest CSV to write (its paths are relative to its folder)"
+    )
+    index.add_argument(
+        "--classes", type=_label_values, help="allowed label values, e.g. 0,1,2 (default: dataset.json)"
+    )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
 
@@ -312,22 +320,32 @@ def run_index(args: argparse.Namespace) -> int:
 
     if is_medmnist_file(args.root):
         return _index_medmnist(args)
-    classes = None if args.classes is None else [int(v) for v in args.classes.split(",")]
-    report = validate(args.root, classes=classes)
+    report = validate(args.root, classes=args.classes)
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:
         temporary.write_text(json.dumps(report.to_json(), indent=2))
+    failed = not report.usable or any(f.severity == "error" for f in report.findings)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
-        return 0
+        return EXIT_ERROR if failed else 0
     summary = report.summary()
     print(f"{summary['layout']} layout, {summary['cases']} case ids, {summary['usable_pairs']} usable pairs")
     for finding in report.findings:
         where = f" {finding.path}" if finding.path else ""
         print(f"  {finding.severity:<7} {finding.kind}{where}: {finding.message}")
     print(f"wrote {args.out} and {report_path}")
-    return 0
+    return EXIT_ERROR if failed else 0
+
+
+def _label_values(text: str) -> list[int]:
+    """``--classes 0,1,2`` as a list of integer label values."""
+    try:
+        return [int(value) for value in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected integer label values separated by commas, e.g. 0,1,2; got {text!r}"
+        ) from None
 
 
 def _index_medmnist(args: argparse.Namespace) -> int:

@@ -69,7 +69,7 @@ def test_msd_layout_findings(msd_folder: Path) -> None:
 
 def test_index_cli_writes_manifest_and_report(msd_folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "cases.csv"
-    assert main(["index", str(msd_folder), "--out", str(out)]) == 0
+    assert main(["index", str(msd_folder), "--out", str(out)]) == 1  # some cases are unusable
     rows = list(csv.DictReader(out.open()))
     assert {r["case_id"]: r["usable"] for r in rows}["ok_1"] == "1"
     assert {r["case_id"]: r["usable"] for r in rows}["shifted"] == "0"
@@ -160,3 +160,121 @@ def test_dicom_folders_become_unlabelled_cases(tmp_path: Path) -> None:
     assert first is not None and broken is not None
     # Patient folder names are paths, not ids: nothing of "patient" leaks into case ids.
     assert not any("patient" in c.case_id for c in report.cases)
+
+
+# ----------------------------------------------------------------------------- DICOM folders in a manifest
+
+
+def _write_rows(path: Path, columns: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(rows)
+    return path
+
+
+def test_manifest_of_dicom_folders_finds_duplicates_by_series_files(tmp_path: Path) -> None:
+    from tests.dicom_factory import Geometry, write_series
+
+    write_series(tmp_path / "a", Geometry(), seed=0)
+    # The same series copied under other file names is the same case.
+    (tmp_path / "copy").mkdir()
+    for number, file in enumerate(sorted((tmp_path / "a").iterdir())):
+        (tmp_path / "copy" / f"IM{number:04d}").write_bytes(file.read_bytes())
+    # Two series in one folder are two cases, not duplicates of each other.
+    write_series(tmp_path / "two", Geometry(), series_number=1, base=100, seed=1)
+    write_series(tmp_path / "two", Geometry(), series_number=2, base=2000, seed=2)
+    manifest = _write_rows(
+        tmp_path / "cases.csv",
+        ["case_id", "image", "class", "series"],
+        [
+            ["a", "a", "1", ""],
+            ["copy", "copy", "0", ""],
+            ["two-1", "two", "0", "1"],
+            ["two-2", "two", "1", "2"],
+        ],
+    )
+    report = validate(manifest)
+    assert [c.case_id for c in report.usable] == ["a", "two-1", "two-2"]
+    assert [(f.kind, f.case_id, f.message) for f in report.findings] == [
+        ("duplicate_case", "copy", "same image content as case a")
+    ]
+
+
+def test_real_ct_series_in_segmentation_and_classification_manifests(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from medvol.io import load, save
+    from medvol.volume import Volume
+
+    series = shared_data / "dicom" / "ct-jpeg2000-series"
+    image = load(series)
+    mask = (image.array > 0).astype(np.uint8)  # on the series' own grid
+    save(Volume(mask, image.affine, {}), tmp_path / "mask.nii.gz")
+    segmentation = _write_rows(
+        tmp_path / "seg.csv", ["case_id", "image", "label"], [["ct", str(series), "mask.nii.gz"]]
+    )
+    classification = _write_rows(
+        tmp_path / "cls.csv",
+        ["case_id", "image", "class"],
+        [["ct", str(series), "1"], ["ct-again", str(series), "0"]],
+    )
+    assert main(["index", str(segmentation), "--out", str(tmp_path / "seg-out.csv")]) == 0
+    assert main(["index", str(classification), "--out", str(tmp_path / "cls-out.csv")]) == 1
+    out = capsys.readouterr().out
+    assert "unexpected" not in out and "same image content as case ct" in out
+    report = json.loads((tmp_path / "cls-out.report.json").read_text())
+    assert report["usable_pairs"] == 1 and report["unusable"] == ["ct-again"]
+    assert main(["plan", str(tmp_path / "seg-out.csv"), "--out", str(tmp_path / "plan.yaml")]) == 0
+    assert "spacing_mm: [0.9766, 0.9766, 2.0]" in (tmp_path / "plan.yaml").read_text()
+
+
+# ----------------------------------------------------------------------------- the index verb
+
+
+def test_written_manifest_reads_back_from_another_folder(
+    msd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(msd_folder.parent)
+    main(["index", msd_folder.name, "--out", "elsewhere/deeper/cases.csv"])
+    written = Path("elsewhere/deeper/cases.csv")
+    rows = list(csv.DictReader(written.open()))
+    assert all(not Path(r["images"].split(";")[0]).is_absolute() for r in rows)
+    monkeypatch.chdir(tmp_path.parent)  # read from anywhere: paths are the manifest's own
+    reread = validate(msd_folder.parent / written, classes=[0, 1])
+    original = validate(msd_folder)
+    assert (
+        sorted(c.case_id for c in reread.usable)
+        == sorted(c.case_id for c in original.usable)
+        == ["ok_1", "ok_2"]
+    )
+    for again, first in zip(reread.cases, original.cases, strict=True):
+        assert [p.resolve() for p in again.images] == [p.resolve() for p in first.images]
+        assert (again.label and again.label.resolve()) == (first.label and first.label.resolve())
+
+
+def test_index_exit_status_says_whether_every_case_is_usable(msd_folder: Path, tmp_path: Path) -> None:
+    clean = tmp_path / "clean"
+    for case in ("a", "b"):
+        write(clean / "images" / f"{case}.nii.gz", np.zeros((4, 4, 4), np.float32) + ord(case))
+        write(clean / "labels" / f"{case}.nii.gz", np.zeros((4, 4, 4), np.uint8))
+    assert main(["index", str(clean), "--out", str(tmp_path / "clean.csv")]) == 0
+    # Errors: exit 1, and the manifest and report are still written.
+    assert main(["index", str(msd_folder), "--out", str(tmp_path / "msd.csv"), "--json"]) == 1
+    assert (tmp_path / "msd.csv").is_file() and (tmp_path / "msd.report.json").is_file()
+    # Nothing usable: exit 1.
+    unlabelled = tmp_path / "unlabelled"
+    write(unlabelled / "images" / "a.nii.gz", np.zeros((4, 4, 4), np.float32))
+    assert main(["index", str(unlabelled), "--out", str(tmp_path / "none.csv")]) == 1
+    assert json.loads((tmp_path / "none.report.json").read_text())["usable_pairs"] == 0
+
+
+def test_index_refuses_classes_that_are_not_integers(
+    msd_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["index", str(msd_folder), "--out", str(tmp_path / "x.csv"), "--classes", "a,b"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--classes" in error and "'a,b'" in error and "unexpected" not in error
+    assert not (tmp_path / "x.csv").exists()

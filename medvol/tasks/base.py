@@ -258,6 +258,9 @@ def select_cases(
 ) -> Selection:
     """The cases of ``split`` in ``split.json`` (or of a manifest) with what they need to be scored.
 
+    Every requested case, and every row of a manifest, is either selected or
+    in ``errors`` with its reason.
+
     Args:
         column: the manifest column holding the ground truth: ``label`` (a label
             map) or ``class``. The run's ``data.classes`` check label-map values only.
@@ -301,6 +304,10 @@ def select_cases(
         else:
             reason = "; ".join(problems.get(case_id, [])) or f"not found in {report.root}"
             errors.append(case_error(case_id, paths.get(case_id), f"not usable: {reason}"))
+    # A manifest's rows that became no case (an unsafe or a repeated case id) are requested too.
+    for finding in report.skipped_rows if manifest is not None else []:
+        name = finding.case_id or f"row {finding.row}"
+        errors.append(case_error(name, finding.path, f"not usable: {finding.kind}: {finding.message}"))
     return Selection(selected, errors, source, report.root)
 
 
