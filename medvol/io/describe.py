@@ -19,6 +19,8 @@ META_KEYS = (
     "series_description",
     "transfer_syntax",
     "gantry_tilt_deg",
+    "slice_position_residual_mm",
+    "slice_direction_residual_deg",
     "mosaic",
     "multiframe",
     "slice_step_from",

@@ -83,7 +83,12 @@ HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in HEADER_TAGS]
 PARALLEL_SCAN_MIN_FILES = 256
 POSITION_TOLERANCE_MM = 1e-3
 RELATIVE_SPACING_TOLERANCE = 0.01
-TILT_TOLERANCE_DEG = 0.01
+ORTHOGONALITY_TOLERANCE = 1e-4
+"""The largest sine of the angle between the slice step and the slice normal that is
+rounding, not gantry tilt: ITK's own limit (its NIfTI reader accepts direction cosines
+within 1e-4 of orthogonal, about 0.0057 degrees). dcm2niix is laxer (tilt below
+cos = 0.9999, about 0.81 degrees, is ignored without a note)."""
+TILT_TOLERANCE_DEG = float(np.degrees(np.arcsin(ORTHOGONALITY_TOLERANCE)))
 
 
 @dataclass(frozen=True)
@@ -551,9 +556,18 @@ def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
 
 
 def stack_geometry(
-    headers: Sequence[SliceHeader],
+    headers: Sequence[SliceHeader], source: Path | None = None
 ) -> tuple[list[SliceHeader], np.ndarray, dict[str, Any]]:
     """Sort single-frame slices along the normal and derive the voxel→RAS affine.
+
+    A slice step within ``ORTHOGONALITY_TOLERANCE`` of the normal is rounding:
+    the affine is orthogonal and ``slice_position_residual_mm`` records the
+    largest distance between a slice's ImagePositionPatient and where the
+    affine puts it. A larger angle is gantry tilt, kept as a sheared affine.
+
+    Args:
+        headers: the slices (or the frames of one multi-frame file).
+        source: what errors name: the series' folder (default) or the one file.
 
     Returns:
         The slices in index-z order, the affine and notes for ``meta``.
@@ -563,6 +577,7 @@ def stack_geometry(
             positions, missing slices, uneven spacing, or positions off a line.
     """
     first = headers[0]
+    source = Path(first.path).parent if source is None else source
     row_direction, column_direction, normal = _unit_axes(first)
     spacing = _pixel_spacing(first)
     for header in headers:
@@ -584,34 +599,40 @@ def stack_geometry(
         step = normal * thickness
         notes["slice_step_from"] = "SliceThickness (single slice)"
     else:
-        _check_slice_gaps(ordered, distance)
+        _check_slice_gaps(ordered, distance, source)
         step = (positions[-1] - positions[0]) / (len(ordered) - 1)
         expected = positions[0] + np.outer(np.arange(len(ordered)), step)
         off_line = np.linalg.norm(positions - expected, axis=1).max()
         if off_line > max(POSITION_TOLERANCE_MM, RELATIVE_SPACING_TOLERANCE * np.linalg.norm(step)):
             raise SeriesError(
-                Path(first.path).parent,
+                source,
                 f"slice positions do not lie on a line (off by up to {off_line:.3f} mm)",
             )
         notes["slice_step_from"] = "ImagePositionPatient"
-        tilt = np.degrees(np.arccos(min(1.0, abs(step @ normal) / np.linalg.norm(step))))
+        along_normal = float(step @ normal)
+        tilt = float(np.degrees(np.arctan2(np.linalg.norm(step - along_normal * normal), abs(along_normal))))
         if tilt > TILT_TOLERANCE_DEG:
-            notes["gantry_tilt_deg"] = round(float(tilt), 4)
+            notes["gantry_tilt_deg"] = round(tilt, 4)
             notes["sheared_affine"] = True
-            logger.warning(
-                "%s: gantry tilt of %.2f degrees kept as a sheared affine",
-                Path(first.path).parent,
-                tilt,
-            )
+            logger.warning("%s: gantry tilt of %.4f degrees kept as a sheared affine", source, tilt)
+        else:
+            # Rounding in the stored positions, not a tilt: step along the normal
+            # (an orthogonal affine), and record how far that puts any slice from
+            # its own ImagePositionPatient.
+            step = normal * along_normal
+            placed = positions[0] + np.outer(np.arange(len(ordered)), step)
+            residual = float(np.linalg.norm(positions - placed, axis=1).max())
+            if round(residual, 6) > 0:
+                notes["slice_position_residual_mm"] = round(residual, 6)
+                notes["slice_direction_residual_deg"] = round(tilt, 6)
     affine = affine_from_columns(
         positions[0], (row_direction * spacing[1], column_direction * spacing[0], step)
     )
     return ordered, affine, notes
 
 
-def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray) -> None:
+def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, folder: Path) -> None:
     gaps = np.diff(distance)
-    folder = Path(ordered[0].path).parent
     duplicate = np.flatnonzero(gaps < POSITION_TOLERANCE_MM)
     if duplicate.size:
         i = int(duplicate[0])
@@ -700,11 +721,19 @@ def _read_multiframe(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[
             header.path,
             f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
         )
+    # Each frame is named "file [frame N]" (N as stored, from 1) in errors.
     frame_headers = [
-        replace(header, position=position, frames=1, frame_positions=None, instance_number=index)
+        replace(
+            header,
+            path=f"{header.path} [frame {index + 1}]",
+            position=position,
+            frames=1,
+            frame_positions=None,
+            instance_number=index,
+        )
         for index, position in enumerate(header.frame_positions)
     ]
-    ordered, affine, notes = stack_geometry(frame_headers)
+    ordered, affine, notes = stack_geometry(frame_headers, source=Path(header.path))
     dataset = _read_dataset(header)
     slopes, intercepts = _frame_rescale(dataset, header)
     order = [int(frame.instance_number or 0) for frame in ordered]
