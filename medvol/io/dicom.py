@@ -5,8 +5,10 @@ The path a DICOM folder takes:
 1. ``scan_folder`` reads only headers (pydicom, ``stop_before_pixels``), in
    parallel processes for large folders, and skips what is not an image
    (non-DICOM files, DICOMDIR, SR, SEG, RTSTRUCT, presentation states, ...).
-2. ``group_series`` groups images by SeriesInstanceUID and splits a series
-   further when orientation or matrix size differ.
+2. ``group_series`` groups the images of each folder by SeriesInstanceUID and
+   splits a series further when orientation or matrix size differ; one UID
+   in several folders (copies of a series, or a series split across folders)
+   is several series, and ``series_in_several_folders`` says so.
 3. ``load_series`` sorts slices along the slice normal, derives the slice step
    from ImagePositionPatient (never SliceThickness), refuses duplicates,
    missing slices and uneven spacing with a clear error, keeps gantry tilt as
@@ -144,6 +146,11 @@ class DicomSeries:
     @property
     def first(self) -> SliceHeader:
         return self.headers[0]
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the series' files (all of them: series are grouped per folder)."""
+        return Path(self.first.path).parent
 
     def describe(self) -> str:
         """One line for listings: number, description, modality, size."""
@@ -426,29 +433,71 @@ def scan_folder(
     results = scan_headers(files, collect_errors=collect_errors)
     headers = [r for r in results if isinstance(r, SliceHeader)]
     skipped = [r for r in results if isinstance(r, SkippedFile)]
-    return group_series(headers), skipped
+    series = group_series(headers)
+    for message in series_in_several_folders(series):
+        logger.warning("%s", message)
+    return series, skipped
 
 
 def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
-    """Group by SeriesInstanceUID, split by orientation and matrix size.
+    """Group by folder and SeriesInstanceUID, split by orientation and matrix size.
 
-    Enhanced multi-frame files and mosaics are volumes on their own and form a
-    group each. Groups are ordered by series number, then key.
+    A series is the images of one UID in one folder: two copies of a series in
+    sibling folders are two series (``series_in_several_folders`` lists them),
+    never one series whose slices all appear twice. Enhanced multi-frame files
+    and mosaics are volumes on their own and form a group each. Groups are
+    ordered by series number, then key, then folder; the key is the UID, with
+    ``#2``, ``#3``... for further parts of one UID split within one folder.
     """
     groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
     for header in headers:
         orientation = None if header.orientation is None else tuple(np.round(header.orientation, 4))
         own_volume = header.path if (header.frames > 1 or header.is_mosaic) else None
-        key = (header.series_uid, orientation, header.rows, header.columns, own_volume)
+        folder = os.path.dirname(header.path)
+        key = (header.series_uid, orientation, header.rows, header.columns, own_volume, folder)
         groups.setdefault(key, []).append(header)
-    by_uid: dict[str, int] = {}
+    parts: dict[tuple[str, str], int] = {}
     series = []
     for group_key in sorted(groups, key=lambda k: (_series_number(groups[k]), str(k))):
-        uid = group_key[0]
-        by_uid[uid] = by_uid.get(uid, 0) + 1
-        name = uid if by_uid[uid] == 1 else f"{uid}#{by_uid[uid]}"
+        uid, folder = group_key[0], group_key[-1]
+        parts[uid, folder] = parts.get((uid, folder), 0) + 1
+        name = uid if parts[uid, folder] == 1 else f"{uid}#{parts[uid, folder]}"
         series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
     return series
+
+
+def series_in_several_folders(series: Sequence[DicomSeries]) -> list[str]:
+    """One message per SeriesInstanceUID found in more than one folder, naming the folders.
+
+    Folders whose images lie at the same positions hold copies of one series
+    (each loads on its own); folders with different positions may hold parts of
+    one series split across folders, which medvol loads folder by folder.
+    """
+    folders: dict[str, dict[Path, set[tuple[float, ...]]]] = {}
+    for item in series:
+        if not item.key:
+            continue  # no SeriesInstanceUID: nothing says the folders share a series
+        positions = {
+            tuple(np.round(position, 3))
+            for header in item.headers
+            for position in (header.frame_positions or (header.position or (np.nan,) * 3,))
+        }
+        folders.setdefault(item.first.series_uid, {}).setdefault(item.folder, set()).update(positions)
+    messages = []
+    for uid, by_folder in folders.items():
+        if len(by_folder) < 2:
+            continue
+        names = ", ".join(str(folder) for folder in sorted(by_folder))
+        position_sets = list(by_folder.values())
+        if all(positions == position_sets[0] for positions in position_sets[1:]):
+            what = "copies of one series (the same slice positions): each folder is loaded on its own"
+        else:
+            what = (
+                "different slices in each folder, perhaps one series split across folders: each folder "
+                "is loaded on its own; put the files in one folder to load them as one volume"
+            )
+        messages.append(f"series {uid} is in {len(by_folder)} folders ({names}): {what}")
+    return messages
 
 
 def _series_number(headers: list[SliceHeader]) -> int:
@@ -456,30 +505,47 @@ def _series_number(headers: list[SliceHeader]) -> int:
     return -1 if number is None else number
 
 
+def _listing(folder: Path, series: Sequence[DicomSeries]) -> str:
+    """The numbered lines of a choice of series; each names its folder when it is not ``folder``."""
+    lines = []
+    for number, item in enumerate(series, 1):
+        where = "" if item.folder == folder else f" in {item.folder}"
+        lines.append(f"  {number}: {item.describe()}{where}")
+    return "\n".join(lines)
+
+
 def select_series(
     folder: Path, series: list[DicomSeries], skipped: list[SkippedFile], choice: str | int | None
 ) -> DicomSeries:
-    """Pick one series: the only one, or the one named by 1-based index or key/UID."""
+    """Pick one series: the only one, or the one named by 1-based index or key/UID.
+
+    A UID found in several folders names no series alone: choose by number.
+    """
     if not series:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in skipped[:5])
         raise SeriesError(folder, f"no DICOM image series found ({len(skipped)} file(s) skipped: {reasons})")
     if choice is None:
         if len(series) == 1:
             return series[0]
-        listing = "\n".join(f"  {i}: {s.describe()}" for i, s in enumerate(series, 1))
         raise SeriesError(
             folder,
-            f"{len(series)} image series found; choose one with series=N or --series N:\n{listing}",
+            f"{len(series)} image series found; choose one with series=N or --series N:\n"
+            f"{_listing(folder, series)}",
         )
     if isinstance(choice, int) or str(choice).isdigit():
         index = int(choice)
         if 1 <= index <= len(series):
             return series[index - 1]
-    for candidate in series:
-        if candidate.key == str(choice):
-            return candidate
-    listing = "\n".join(f"  {i}: {s.describe()}" for i, s in enumerate(series, 1))
-    raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{listing}")
+    matches = [candidate for candidate in series if candidate.key == str(choice)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise SeriesError(
+            folder,
+            f"series {choice} is in {len(matches)} folders; choose one by number:\n"
+            f"{_listing(folder, series)}",
+        )
+    raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{_listing(folder, series)}")
 
 
 def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
@@ -683,7 +749,11 @@ def _read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
     array = sitk.GetArrayFromImage(image)
     expected = (len(ordered), ordered[0].rows, ordered[0].columns)
     if array.shape != expected:
-        raise SeriesError(Path(ordered[0].path).parent, f"decoded {array.shape} voxels, expected {expected}")
+        source = Path(ordered[0].path)
+        raise SeriesError(
+            source if len(ordered) == 1 else source.parent,
+            f"decoded {array.shape} voxels, expected {expected}",
+        )
     return array.transpose(2, 1, 0)
 
 
