@@ -8,6 +8,9 @@ sibling folders merged into one broken series.
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +21,13 @@ import pydicom
 import pytest
 
 import medvol
+from medvol.data.cases import discover_dicom
 from medvol.errors import SeriesError
+from medvol.io import SomeSeriesFailedError
 from medvol.io.describe import describe
-from medvol.io.dicom import TILT_TOLERANCE_DEG
+from medvol.io.dicom import TILT_TOLERANCE_DEG, scan_folder
+from medvol.io.discovery import dicom_case_id
+from medvol.prediction.discovery import find_scans
 from tests.dicom_factory import Geometry, SeriesTruth, tilted, write_enhanced, write_series
 from tests.test_dicom_synthetic import (
     assert_matches_truth,
@@ -118,3 +125,111 @@ def test_error_in_a_multiframe_file_names_the_file(tmp_path: Path) -> None:
     result = run_cli("info", path)
     assert result.returncode == 1
     assert f"{path}:" in result.stderr, result.stderr
+
+
+# --- 2. one bad series does not stop a folder -------------------------------------------
+
+
+@pytest.fixture()
+def mixed_study(tmp_path: Path) -> dict[str, Path | SeriesTruth]:
+    """good/: a valid series; gap/: a series with a missing slice; cut/: a series with a cut file."""
+    root = tmp_path / "study"
+    good = write_series(root / "good", Geometry(), series_number=1, seed=21)
+    write_series(root / "gap", Geometry(), series_number=2, drop=[3], seed=22)
+    cut = write_series(root / "cut", Geometry(), series_number=3, seed=23)
+    victim = cut.acquired(4).path
+    victim.write_bytes(victim.read_bytes()[:700])
+    return {"root": root, "good": good, "victim": victim}
+
+
+def test_load_all_loads_every_readable_series_and_names_every_failure(
+    mixed_study: dict[str, Path | SeriesTruth],
+) -> None:
+    root, good, victim = mixed_study["root"], mixed_study["good"], mixed_study["victim"]
+    assert isinstance(root, Path) and isinstance(good, SeriesTruth) and isinstance(victim, Path)
+    with pytest.raises(SomeSeriesFailedError) as caught:
+        medvol.load_all(root)
+    error = caught.value
+    assert len(error.volumes) == 1
+    assert error.volumes[0].meta["series_uid"] == good.series_uid
+    assert_matches_truth(error.volumes[0], good)
+    message = str(error)
+    assert "3 of 4 series or files could not be loaded" in message
+    assert "missing slice" in message and str(root / "gap") in message
+    assert victim.name in message and "truncated" in message
+    assert f"unreadable DICOM file {victim.name} in this folder" in message
+
+
+def test_info_describes_the_good_series_and_lists_the_others(
+    mixed_study: dict[str, Path | SeriesTruth],
+) -> None:
+    root, good, victim = mixed_study["root"], mixed_study["good"], mixed_study["victim"]
+    assert isinstance(good, SeriesTruth) and isinstance(victim, Path)
+    result = run_cli("info", root)
+    assert result.returncode == 1
+    assert good.series_uid in result.stdout and "(image)" in result.stdout
+    assert "could not be read (1 described)" in result.stderr
+    assert "missing slice" in result.stderr and victim.name in result.stderr
+    as_json = run_cli("info", root, "--json")
+    assert as_json.returncode == 1
+    assert json.loads(as_json.stdout)["series_uid"] == good.series_uid
+
+
+# --- 4. copies of a series in sibling folders -------------------------------------------
+
+
+def test_copies_in_sibling_folders_are_two_series_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "export"
+    truth = write_series(root / "a", Geometry(), seed=31)
+    shutil.copytree(root / "a", root / "b")
+    with caplog.at_level(logging.WARNING, logger="medvol"):
+        volumes = medvol.load_all(root)
+    assert len(volumes) == 2
+    for volume in volumes:
+        assert_matches_truth(volume, truth)
+    warning = " ".join(record.getMessage() for record in caplog.records)
+    assert str(root / "a") in warning and str(root / "b") in warning and "copies" in warning
+
+    with pytest.raises(SeriesError) as caught:
+        medvol.load(root)
+    message = str(caught.value)
+    assert "2 image series" in message and "share a position" not in message
+    assert f"in {root / 'a'}" in message and f"in {root / 'b'}" in message
+    with pytest.raises(SeriesError, match="is in 2 folders"):
+        medvol.load(root, series=truth.series_uid)
+    assert_matches_truth(medvol.load(root, series=2), truth)
+
+    result = run_cli("info", root)
+    assert result.returncode == 0, result.stderr
+    assert "series 2 of 2" in result.stdout
+    assert "copies" in result.stderr
+
+
+def test_a_broken_copy_does_not_take_the_good_one_down(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    truth = write_series(root / "a", Geometry(), seed=32)
+    write_series(root / "b", Geometry(), series_uid=truth.series_uid, drop=[2], seed=33)
+    with pytest.raises(SomeSeriesFailedError) as caught:
+        medvol.load_all(root)
+    (volume,) = caught.value.volumes
+    assert_matches_truth(volume, truth)
+    (failure,) = caught.value.failures
+    assert failure.error.path == root / "b"
+    assert "missing slice" in str(failure.error)
+
+
+def test_case_ids_of_copies_hash_their_own_folders(tmp_path: Path) -> None:
+    root = tmp_path / "export"
+    truth = write_series(root / "one" / "a", Geometry(), seed=34)
+    shutil.copytree(root / "one" / "a", root / "two" / "a")
+    series, _ = scan_folder(root)
+    assert [item.key for item in series] == [truth.series_uid] * 2
+    expected = {dicom_case_id(truth.series_uid, root / name / "a", root) for name in ("one", "two")}
+    assert len(expected) == 2
+    cases, _ = discover_dicom(root)  # medvol index
+    assert {case.case_id for case in cases} == expected
+    found = find_scans(root)  # medvol predict
+    assert {scan.case_id for scan in found.scans} == expected
+    assert not found.failures
