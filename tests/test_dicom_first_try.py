@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -93,6 +94,23 @@ def test_info_shows_the_residual(rounded_series: SeriesTruth) -> None:
     assert "gantry_tilt_deg" not in result.stdout
 
 
+def test_orientation_rounded_to_five_decimals_is_not_shear(tmp_path: Path) -> None:
+    oblique = Geometry().oblique(10.0, -7.0, 23.0)
+    rounded = replace(
+        oblique,
+        row_direction=tuple(np.round(oblique.row_direction, 5)),
+        column_direction=tuple(np.round(oblique.column_direction, 5)),
+    )
+    truth = write_series(tmp_path / "series", rounded, seed=13)
+    volume = medvol.load(truth.folder)
+    assert not medvol.io.geometry.is_sheared(volume.affine)
+    assert 0 < volume.meta["orientation_residual_deg"] < TILT_TOLERANCE_DEG
+    assert_matches_truth(volume, truth)  # within 0.001 mm of where the headers put each voxel
+    assert_same_voxels(*volume_points(volume), *dcm2niix_points(truth.folder, tmp_path / "dcm2niix"))
+    medvol.save(volume, tmp_path / "ct.nrrd")
+    np.testing.assert_allclose(medvol.load(tmp_path / "ct.nrrd").affine, volume.affine, atol=1e-6)
+
+
 @pytest.mark.parametrize("tilt_deg", [0.05, 2.0])
 def test_a_real_tilt_above_the_tolerance_is_still_a_tilt(tmp_path: Path, tilt_deg: float) -> None:
     assert tilt_deg > TILT_TOLERANCE_DEG
@@ -125,6 +143,13 @@ def test_error_in_a_multiframe_file_names_the_file(tmp_path: Path) -> None:
     result = run_cli("info", path)
     assert result.returncode == 1
     assert f"{path}:" in result.stderr, result.stderr
+
+
+def test_a_volume_in_one_file_is_described_by_its_file(tmp_path: Path) -> None:
+    first = write_enhanced(tmp_path / "study" / "first.dcm", Geometry())
+    second = write_enhanced(tmp_path / "study" / "second.dcm", Geometry(), base=3000)
+    paths = sorted(describe(volume)["path"] for volume in medvol.load_all(tmp_path / "study"))
+    assert paths == sorted(str(truth.slices[0].path) for truth in (first, second))
 
 
 # --- 2. one bad series does not stop a folder -------------------------------------------

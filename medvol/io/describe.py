@@ -21,6 +21,7 @@ META_KEYS = (
     "gantry_tilt_deg",
     "slice_position_residual_mm",
     "slice_direction_residual_deg",
+    "orientation_residual_deg",
     "mosaic",
     "multiframe",
     "slice_step_from",

@@ -585,7 +585,8 @@ def load_series(series: DicomSeries) -> Volume:
         ordered, affine, notes = stack_geometry(series.headers)
         array = _read_stack_pixels(ordered)
     meta: dict[str, Any] = {
-        "source_path": str(Path(first.path).parent),
+        # A mosaic or multi-frame file is a volume on its own: its path is the file.
+        "source_path": first.path if (first.is_mosaic or first.frames > 1) else str(Path(first.path).parent),
         "format": "dicom",
         "reader": f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}",
         "modality": first.modality or None,
@@ -601,8 +602,17 @@ def load_series(series: DicomSeries) -> Volume:
     return Volume(array=array[np.newaxis], affine=affine, meta=meta)
 
 
-def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row direction (increasing column index), column direction and slice normal, LPS."""
+def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Row direction (increasing column index), column direction and slice normal, LPS.
+
+    Directions written with few decimals are not exactly perpendicular; within
+    ``ORTHOGONALITY_TOLERANCE`` (the cosine of the angle between them) both
+    are turned by half the excess, so the axes are orthonormal.
+
+    Returns:
+        The three unit vectors and the excess angle removed (degrees; 0.0
+        when the stored directions were perpendicular).
+    """
     if header.orientation is None or len(header.orientation) != 6:
         raise SeriesError(header.path, "no ImageOrientationPatient: the image cannot be placed in space")
     orientation = np.array(header.orientation)
@@ -612,7 +622,18 @@ def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         raise SeriesError(header.path, f"invalid ImageOrientationPatient {list(orientation)}")
     row_direction = row_direction / norms[0]
     column_direction = column_direction / norms[1]
-    return row_direction, column_direction, np.cross(row_direction, column_direction)
+    cosine = float(row_direction @ column_direction)
+    excess = 0.0
+    if 0.0 < abs(cosine) <= ORTHOGONALITY_TOLERANCE:
+        excess = float(np.degrees(np.arcsin(abs(cosine))))
+        row_direction, column_direction = (
+            row_direction - cosine / 2 * column_direction,
+            column_direction - cosine / 2 * row_direction,
+        )
+        row_direction /= np.linalg.norm(row_direction)
+        column_direction -= (column_direction @ row_direction) * row_direction
+        column_direction /= np.linalg.norm(column_direction)
+    return row_direction, column_direction, np.cross(row_direction, column_direction), excess
 
 
 def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
@@ -644,7 +665,7 @@ def stack_geometry(
     """
     first = headers[0]
     source = Path(first.path).parent if source is None else source
-    row_direction, column_direction, normal = _unit_axes(first)
+    row_direction, column_direction, normal, orientation_excess = _unit_axes(first)
     spacing = _pixel_spacing(first)
     for header in headers:
         if header.position is None:
@@ -660,6 +681,8 @@ def stack_geometry(
     ordered = [headers[i] for i in order]
     positions, distance = positions[order], distance[order]
     notes: dict[str, Any] = {}
+    if round(orientation_excess, 6) > 0:
+        notes["orientation_residual_deg"] = round(orientation_excess, 6)
     if len(ordered) == 1:
         thickness = first.slice_thickness or 1.0
         step = normal * thickness
