@@ -200,6 +200,20 @@ def test_info_describes_the_good_series_and_lists_the_others(
     assert json.loads(as_json.stdout)["series_uid"] == good.series_uid
 
 
+def test_convert_of_a_good_series_is_not_stopped_by_a_bad_file_elsewhere(
+    mixed_study: dict[str, Path | SeriesTruth], tmp_path: Path
+) -> None:
+    root, good, victim = mixed_study["root"], mixed_study["good"], mixed_study["victim"]
+    assert isinstance(root, Path) and isinstance(good, SeriesTruth) and isinstance(victim, Path)
+    result = run_cli("convert", root, tmp_path / "good.nii.gz", "--series", good.series_uid)
+    assert result.returncode == 0, result.stderr
+    assert victim.name in result.stderr  # skipped with a warning, not silently
+    assert_matches_truth(medvol.load(tmp_path / "good.nii.gz"), good)
+    # The series beside the unreadable file is refused, naming the file.
+    with pytest.raises(medvol.MedvolError, match=victim.name):
+        medvol.load(root, series=3)
+
+
 # --- 4. copies of a series in sibling folders -------------------------------------------
 
 

@@ -549,11 +549,21 @@ def select_series(
 
 
 def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
-    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file."""
+    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file.
+
+    An unreadable DICOM file in the chosen series' folder is an error (it may be
+    one of its slices); one in another folder is skipped with a warning.
+    """
     path = Path(path)
     if path.is_dir():
-        found, skipped = scan_folder(path)
+        found, skipped = scan_folder(path, collect_errors=True)
+        corrupt = [item for item in skipped if item.corrupt]
+        if corrupt and not found:
+            raise UnreadableFileError(corrupt[0].path, corrupt[0].reason)
         chosen = select_series(path, found, skipped, series)
+        for item in corrupt:
+            if Path(item.path).parent == chosen.folder:
+                raise UnreadableFileError(item.path, item.reason)
     else:
         header = read_header(path)
         if isinstance(header, SkippedFile):
