@@ -280,23 +280,40 @@ def _version() -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from medvol.io import load, load_all
+    """Describe every readable series (stdout), list the others with their reason (stderr).
+
+    Exits non-zero when any series or file could not be read.
+    """
+    from medvol.io import SeriesFailure, SomeSeriesFailedError, load, load_all
     from medvol.io.describe import describe, format_summary
 
     path: Path = args.path
+    failures: list[SeriesFailure] = []
     if args.series is None:
-        volumes = load_all(path, allow_nan=args.allow_nan)
+        try:
+            volumes = load_all(path, allow_nan=args.allow_nan)
+        except SomeSeriesFailedError as error:
+            volumes, failures = error.volumes, error.failures
     else:
         volumes = [load(path, series=args.series, allow_nan=args.allow_nan)]
     summaries = [describe(volume) for volume in volumes]
-    if args.json:
+    if args.json and summaries:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
-    else:
+    elif summaries:
         for number, summary in enumerate(summaries, 1):
             title = f"series {number} of {len(summaries)}" if len(summaries) > 1 else "image"
             print(f"{path} ({title})")
             print(format_summary(summary))
-    return 0
+    if not failures:
+        return 0
+    print(
+        f"medvol: error: {path}: {len(failures)} series or file(s) could not be read "
+        f"({len(summaries)} described):",
+        file=sys.stderr,
+    )
+    for failure in failures:
+        print(f"  {failure.series}: {failure.error}", file=sys.stderr)
+    return EXIT_ERROR
 
 
 def run_convert(args: argparse.Namespace) -> int:

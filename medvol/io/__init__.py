@@ -8,11 +8,12 @@ preamble.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from medvol.errors import InvalidDataError, UnreadableFileError
+from medvol.errors import InvalidDataError, MedvolError, SeriesError, UnreadableFileError
 from medvol.io.atomic import full_suffix
 from medvol.io.dicom import is_dicom_file, load_dicom, load_series, scan_folder, select_series
 from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
@@ -23,7 +24,43 @@ from medvol.volume import Volume
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")
 SAVE_SUFFIXES = NIFTI_SUFFIXES + ITK_WRITE_SUFFIXES
 
-__all__ = ["SAVE_SUFFIXES", "check_finite", "load", "load_all", "save"]
+__all__ = [
+    "SAVE_SUFFIXES",
+    "SeriesFailure",
+    "SomeSeriesFailedError",
+    "check_finite",
+    "load",
+    "load_all",
+    "save",
+]
+
+
+@dataclass(frozen=True)
+class SeriesFailure:
+    """A series (or file) of a folder that ``load_all`` could not load.
+
+    Attributes:
+        series: which one, in words (number, description, size, UID; or the file).
+        error: why, naming the file or folder and the problem.
+    """
+
+    series: str
+    error: MedvolError
+
+
+class SomeSeriesFailedError(SeriesError):
+    """``load_all`` tried every series of a folder and some could not be loaded.
+
+    The message lists every failure. ``volumes`` holds the series that did
+    load, so a caller can go on with them; ``failures`` the others, in order.
+    """
+
+    def __init__(self, folder: Path, volumes: list[Volume], failures: list[SeriesFailure]) -> None:
+        lines = "\n".join(f"  {failure.series}: {failure.error}" for failure in failures)
+        total = len(volumes) + len(failures)
+        super().__init__(folder, f"{len(failures)} of {total} series or files could not be loaded:\n{lines}")
+        self.volumes = volumes
+        self.failures = failures
 
 
 def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool = False) -> Volume:
@@ -66,20 +103,54 @@ def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool =
 
 
 def load_all(path: str | Path, *, allow_nan: bool = False) -> list[Volume]:
-    """Every volume at ``path``: each DICOM series of a folder, or the one file."""
+    """Every volume at ``path``: each DICOM series of a folder, or the one file.
+
+    Every series of a folder is tried, so one that cannot be read does not
+    hide the others. A DICOM file that cannot be read fails, and so does every
+    series in its folder (the file may be one of its slices).
+
+    Returns:
+        The volumes, in the order of the folder's series listing, when all load.
+
+    Raises:
+        SomeSeriesFailedError: after trying every series, when at least one
+            failed; ``volumes`` holds those that loaded, ``failures`` the
+            others with their reasons.
+        medvol.errors.MedvolError: the path is missing, a folder holds no
+            DICOM image series, or the one file cannot be read.
+    """
     path = Path(path)
     if not path.is_dir():
         return [load(path, allow_nan=allow_nan)]
-    found, skipped = scan_folder(path)
-    if not found:
+    found, skipped = scan_folder(path, collect_errors=True)
+    corrupt = [item for item in skipped if item.corrupt]
+    skipped = [item for item in skipped if not item.corrupt]
+    if not found and not corrupt:
         select_series(path, found, skipped, None)  # raises: no series, with reasons
+    failures = [
+        SeriesFailure("unreadable DICOM file", UnreadableFileError(item.path, item.reason))
+        for item in corrupt
+    ]
+    unreadable_in = {Path(item.path).parent: Path(item.path).name for item in corrupt}
     volumes = []
     for series in found:
-        volume = load_series(series)
-        volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
-        if not allow_nan:
-            check_finite(volume)
+        try:
+            if series.folder in unreadable_in:
+                raise SeriesError(
+                    series.folder,
+                    f"the unreadable DICOM file {unreadable_in[series.folder]} in this folder may be "
+                    "one of this series' slices; repair or remove it",
+                )
+            volume = load_series(series)
+            volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+            if not allow_nan:
+                check_finite(volume)
+        except MedvolError as error:
+            failures.append(SeriesFailure(series.describe(), error))
+            continue
         volumes.append(volume)
+    if failures:
+        raise SomeSeriesFailedError(path, volumes, failures)
     return volumes
 
 

@@ -5,8 +5,10 @@ The path a DICOM folder takes:
 1. ``scan_folder`` reads only headers (pydicom, ``stop_before_pixels``), in
    parallel processes for large folders, and skips what is not an image
    (non-DICOM files, DICOMDIR, SR, SEG, RTSTRUCT, presentation states, ...).
-2. ``group_series`` groups images by SeriesInstanceUID and splits a series
-   further when orientation or matrix size differ.
+2. ``group_series`` groups the images of each folder by SeriesInstanceUID and
+   splits a series further when orientation or matrix size differ; one UID
+   in several folders (copies of a series, or a series split across folders)
+   is several series, and ``series_in_several_folders`` says so.
 3. ``load_series`` sorts slices along the slice normal, derives the slice step
    from ImagePositionPatient (never SliceThickness), refuses duplicates,
    missing slices and uneven spacing with a clear error, keeps gantry tilt as
@@ -83,7 +85,12 @@ HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in HEADER_TAGS]
 PARALLEL_SCAN_MIN_FILES = 256
 POSITION_TOLERANCE_MM = 1e-3
 RELATIVE_SPACING_TOLERANCE = 0.01
-TILT_TOLERANCE_DEG = 0.01
+ORTHOGONALITY_TOLERANCE = 1e-4
+"""The largest sine of the angle between the slice step and the slice normal that is
+rounding, not gantry tilt: ITK's own limit (its NIfTI reader accepts direction cosines
+within 1e-4 of orthogonal, about 0.0057 degrees). dcm2niix is laxer (tilt below
+cos = 0.9999, about 0.81 degrees, is ignored without a note)."""
+TILT_TOLERANCE_DEG = float(np.degrees(np.arcsin(ORTHOGONALITY_TOLERANCE)))
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,11 @@ class DicomSeries:
     @property
     def first(self) -> SliceHeader:
         return self.headers[0]
+
+    @property
+    def folder(self) -> Path:
+        """The folder holding the series' files (all of them: series are grouped per folder)."""
+        return Path(self.first.path).parent
 
     def describe(self) -> str:
         """One line for listings: number, description, modality, size."""
@@ -421,29 +433,71 @@ def scan_folder(
     results = scan_headers(files, collect_errors=collect_errors)
     headers = [r for r in results if isinstance(r, SliceHeader)]
     skipped = [r for r in results if isinstance(r, SkippedFile)]
-    return group_series(headers), skipped
+    series = group_series(headers)
+    for message in series_in_several_folders(series):
+        logger.warning("%s", message)
+    return series, skipped
 
 
 def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
-    """Group by SeriesInstanceUID, split by orientation and matrix size.
+    """Group by folder and SeriesInstanceUID, split by orientation and matrix size.
 
-    Enhanced multi-frame files and mosaics are volumes on their own and form a
-    group each. Groups are ordered by series number, then key.
+    A series is the images of one UID in one folder: two copies of a series in
+    sibling folders are two series (``series_in_several_folders`` lists them),
+    never one series whose slices all appear twice. Enhanced multi-frame files
+    and mosaics are volumes on their own and form a group each. Groups are
+    ordered by series number, then key, then folder; the key is the UID, with
+    ``#2``, ``#3``... for further parts of one UID split within one folder.
     """
     groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
     for header in headers:
         orientation = None if header.orientation is None else tuple(np.round(header.orientation, 4))
         own_volume = header.path if (header.frames > 1 or header.is_mosaic) else None
-        key = (header.series_uid, orientation, header.rows, header.columns, own_volume)
+        folder = os.path.dirname(header.path)
+        key = (header.series_uid, orientation, header.rows, header.columns, own_volume, folder)
         groups.setdefault(key, []).append(header)
-    by_uid: dict[str, int] = {}
+    parts: dict[tuple[str, str], int] = {}
     series = []
     for group_key in sorted(groups, key=lambda k: (_series_number(groups[k]), str(k))):
-        uid = group_key[0]
-        by_uid[uid] = by_uid.get(uid, 0) + 1
-        name = uid if by_uid[uid] == 1 else f"{uid}#{by_uid[uid]}"
+        uid, folder = group_key[0], group_key[-1]
+        parts[uid, folder] = parts.get((uid, folder), 0) + 1
+        name = uid if parts[uid, folder] == 1 else f"{uid}#{parts[uid, folder]}"
         series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
     return series
+
+
+def series_in_several_folders(series: Sequence[DicomSeries]) -> list[str]:
+    """One message per SeriesInstanceUID found in more than one folder, naming the folders.
+
+    Folders whose images lie at the same positions hold copies of one series
+    (each loads on its own); folders with different positions may hold parts of
+    one series split across folders, which medvol loads folder by folder.
+    """
+    folders: dict[str, dict[Path, set[tuple[float, ...]]]] = {}
+    for item in series:
+        if not item.key:
+            continue  # no SeriesInstanceUID: nothing says the folders share a series
+        positions = {
+            tuple(np.round(position, 3))
+            for header in item.headers
+            for position in (header.frame_positions or (header.position or (np.nan,) * 3,))
+        }
+        folders.setdefault(item.first.series_uid, {}).setdefault(item.folder, set()).update(positions)
+    messages = []
+    for uid, by_folder in folders.items():
+        if len(by_folder) < 2:
+            continue
+        names = ", ".join(str(folder) for folder in sorted(by_folder))
+        position_sets = list(by_folder.values())
+        if all(positions == position_sets[0] for positions in position_sets[1:]):
+            what = "copies of one series (the same slice positions): each folder is loaded on its own"
+        else:
+            what = (
+                "different slices in each folder, perhaps one series split across folders: each folder "
+                "is loaded on its own; put the files in one folder to load them as one volume"
+            )
+        messages.append(f"series {uid} is in {len(by_folder)} folders ({names}): {what}")
+    return messages
 
 
 def _series_number(headers: list[SliceHeader]) -> int:
@@ -451,38 +505,65 @@ def _series_number(headers: list[SliceHeader]) -> int:
     return -1 if number is None else number
 
 
+def _listing(folder: Path, series: Sequence[DicomSeries]) -> str:
+    """The numbered lines of a choice of series; each names its folder when it is not ``folder``."""
+    lines = []
+    for number, item in enumerate(series, 1):
+        where = "" if item.folder == folder else f" in {item.folder}"
+        lines.append(f"  {number}: {item.describe()}{where}")
+    return "\n".join(lines)
+
+
 def select_series(
     folder: Path, series: list[DicomSeries], skipped: list[SkippedFile], choice: str | int | None
 ) -> DicomSeries:
-    """Pick one series: the only one, or the one named by 1-based index or key/UID."""
+    """Pick one series: the only one, or the one named by 1-based index or key/UID.
+
+    A UID found in several folders names no series alone: choose by number.
+    """
     if not series:
         reasons = "; ".join(f"{Path(s.path).name}: {s.reason}" for s in skipped[:5])
         raise SeriesError(folder, f"no DICOM image series found ({len(skipped)} file(s) skipped: {reasons})")
     if choice is None:
         if len(series) == 1:
             return series[0]
-        listing = "\n".join(f"  {i}: {s.describe()}" for i, s in enumerate(series, 1))
         raise SeriesError(
             folder,
-            f"{len(series)} image series found; choose one with series=N or --series N:\n{listing}",
+            f"{len(series)} image series found; choose one with series=N or --series N:\n"
+            f"{_listing(folder, series)}",
         )
     if isinstance(choice, int) or str(choice).isdigit():
         index = int(choice)
         if 1 <= index <= len(series):
             return series[index - 1]
-    for candidate in series:
-        if candidate.key == str(choice):
-            return candidate
-    listing = "\n".join(f"  {i}: {s.describe()}" for i, s in enumerate(series, 1))
-    raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{listing}")
+    matches = [candidate for candidate in series if candidate.key == str(choice)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise SeriesError(
+            folder,
+            f"series {choice} is in {len(matches)} folders; choose one by number:\n"
+            f"{_listing(folder, series)}",
+        )
+    raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{_listing(folder, series)}")
 
 
 def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
-    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file."""
+    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file.
+
+    An unreadable DICOM file in the chosen series' folder is an error (it may be
+    one of its slices); one in another folder is skipped with a warning.
+    """
     path = Path(path)
     if path.is_dir():
-        found, skipped = scan_folder(path)
+        found, skipped = scan_folder(path, collect_errors=True)
+        corrupt = [item for item in skipped if item.corrupt]
+        if corrupt and not found:
+            raise UnreadableFileError(corrupt[0].path, corrupt[0].reason)
         chosen = select_series(path, found, skipped, series)
+        for item in corrupt:
+            if Path(item.path).parent == chosen.folder:
+                raise UnreadableFileError(item.path, item.reason)
     else:
         header = read_header(path)
         if isinstance(header, SkippedFile):
@@ -514,7 +595,8 @@ def load_series(series: DicomSeries) -> Volume:
         ordered, affine, notes = stack_geometry(series.headers)
         array = _read_stack_pixels(ordered)
     meta: dict[str, Any] = {
-        "source_path": str(Path(first.path).parent),
+        # A mosaic or multi-frame file is a volume on its own: its path is the file.
+        "source_path": first.path if (first.is_mosaic or first.frames > 1) else str(Path(first.path).parent),
         "format": "dicom",
         "reader": f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}",
         "modality": first.modality or None,
@@ -530,8 +612,17 @@ def load_series(series: DicomSeries) -> Volume:
     return Volume(array=array[np.newaxis], affine=affine, meta=meta)
 
 
-def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Row direction (increasing column index), column direction and slice normal, LPS."""
+def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Row direction (increasing column index), column direction and slice normal, LPS.
+
+    Directions written with few decimals are not exactly perpendicular; within
+    ``ORTHOGONALITY_TOLERANCE`` (the cosine of the angle between them) both
+    are turned by half the excess, so the axes are orthonormal.
+
+    Returns:
+        The three unit vectors and the excess angle removed (degrees; 0.0
+        when the stored directions were perpendicular).
+    """
     if header.orientation is None or len(header.orientation) != 6:
         raise SeriesError(header.path, "no ImageOrientationPatient: the image cannot be placed in space")
     orientation = np.array(header.orientation)
@@ -541,7 +632,18 @@ def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray]
         raise SeriesError(header.path, f"invalid ImageOrientationPatient {list(orientation)}")
     row_direction = row_direction / norms[0]
     column_direction = column_direction / norms[1]
-    return row_direction, column_direction, np.cross(row_direction, column_direction)
+    cosine = float(row_direction @ column_direction)
+    excess = 0.0
+    if 0.0 < abs(cosine) <= ORTHOGONALITY_TOLERANCE:
+        excess = float(np.degrees(np.arcsin(abs(cosine))))
+        row_direction, column_direction = (
+            row_direction - cosine / 2 * column_direction,
+            column_direction - cosine / 2 * row_direction,
+        )
+        row_direction /= np.linalg.norm(row_direction)
+        column_direction -= (column_direction @ row_direction) * row_direction
+        column_direction /= np.linalg.norm(column_direction)
+    return row_direction, column_direction, np.cross(row_direction, column_direction), excess
 
 
 def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
@@ -551,9 +653,18 @@ def _pixel_spacing(header: SliceHeader) -> tuple[float, float]:
 
 
 def stack_geometry(
-    headers: Sequence[SliceHeader],
+    headers: Sequence[SliceHeader], source: Path | None = None
 ) -> tuple[list[SliceHeader], np.ndarray, dict[str, Any]]:
     """Sort single-frame slices along the normal and derive the voxel→RAS affine.
+
+    A slice step within ``ORTHOGONALITY_TOLERANCE`` of the normal is rounding:
+    the affine is orthogonal and ``slice_position_residual_mm`` records the
+    largest distance between a slice's ImagePositionPatient and where the
+    affine puts it. A larger angle is gantry tilt, kept as a sheared affine.
+
+    Args:
+        headers: the slices (or the frames of one multi-frame file).
+        source: what errors name: the series' folder (default) or the one file.
 
     Returns:
         The slices in index-z order, the affine and notes for ``meta``.
@@ -563,7 +674,8 @@ def stack_geometry(
             positions, missing slices, uneven spacing, or positions off a line.
     """
     first = headers[0]
-    row_direction, column_direction, normal = _unit_axes(first)
+    source = Path(first.path).parent if source is None else source
+    row_direction, column_direction, normal, orientation_excess = _unit_axes(first)
     spacing = _pixel_spacing(first)
     for header in headers:
         if header.position is None:
@@ -579,39 +691,47 @@ def stack_geometry(
     ordered = [headers[i] for i in order]
     positions, distance = positions[order], distance[order]
     notes: dict[str, Any] = {}
+    if round(orientation_excess, 6) > 0:
+        notes["orientation_residual_deg"] = round(orientation_excess, 6)
     if len(ordered) == 1:
         thickness = first.slice_thickness or 1.0
         step = normal * thickness
         notes["slice_step_from"] = "SliceThickness (single slice)"
     else:
-        _check_slice_gaps(ordered, distance)
+        _check_slice_gaps(ordered, distance, source)
         step = (positions[-1] - positions[0]) / (len(ordered) - 1)
         expected = positions[0] + np.outer(np.arange(len(ordered)), step)
         off_line = np.linalg.norm(positions - expected, axis=1).max()
         if off_line > max(POSITION_TOLERANCE_MM, RELATIVE_SPACING_TOLERANCE * np.linalg.norm(step)):
             raise SeriesError(
-                Path(first.path).parent,
+                source,
                 f"slice positions do not lie on a line (off by up to {off_line:.3f} mm)",
             )
         notes["slice_step_from"] = "ImagePositionPatient"
-        tilt = np.degrees(np.arccos(min(1.0, abs(step @ normal) / np.linalg.norm(step))))
+        along_normal = float(step @ normal)
+        tilt = float(np.degrees(np.arctan2(np.linalg.norm(step - along_normal * normal), abs(along_normal))))
         if tilt > TILT_TOLERANCE_DEG:
-            notes["gantry_tilt_deg"] = round(float(tilt), 4)
+            notes["gantry_tilt_deg"] = round(tilt, 4)
             notes["sheared_affine"] = True
-            logger.warning(
-                "%s: gantry tilt of %.2f degrees kept as a sheared affine",
-                Path(first.path).parent,
-                tilt,
-            )
+            logger.warning("%s: gantry tilt of %.4f degrees kept as a sheared affine", source, tilt)
+        else:
+            # Rounding in the stored positions, not a tilt: step along the normal
+            # (an orthogonal affine), and record how far that puts any slice from
+            # its own ImagePositionPatient.
+            step = normal * along_normal
+            placed = positions[0] + np.outer(np.arange(len(ordered)), step)
+            residual = float(np.linalg.norm(positions - placed, axis=1).max())
+            if round(residual, 6) > 0:
+                notes["slice_position_residual_mm"] = round(residual, 6)
+                notes["slice_direction_residual_deg"] = round(tilt, 6)
     affine = affine_from_columns(
         positions[0], (row_direction * spacing[1], column_direction * spacing[0], step)
     )
     return ordered, affine, notes
 
 
-def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray) -> None:
+def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, folder: Path) -> None:
     gaps = np.diff(distance)
-    folder = Path(ordered[0].path).parent
     duplicate = np.flatnonzero(gaps < POSITION_TOLERANCE_MM)
     if duplicate.size:
         i = int(duplicate[0])
@@ -662,7 +782,11 @@ def _read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
     array = sitk.GetArrayFromImage(image)
     expected = (len(ordered), ordered[0].rows, ordered[0].columns)
     if array.shape != expected:
-        raise SeriesError(Path(ordered[0].path).parent, f"decoded {array.shape} voxels, expected {expected}")
+        source = Path(ordered[0].path)
+        raise SeriesError(
+            source if len(ordered) == 1 else source.parent,
+            f"decoded {array.shape} voxels, expected {expected}",
+        )
     return array.transpose(2, 1, 0)
 
 
@@ -700,11 +824,19 @@ def _read_multiframe(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[
             header.path,
             f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
         )
+    # Each frame is named "file [frame N]" (N as stored, from 1) in errors.
     frame_headers = [
-        replace(header, position=position, frames=1, frame_positions=None, instance_number=index)
+        replace(
+            header,
+            path=f"{header.path} [frame {index + 1}]",
+            position=position,
+            frames=1,
+            frame_positions=None,
+            instance_number=index,
+        )
         for index, position in enumerate(header.frame_positions)
     ]
-    ordered, affine, notes = stack_geometry(frame_headers)
+    ordered, affine, notes = stack_geometry(frame_headers, source=Path(header.path))
     dataset = _read_dataset(header)
     slopes, intercepts = _frame_rescale(dataset, header)
     order = [int(frame.instance_number or 0) for frame in ordered]
