@@ -259,16 +259,20 @@ def test_a_broken_copy_does_not_take_the_good_one_down(tmp_path: Path) -> None:
     assert "missing slice" in str(failure.error)
 
 
-def test_case_ids_of_copies_hash_their_own_folders(tmp_path: Path) -> None:
+def test_case_ids_name_the_series_not_the_folder_given(tmp_path: Path) -> None:
     root = tmp_path / "export"
     truth = write_series(root / "one" / "a", Geometry(), seed=34)
     shutil.copytree(root / "one" / "a", root / "two" / "a")
     series, _ = scan_folder(root)
     assert [item.key for item in series] == [truth.series_uid] * 2
-    expected = {dicom_case_id(truth.series_uid, root / name / "a", root) for name in ("one", "two")}
-    assert len(expected) == 2
-    cases, _ = discover_dicom(root)  # medvol index
-    assert {case.case_id for case in cases} == expected
-    found = find_scans(root)  # medvol predict
-    assert {scan.case_id for scan in found.scans} == expected
+    expected = dicom_case_id(truth.series_uid)
+    cases, findings = discover_dicom(root)  # medvol index of the parent
+    assert [case.case_id for case in cases] == [expected]
+    (duplicate,) = [f for f in findings if f.kind == "duplicate"]
+    assert duplicate.case_id == expected and duplicate.path == str(root / "two" / "a")
+    assert any(f.kind == "series_in_several_folders" for f in findings)
+    assert [scan.case_id for scan in find_scans(root / "one").scans] == [expected]  # predict of one folder
+    found = find_scans(root)  # medvol predict of the parent: both copies, each into its own folder
+    assert [scan.case_id for scan in found.scans] == [expected, expected]
+    assert sorted(scan.name for scan in found.scans) == [f"one/a/{expected}", f"two/a/{expected}"]
     assert not found.failures

@@ -202,7 +202,9 @@ def test_overlay_slices_choice_and_round_trip(tmp_path: Path) -> None:
         ("RAS", 0, ("P", "A", "I", "S")),  # sagittal: y to the right, z up
     ],
 )
-def test_overlay_edges_carry_anatomical_letters(orientation: str, axis: int, letters: tuple[str, ...]) -> None:
+def test_overlay_edges_carry_anatomical_letters(
+    orientation: str, axis: int, letters: tuple[str, ...]
+) -> None:
     from medvol.io.geometry import lps_to_ras
 
     codes = {"RAS": np.eye(4), "LPS": lps_to_ras(np.eye(4))}

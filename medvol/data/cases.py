@@ -6,7 +6,7 @@ Layouts understood:
   ``labelsTr/`` and optionally ``dataset.json`` declaring the label classes;
 - flat ``images/`` + ``labels/`` folders with matching file names;
 - any other folder: every DICOM image series below it is an (unlabelled)
-  case, named ``dicom-<hash>`` by a stable hash of its series UID and folder
+  case, named ``dicom-<hash>`` by a stable hash of its series UID
   (never by patient data), for indexing and prediction;
 - a CSV manifest with a column ``image`` (or ``image_0000``, ``image_0001`` ...
   for channels, or ``images`` with channels joined by ``;`` as ``medvol index``
@@ -173,15 +173,16 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
 def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
     """Each DICOM image series below ``root`` as an unlabelled case.
 
-    Case ids hash the series UID and the series' folder relative to ``root``,
-    so they are stable between runs and carry no patient data. An unreadable
-    DICOM file makes every series in its folder unusable (its slice may
-    belong to any of them).
+    Case ids hash the series UID (``medvol.io.discovery.dicom_case_id``), so
+    they do not depend on the folder given and carry no patient data; a copy
+    of a series in another folder is reported as a duplicate, and a UID whose
+    folders hold different slices as a warning. An unreadable DICOM file makes
+    every series in its folder unusable (its slice may belong to any of them).
 
     Raises:
         MedvolError: nothing below ``root`` is a DICOM image.
     """
-    from medvol.io.dicom import scan_folder
+    from medvol.io.dicom import scan_folder, series_in_several_folders
 
     series, skipped = scan_folder(root, collect_errors=True)
     if not series:
@@ -194,11 +195,21 @@ def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
     for item in skipped:
         if item.corrupt:
             findings.append(Finding("unreadable", "error", None, item.path, item.reason))
-    cases = []
+    findings += [
+        Finding("series_in_several_folders", "warning", None, None, m)
+        for m in series_in_several_folders(series)
+    ]
+    cases: dict[str, Case] = {}
     for found in series:
         folder = Path(found.first.path).parent
-        case_id = dicom_case_id(found.key, folder, root)
-        cases.append(Case(case_id, (folder,), None, series=found.key))
+        case_id = dicom_case_id(found.key)
+        if case_id in cases:
+            first = cases[case_id].images[0]
+            findings.append(
+                Finding("duplicate", "error", case_id, str(folder), f"another copy of the series in {first}")
+            )
+            continue
+        cases[case_id] = Case(case_id, (folder,), None, series=found.key)
         if folder in corrupt_folders:
             findings.append(
                 Finding(
@@ -208,7 +219,7 @@ def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
         findings.append(
             Finding("image_without_label", "error", case_id, str(folder), "no label (DICOM series)")
         )
-    return sorted(cases, key=lambda c: c.case_id), findings
+    return sorted(cases.values(), key=lambda c: c.case_id), findings
 
 
 def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:

@@ -33,12 +33,13 @@ def list_files(folder: Path, exclude: Path | None = None) -> list[Path]:
     return [path for path in files if path.is_file()]
 
 
-def dicom_case_id(series_key: str, folder: Path, root: Path) -> str:
+def dicom_case_id(series_key: str) -> str:
     """``dicom-<hash>``: a DICOM series' case id.
 
-    The hash covers the series key (SeriesInstanceUID, ``#2``... when split)
-    and the series' folder relative to ``root``; it is stable between runs and
-    carries no patient data.
+    The hash covers the series key only (its SeriesInstanceUID, with ``#2``...
+    when one folder holds several volumes of one UID), never the path the user
+    gave: the series has the same id under ``medvol index PARENT`` and
+    ``medvol predict FOLDER``, in every run, and the id carries no patient data.
+    Copies of one series in several folders share the id (they are one series).
     """
-    identity = f"{series_key}|{folder.relative_to(root)}".encode()
-    return "dicom-" + hashlib.sha256(identity).hexdigest()[:12]
+    return "dicom-" + hashlib.sha256(series_key.encode()).hexdigest()[:12]

@@ -115,7 +115,7 @@ def find_scans(in_dir: Path, exclude: Path | None = None) -> Found:
             ignored += 1
     for series in group_series(r for r in results if isinstance(r, SliceHeader)):
         folder = Path(series.first.path).parent
-        case_id = dicom_case_id(series.key, folder, in_dir)
+        case_id = dicom_case_id(series.key)
         relative = folder.relative_to(in_dir).as_posix()
         name = case_id if relative == "." else f"{relative}/{case_id}"
         if folder in corrupt:
