@@ -278,3 +278,30 @@ def test_index_refuses_classes_that_are_not_integers(
     error = capsys.readouterr().err
     assert "--classes" in error and "'a,b'" in error and "unexpected" not in error
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_a_label_stored_in_another_axis_order_is_read_onto_the_image_grid(tmp_path: Path) -> None:
+    """A mask written LAS beside an LPS image holds the same voxels: read exactly, and said so."""
+    from medvol.data.cases import load_files, validate
+    from medvol.io import save
+    from medvol.transforms.preprocess import reorient
+    from medvol.volume import Volume
+
+    rng = np.random.default_rng(3)
+    lps = np.diag([-1.2, -0.9, 2.5, 1.0])
+    lps[:3, 3] = [10.0, -4.0, 7.0]
+    image = Volume(rng.normal(size=(1, 6, 7, 5)).astype(np.float32), lps)
+    label = Volume((rng.random((1, 6, 7, 5)) > 0.5).astype(np.uint8), lps)
+    flipped, _ = reorient(label, "LAS")
+    assert flipped.orientation == "LAS" and not np.allclose(flipped.affine, image.affine)
+    for kind, volume in (("images", image), ("labels", flipped)):
+        save(volume, tmp_path / kind / "case_1.nii.gz")
+    loaded_image, loaded_label = load_files(
+        [tmp_path / "images/case_1.nii.gz"], tmp_path / "labels/case_1.nii.gz"
+    )
+    assert loaded_label is not None and loaded_label.meta["reoriented_from"] == "LAS"
+    np.testing.assert_array_equal(loaded_label.array, label.array)
+    np.testing.assert_allclose(loaded_label.affine, loaded_image.affine, atol=1e-4)
+    report = validate(tmp_path)
+    assert [case.case_id for case in report.usable] == ["case_1"]
+    assert [f.kind for f in report.findings] == ["reoriented"]

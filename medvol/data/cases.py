@@ -404,12 +404,17 @@ def _check_case(
     content_owner.setdefault(digest, case.case_id)
     others = images[1:] if label is None else [*images[1:], label]
     for other in others:
-        problem = grid_difference(images[0], other)
-        if problem:
-            findings.append(
-                Finding("grid_mismatch", "error", case.case_id, other.meta["source_path"], problem)
-            )
+        try:
+            placed = on_image_grid(images[0], other, "label" if other is label else "channel")
+        except GeometryError as error:
+            findings.append(Finding("grid_mismatch", "error", case.case_id, str(error.path), error.problem))
             return
+        if "reoriented_from" in placed.meta:
+            message = (
+                f"stored {placed.meta['reoriented_from']}, read onto the image's {images[0].orientation} grid"
+            )
+            source = str(other.meta.get("source_path"))
+            findings.append(Finding("reoriented", "warning", case.case_id, source, message))
     if label is not None and case.label is not None:
         _check_label_values(case.case_id, case.label, label, classes, findings)
 
@@ -475,6 +480,27 @@ def _check_label_values(
         )
 
 
+def on_image_grid(image: Volume, other: Volume, what: str) -> Volume:
+    """``other`` (a channel or label map) on ``image``'s voxel grid, or a ``GeometryError``.
+
+    A file that stores the same voxels in another axis order or direction
+    (e.g. a mask written LAS beside an LPS series) is reoriented onto the
+    image's grid, exactly (no interpolation), and ``meta["reoriented_from"]``
+    records its own orientation; any other difference is refused, naming the
+    file and the distance (``medvol.volume.grid_difference``).
+    """
+    from medvol.transforms.preprocess import reorient
+
+    problem = grid_difference(image, other)
+    if problem is None:
+        return other
+    if image.orientation != other.orientation:
+        turned, _ = reorient(other, image.orientation)
+        if grid_difference(image, turned) is None:
+            return Volume(turned.array, turned.affine, {**turned.meta, "reoriented_from": other.orientation})
+    raise GeometryError(other.meta.get("source_path"), f"{what} grid does not match the image's: {problem}")
+
+
 def load_files(
     images: Sequence[Path], label: Path | None, series: str | None = None
 ) -> tuple[Volume, Volume | None]:
@@ -482,21 +508,16 @@ def load_files(
 
     Several channels are stacked as float32; a single channel keeps its dtype.
     Every channel and the label map must lie on the first channel's grid
-    (``medvol.volume.grid_difference``); a float label map must hold integers
-    and is returned as int16.
+    (``on_image_grid``: the same voxels in another axis order are reoriented);
+    a float label map must hold integers and is returned as int16.
 
     Raises:
         GeometryError: a channel or the label map on another grid.
         InvalidDataError: a label map with non-integer values.
     """
-    channels = [load(path, series=series) for path in images]
-    first = channels[0]
-    for other in channels[1:]:
-        problem = grid_difference(first, other)
-        if problem:
-            raise GeometryError(
-                other.meta.get("source_path"), f"channel grid does not match the first's: {problem}"
-            )
+    loaded = [load(path, series=series) for path in images]
+    first = loaded[0]
+    channels = [first, *(on_image_grid(first, other, "channel") for other in loaded[1:])]
     image = first
     if len(channels) > 1:
         image = Volume(
@@ -504,10 +525,7 @@ def load_files(
         )
     if label is None:
         return image, None
-    labels = load(label)
-    problem = grid_difference(first, labels)
-    if problem:
-        raise GeometryError(label, f"label grid does not match the image's: {problem}")
+    labels = on_image_grid(first, load(label), "label")
     values = labels.array
     if values.dtype.kind not in "biu":
         if not np.all(values == np.round(values)):
