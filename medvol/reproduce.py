@@ -32,6 +32,7 @@ import yaml
 
 from medvol.engine.run_folder import RunFolder
 from medvol.errors import MedvolError
+from medvol.evaluation.summary import format_interval
 from medvol.io.atomic import atomic_path, write_json
 
 STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
@@ -271,12 +272,14 @@ def format_results(results: dict[str, Any]) -> str:
     cells = []
     for metric in metrics:
         entry = over.get(metric) or {}
-        cells.append(_mean_cell(entry))
+        cells.append(format_interval(entry.get("mean"), entry.get("low"), entry.get("high")))
     lines.append(
         f"| medvol, mean over {len(results['seeds'])} seed(s) [95% t-CI] | " + " | ".join(cells) + " |"
     )
     for run in results["runs"]:
-        seed_cells = [_bootstrap_cell(run["metrics"][m]) for m in metrics]
+        seed_cells = [
+            format_interval(*(run["metrics"][m].get(k) for k in ("estimate", "low", "high"))) for m in metrics
+        ]
         lines.append(f"| seed {run['seed']} [95% bootstrap CI] | " + " | ".join(seed_cells) + " |")
     for row in results["published"].get("rows", []):
         values = [f"{row[m]:.4f}" if m in row else "—" for m in metrics]
@@ -285,17 +288,3 @@ def format_results(results: dict[str, Any]) -> str:
     times = ", ".join(f"seed {r['seed']}: {r['train_seconds'] / 60:.1f} min" for r in results["runs"])
     lines += [f"Training time (sum of epoch times): {times}.", ""]
     return "\n".join(lines)
-
-
-def _mean_cell(entry: dict[str, Any]) -> str:
-    if entry.get("mean") is None:
-        return "undefined"
-    if entry.get("low") is None:
-        return f"{entry['mean']:.4f}"
-    return f"{entry['mean']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"
-
-
-def _bootstrap_cell(entry: dict[str, Any]) -> str:
-    if entry.get("estimate") is None:
-        return "undefined"
-    return f"{entry['estimate']:.4f} [{entry['low']:.4f}, {entry['high']:.4f}]"

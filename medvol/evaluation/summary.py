@@ -36,13 +36,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         for name, entry in metrics.items():
             which = level if entry.get("low") is not None else "no CI, see summary.json"
             lines.append(
-                f"  {name:<18} {_interval(entry['estimate'], entry['low'], entry['high'])}  ({which})"
+                f"  {name:<18} {format_interval(entry['estimate'], entry['low'], entry['high'])}  ({which})"
             )
         return "\n".join(lines)
     names = summary.get("class_names") or {}
     for value, entry in metrics.items():
         parts = [
-            f"{label} {_interval(entry[key]['mean'], entry[key]['low'], entry[key]['high'])}"
+            f"{label} {format_interval(entry[key]['mean'], entry[key]['low'], entry[key]['high'])}"
             for key, label in (("dice", "Dice"), ("hd95_mm", "HD95 mm"), ("assd_mm", "ASSD mm"))
         ]
         which = level if entry["dice"].get("low") is not None else "no CI: fewer than 3 cases"
@@ -50,7 +50,8 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _interval(estimate: Any, low: Any, high: Any) -> str:
+def format_interval(estimate: Any, low: Any, high: Any) -> str:
+    """``estimate [low, high]`` to 4 decimals; the estimate alone without bounds; ``undefined``."""
     if estimate is None:
         return "undefined"
     if low is None or high is None:
