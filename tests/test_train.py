@@ -433,3 +433,25 @@ def test_epoch_line_gives_the_time_left_for_the_run() -> None:
     record = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "samples_per_s": 10.0, "data_wait_share": 0.1}
     assert _epoch_line({**record, "seconds": 30.0}, config).endswith("30.0s  ETA 3m00s")
     assert "ETA" not in _epoch_line({**record, "epoch": 9, "seconds": 30.0}, config)
+
+
+def test_eta_estimates_training_and_validation_epochs_apart() -> None:
+    from medvol.config import parse_config
+    from medvol.engine.train import _epoch_line, remaining_seconds
+
+    # 50 epochs, validation every 25: training epochs take 1 s, a validation 26 s more.
+    record = {"lr": 1e-3, "train_loss": 0.5, "samples_per_s": 10.0, "data_wait_share": 0.1}
+    history = [{**record, "epoch": e, "seconds": 1.0} for e in range(24)]
+    history.append({**record, "epoch": 24, "seconds": 27.0, "validation_seconds": 26.0, "val_auc": 0.7})
+    # 25 training epochs and one validation (the last epoch) are left: 25 × 1 s + 26 s.
+    assert remaining_seconds(history, epochs=50, val_every=25) == pytest.approx(51.0)
+    settings = classifier_config(Path("data.npz"), Path("runs"), "eta", epochs=50)
+    settings["train"]["val_every"] = 25
+    config = parse_config(settings)
+    assert _epoch_line(history[-1], config, history).endswith("27.0s  ETA 51s")
+    # Logs written before validation_seconds: a validation epoch's time beyond the mean training epoch.
+    old = [{k: v for k, v in r.items() if k != "validation_seconds"} for r in history]
+    assert remaining_seconds(old, epochs=50, val_every=25) == pytest.approx(51.0)
+    # val_every 10 after epoch 25: validations at epochs 30, 40, 50.
+    assert remaining_seconds(history, epochs=50, val_every=10) == pytest.approx(25 + 3 * 26.0)
+    assert remaining_seconds(history, epochs=25, val_every=25) == 0.0

@@ -151,10 +151,12 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             }
             schedule.step()
             if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
+                validating = time.perf_counter()
                 model.eval()
                 metrics = validation_epoch(model, task, data, runtime, autocast, loss_fn)
                 model.train()
                 record.update({f"val_{k}": v for k, v in metrics.items()})
+                record["validation_seconds"] = round(time.perf_counter() - validating, 3)
                 _update_best(progress, metrics, config, epoch)
             record["seconds"] = round(time.perf_counter() - started, 3)
             progress.history.append(record)
@@ -172,7 +174,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 record["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 tracker.log(record)
-                logger.info(_epoch_line(record, config))
+                logger.info(_epoch_line(record, config, progress.history))
             if distributed.broadcast_flag(runtime, stop):
                 if runtime.is_main:
                     logger.info("early stop: no improvement in %d validations", progress.stale_validations)
@@ -426,17 +428,58 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
+def _epoch_line(
+    record: dict[str, Any], config: ExperimentConfig, history: list[dict[str, Any]] | None = None
+) -> str:
+    """The line logged after an epoch; ``history`` (every epoch so far, ``record`` last) gives the ETA."""
     parts = [f"epoch {record['epoch'] + 1}/{config.train.epochs}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float)]
     parts.append(f"lr {record['lr']:.2e}")
     wait = 100 * record["data_wait_share"]
     parts.append(f"{record['samples_per_s']:.1f} samples/s (data wait {wait:.0f}%)")
     parts.append(f"{record['seconds']:.1f}s")
-    remaining = (config.train.epochs - record["epoch"] - 1) * record["seconds"]
+    remaining = remaining_seconds(history or [record], config.train.epochs, config.train.val_every)
     if remaining > 0:
         parts.append(f"ETA {_duration(remaining)}")
     return "  ".join(parts)
+
+
+def remaining_seconds(history: list[dict[str, Any]], epochs: int, val_every: int) -> float:
+    """Seconds the epochs after ``history`` will take, without early stopping.
+
+    Training and validation are estimated apart, since a validation epoch can
+    take many times a training one: the mean training time of the epochs so
+    far (``seconds`` less ``validation_seconds``) times the epochs left, plus
+    the mean validation time times the validations left (every ``val_every``
+    epochs and the last). Epochs logged before medvol recorded
+    ``validation_seconds`` count as training epochs when they have no
+    validation metrics, and as validation epochs (their time beyond the mean
+    training epoch) when they do.
+
+    Args:
+        history: ``metrics.jsonl`` records of the epochs run, in order.
+        epochs: ``train.epochs``.
+        val_every: ``train.val_every``.
+    """
+    if not history:
+        return 0.0
+    done = int(history[-1]["epoch"]) + 1
+    training, validation, untimed = [], [], []
+    for record in history:
+        seconds = float(record["seconds"])
+        if "validation_seconds" in record:
+            training.append(seconds - float(record["validation_seconds"]))
+            validation.append(float(record["validation_seconds"]))
+        elif any(key.startswith("val_") for key in record):
+            untimed.append(seconds)
+        else:
+            training.append(seconds)
+    train_mean = float(np.mean(training or untimed))
+    validation += [max(0.0, seconds - train_mean) for seconds in untimed]
+    validation_mean = float(np.mean(validation)) if validation else 0.0
+    left = range(done, epochs)
+    validations = sum((epoch + 1) % val_every == 0 or epoch + 1 == epochs for epoch in left)
+    return len(left) * train_mean + validations * validation_mean
 
 
 def _duration(seconds: float) -> str:
