@@ -140,6 +140,45 @@ def test_resume_and_rerun_refusals(
     assert "run folder exists" in capsys.readouterr().err
 
 
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_name(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "first", epochs=1)
+    config["train"].update({"metric": "dice", "metric_mode": "max"})  # not a classifier's metric
+    path = write_config(tmp_path / "first.yaml", config)
+    assert main(["train", str(path)]) == 1  # fails at the first validation, before any checkpoint
+    assert "train.metric 'dice'" in capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "first"
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints" / "last.pt").exists()
+
+    assert main(["train", str(path), "--set", "train.metric=auc", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "stopped before its first checkpoint" in err
+    assert "without --resume" in err
+    assert main(["train", str(path), "--set", "train.metric=auc"]) == 0
+    assert "starting the run afresh" in capsys.readouterr().out
+    assert [r["epoch"] for r in metrics(run_dir)] == [0]
+    assert "auc" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_folder_without_a_checkpoint_keeps_files_medvol_did_not_write(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "runs" / "mine"
+    run_dir.mkdir(parents=True)
+    (run_dir / "notes.txt").write_text("my notes")
+    (run_dir / "config.yaml").write_text("{}")
+    path = write_config(
+        tmp_path / "mine.yaml", classifier_config(adrenal_subset, tmp_path / "runs", "mine", epochs=1)
+    )
+    assert main(["train", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "move them away or choose another tracking.name" in err
+    assert (run_dir / "notes.txt").read_text() == "my notes"
+    assert (run_dir / "config.yaml").read_text() == "{}"
+
+
 def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Path) -> None:
     """Same global batch: DDP's averaged gradients equal one process's.
 

@@ -222,14 +222,66 @@ def build_schedule(
 
 
 def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
+    """Check the run folder before anything is written; start afresh where nothing is worth keeping.
+
+    A folder without a checkpoint is a start that failed before its first
+    epoch ended: the files written before that (config, split, normaliser...)
+    are rewritten by the new start, so they are removed and the folder is
+    reused (its preprocessing cache is kept). Files medvol does not write
+    there are never removed: the user is told which they are.
+
+    Raises:
+        MedvolError: ``resume`` without a checkpoint; a run with a checkpoint
+            without ``resume``; a folder without one that holds other files.
+    """
     last = run.checkpoint("last")
+    started = run.path.is_dir() and any(run.path.iterdir())
+    has_checkpoint = last.is_file() or run.checkpoint("best").is_file()
     if resume and not last.is_file():
-        raise MedvolError(run.path, f"nothing to resume: no {last.relative_to(run.path)}")
-    if not resume and run.path.exists() and any(run.path.iterdir()):
+        why = "the run stopped before its first checkpoint" if started else "the run has not started"
+        raise MedvolError(
+            run.path,
+            f"nothing to resume: no {last.relative_to(run.path)} ({why}); "
+            "run the same command without --resume to start it afresh",
+        )
+    if not resume and has_checkpoint:
         raise MedvolError(
             run.path, "run folder exists; pass --resume to continue it or choose another tracking.name"
         )
+    if not resume and started:
+        _clear_failed_start(run)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+def _clear_failed_start(run: RunFolder) -> None:
+    """Remove what a start that wrote no checkpoint left in ``run`` (see ``_prepare_run_dir``)."""
+    import shutil
+
+    written = [
+        run.config,
+        run.split,
+        run.fingerprint,
+        run.input_spec,
+        run.normalizer,
+        run.environment,
+        run.metrics,
+        run.tensorboard,
+        run.mlflow_db,
+        run.checkpoints,
+    ]
+    others = sorted(p.name for p in run.path.iterdir() if p not in (*written, run.cache))
+    if others:
+        raise MedvolError(
+            run.path,
+            f"run folder exists without a checkpoint but holds files medvol did not write there "
+            f"({', '.join(others)}); move them away or choose another tracking.name",
+        )
+    logger.info("note: %s has no checkpoint (an earlier start failed); starting the run afresh", run.path)
+    for path in written:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _write_run_files(
