@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from medvol.cli import main
@@ -73,3 +74,16 @@ def test_hippocampus_plan_matches_the_field(shared_data: Path, tmp_path: Path) -
     normalizer = Normalizer.from_dict({**plan["normalize"], "learned": {}})
     assert isinstance(normalizer, ZScore)
     assert out.with_suffix(".fingerprint.json").is_file()
+
+
+def test_plan_without_a_usable_case_says_why(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "empty" / "images").mkdir(parents=True)
+    (tmp_path / "empty" / "labels").mkdir()
+    series = shared_data / "dicom" / "ct-jpeg2000-series"  # one scan, no label map
+    for root, counts in ((tmp_path / "empty", "0 found"), (series, "1 found: 1 unusable")):
+        assert main(["plan", str(root), "--out", str(tmp_path / "plan.yaml")]) == 1
+        err = capsys.readouterr().err
+        assert f"{root}: no usable case to plan from ({counts}" in err and "unexpected" not in err
+    assert not (tmp_path / "plan.yaml").exists()
