@@ -167,16 +167,22 @@ def test_a_folder_without_a_checkpoint_keeps_files_medvol_did_not_write(
 ) -> None:
     run_dir = tmp_path / "runs" / "mine"
     run_dir.mkdir(parents=True)
-    (run_dir / "notes.txt").write_text("my notes")
-    (run_dir / "config.yaml").write_text("{}")
+    # the user's own experiment config, kept where the run will be
     path = write_config(
-        tmp_path / "mine.yaml", classifier_config(adrenal_subset, tmp_path / "runs", "mine", epochs=1)
+        run_dir / "config.yaml", classifier_config(adrenal_subset, tmp_path / "runs", "mine", epochs=1)
     )
+    written = path.read_text()
+    assert main(["train", str(path)]) == 1
+    assert "was not made by `medvol train`" in capsys.readouterr().err
+    assert path.read_text() == written
+    # a start that failed (checkpoints/ but no checkpoint), with a file of the user's beside it
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "notes.txt").write_text("my notes")
     assert main(["train", str(path)]) == 1
     err = capsys.readouterr().err
     assert "notes.txt" in err and "move them away or choose another tracking.name" in err
     assert (run_dir / "notes.txt").read_text() == "my notes"
-    assert (run_dir / "config.yaml").read_text() == "{}"
+    assert path.read_text() == written
 
 
 def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Path) -> None:

@@ -224,11 +224,14 @@ def build_schedule(
 def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
     """Check the run folder before anything is written; start afresh where nothing is worth keeping.
 
-    A folder without a checkpoint is a start that failed before its first
+    A run folder with ``checkpoints/`` (made first, before anything else is
+    written) but no checkpoint in it is a start that failed before its first
     epoch ended: the files written before that (config, split, normaliser...)
     are rewritten by the new start, so they are removed and the folder is
     reused (its preprocessing cache is kept). Files medvol does not write
-    there are never removed: the user is told which they are.
+    there are never removed, and a folder that medvol did not start (no
+    ``checkpoints/``, e.g. one holding the user's own ``config.yaml``) is
+    never touched: the user is told what to do.
 
     Raises:
         MedvolError: ``resume`` without a checkpoint; a run with a checkpoint
@@ -236,9 +239,10 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
     """
     last = run.checkpoint("last")
     started = run.path.is_dir() and any(run.path.iterdir())
+    failed_start = started and run.checkpoints.is_dir()
     has_checkpoint = last.is_file() or run.checkpoint("best").is_file()
     if resume and not last.is_file():
-        why = "the run stopped before its first checkpoint" if started else "the run has not started"
+        why = "the run stopped before its first checkpoint" if failed_start else "the run has not started"
         raise MedvolError(
             run.path,
             f"nothing to resume: no {last.relative_to(run.path)} ({why}); "
@@ -248,7 +252,13 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
         raise MedvolError(
             run.path, "run folder exists; pass --resume to continue it or choose another tracking.name"
         )
-    if not resume and started:
+    if not resume and started and not failed_start:
+        raise MedvolError(
+            run.path,
+            "the run folder exists and was not made by `medvol train` (no checkpoints/ in it); "
+            "choose another tracking.name or tracking.output_dir",
+        )
+    if not resume and failed_start:
         _clear_failed_start(run)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
 
