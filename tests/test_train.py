@@ -162,6 +162,35 @@ def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_name
     assert (run_dir / "checkpoints" / "last.pt").is_file()
 
 
+def test_resume_refuses_settings_other_than_the_runs_own(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(
+        tmp_path / "r.yaml", classifier_config(adrenal_subset, tmp_path / "runs", "r", epochs=1)
+    )
+    assert main(["train", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "r"
+    capsys.readouterr()
+    # a wider model would not load the checkpoint; more epochs would not be what config.yaml says
+    changed = ["--set", "model.options.widths=16", "--set", "train.epochs=2"]
+    assert main(["train", str(path), "--resume", *changed]) == 1
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'config.yaml'}: --resume continues the run as this file configures it" in err
+    assert "model.options.widths: 8 → 16" in err and "train.epochs: 1 → 2" in err
+    assert "unexpected" not in err
+    assert [r["epoch"] for r in metrics(run_dir)] == [0]
+    # the machine and the data's place may change
+    moved = [
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "tracking.tensorboard=false",
+    ]
+    assert main(["train", str(path), "--resume", *moved]) == 0
+
+
 def test_a_folder_without_a_checkpoint_keeps_files_medvol_did_not_write(
     adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -80,6 +80,8 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     resolve_amp(config.train.amp, runtime.device)  # refuse fp16 off CUDA before anything is written
     if runtime.is_main:
         _prepare_run_dir(run, resume)
+        if resume:
+            _check_resumed_config(run, config)
     distributed.barrier(runtime)
     torch.manual_seed(config.train.seed)
     np.random.seed(config.train.seed)
@@ -261,6 +263,41 @@ def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
     if not resume and failed_start:
         _clear_failed_start(run)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+#: Settings a resumed run may change: where the data and cache are, the machine, the logging.
+#: Anything else would make the continuation another experiment than its config.yaml says.
+RESUMABLE_CHANGES = (
+    "data.root",
+    "data.cache_dir",
+    "data.num_workers",
+    "train.device",
+    "train.amp",
+    "train.channels_last",
+    "tracking.",
+)
+
+
+def _check_resumed_config(run: RunFolder, config: ExperimentConfig) -> None:
+    """Refuse to resume with settings other than the run's ``config.yaml`` (``RESUMABLE_CHANGES`` aside).
+
+    Raises:
+        MedvolError: naming each differing key with the run's value and the new one.
+    """
+    saved = _flatten(run.read_config().model_dump(mode="json"))
+    given = _flatten(config.model_dump(mode="json"))
+    changed = [
+        f"{key}: {saved.get(key)!r} → {given.get(key)!r}"
+        for key in sorted(saved.keys() | given.keys())
+        if saved.get(key) != given.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        raise MedvolError(
+            run.config,
+            "--resume continues the run as this file configures it, but the config given differs: "
+            + "; ".join(changed)
+            + ". Resume with the run's own settings, or start a new run with another tracking.name",
+        )
 
 
 def _clear_failed_start(run: RunFolder) -> None:
