@@ -393,10 +393,20 @@ def _format_medmnist(summary: dict[str, Any]) -> str:
 def run_plan(args: argparse.Namespace) -> int:
     from medvol.data import validate
     from medvol.data.fingerprint import fingerprint, make_plan, write_plan
+    from medvol.errors import MedvolError
 
     report = validate(args.root)
     if report.unusable_ids:
         print(f"skipping {len(report.unusable_ids)} unusable case(s); see `medvol index` for why")
+    if not report.usable:
+        bad = report.unusable_ids
+        unlabelled = sum(1 for case in report.cases if case.case_id not in bad and not case.annotated)
+        raise MedvolError(
+            args.root,
+            f"no usable case to plan from ({len(report.cases)} found: {len(bad)} unusable, "
+            f"{unlabelled} without a label map or class); the plan measures labelled cases, "
+            "`medvol index` says what is wrong with each",
+        )
     measured = fingerprint(report.usable, modality=args.modality)
     plan = make_plan(measured)
     write_plan(plan, measured, args.out, source=str(args.root))

@@ -383,20 +383,82 @@ def _located(problems: Sequence[Problem]) -> PydanticCustomError:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set ``a.b.c=value`` entries in a nested dict (values parsed as YAML)."""
+    """Set ``a.b.c=value`` entries in a nested dict (values parsed as plain YAML, see ``read_yaml``).
+
+    Raises:
+        MedvolError: an entry without ``=`` or with an empty key part, a key
+            below a value that is not a section, or a value that is not plain
+            YAML (unclosed brackets, a ``!!`` tag, a key given twice); the
+            message names the entry.
+    """
     for override in overrides:
         key, separator, text = override.partition("=")
-        if not separator or not key:
-            raise MedvolError(None, f"--set expects key=value, got {override!r}")
-        node = data
         parts = key.strip().split(".")
+        if not separator or not all(part.strip() for part in parts):
+            raise MedvolError(
+                None, f"--set expects key=value (a dotted key such as train.epochs), got {override!r}"
+            )
+        try:
+            value = read_yaml(text)
+        except yaml.YAMLError as error:
+            raise MedvolError(None, f"--set {override!r}: {_yaml_problem(error)}") from error
+        node = data
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise MedvolError(None, f"--set {key}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(text)
+        node[parts[-1]] = value
     return data
+
+
+def read_yaml(text: str) -> Any:
+    """Plain YAML data (PyYAML's safe loader: no ``!!python`` tags), refusing a key given twice in a mapping.
+
+    Raises:
+        yaml.YAMLError: not YAML, an unknown tag, or a repeated key (with its line).
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: plain data only
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a repeated key: PyYAML would keep the last one silently."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # keys merged in with << may be overridden: that is what merging is for
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            repeated = key in seen
+        except TypeError:
+            continue  # unhashable: construct_mapping says so
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                "while reading a mapping",
+                node.start_mark,
+                f"found the key {key!r} twice",
+                key_node.start_mark,
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong with a YAML value, in words (``error`` from ``read_yaml``)."""
+    problem = str(getattr(error, "problem", None) or error).strip()
+    if "could not determine a constructor for the tag" in problem:
+        tag = problem.rsplit(" ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+        plain = "a number, text, [a, list] or {a: mapping}"
+        return f"YAML tags are not accepted ({tag}): a value is plain data ({plain})"
+    if problem.startswith("found the key"):
+        return problem
+    return f"not valid YAML ({problem}); quote text that YAML would read otherwise"
 
 
 def parse_config(data: dict[str, Any], source: str | Path | None = None) -> ExperimentConfig:
@@ -411,9 +473,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     """Read a YAML config, apply ``--set`` overrides and validate it."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
+        data = read_yaml(path.read_text()) or {}
+    except OSError as error:
         raise MedvolError(path, f"cannot read the config ({error})") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
+        raise MedvolError(path, f"cannot read the config ({where}{_yaml_problem(error)})") from error
+    except UnicodeDecodeError as error:
+        raise MedvolError(path, "cannot read the config: not a text (YAML) file") from error
     if not isinstance(data, dict):
         raise MedvolError(path, "a config must be a mapping of sections")
     return parse_config(apply_overrides(data, overrides or []), source=path)

@@ -140,6 +140,80 @@ def test_resume_and_rerun_refusals(
     assert "run folder exists" in capsys.readouterr().err
 
 
+def test_a_start_that_failed_before_its_first_checkpoint_does_not_block_its_name(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = classifier_config(adrenal_subset, tmp_path / "runs", "first", epochs=1)
+    config["train"].update({"metric": "dice", "metric_mode": "max"})  # not a classifier's metric
+    path = write_config(tmp_path / "first.yaml", config)
+    assert main(["train", str(path)]) == 1  # fails at the first validation, before any checkpoint
+    assert "train.metric 'dice'" in capsys.readouterr().err
+    run_dir = tmp_path / "runs" / "first"
+    assert (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints" / "last.pt").exists()
+
+    assert main(["train", str(path), "--set", "train.metric=auc", "--resume"]) == 1
+    err = capsys.readouterr().err
+    assert "nothing to resume" in err and "stopped before its first checkpoint" in err
+    assert "without --resume" in err
+    assert main(["train", str(path), "--set", "train.metric=auc"]) == 0
+    assert "starting the run afresh" in capsys.readouterr().out
+    assert [r["epoch"] for r in metrics(run_dir)] == [0]
+    assert "auc" in (run_dir / "config.yaml").read_text()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def test_resume_refuses_settings_other_than_the_runs_own(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(
+        tmp_path / "r.yaml", classifier_config(adrenal_subset, tmp_path / "runs", "r", epochs=1)
+    )
+    assert main(["train", str(path)]) == 0
+    run_dir = tmp_path / "runs" / "r"
+    capsys.readouterr()
+    # a wider model would not load the checkpoint; more epochs would not be what config.yaml says
+    changed = ["--set", "model.options.widths=16", "--set", "train.epochs=2"]
+    assert main(["train", str(path), "--resume", *changed]) == 1
+    err = capsys.readouterr().err
+    assert f"{run_dir / 'config.yaml'}: --resume continues the run as this file configures it" in err
+    assert "model.options.widths: 8 → 16" in err and "train.epochs: 1 → 2" in err
+    assert "unexpected" not in err
+    assert [r["epoch"] for r in metrics(run_dir)] == [0]
+    # the machine and the data's place may change
+    moved = [
+        "--set",
+        "train.device=cpu",
+        "--set",
+        "data.num_workers=0",
+        "--set",
+        "tracking.tensorboard=false",
+    ]
+    assert main(["train", str(path), "--resume", *moved]) == 0
+
+
+def test_a_folder_without_a_checkpoint_keeps_files_medvol_did_not_write(
+    adrenal_subset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "runs" / "mine"
+    run_dir.mkdir(parents=True)
+    # the user's own experiment config, kept where the run will be
+    path = write_config(
+        run_dir / "config.yaml", classifier_config(adrenal_subset, tmp_path / "runs", "mine", epochs=1)
+    )
+    written = path.read_text()
+    assert main(["train", str(path)]) == 1
+    assert "was not made by `medvol train`" in capsys.readouterr().err
+    assert path.read_text() == written
+    # a start that failed (checkpoints/ but no checkpoint), with a file of the user's beside it
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "notes.txt").write_text("my notes")
+    assert main(["train", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "move them away or choose another tracking.name" in err
+    assert (run_dir / "notes.txt").read_text() == "my notes"
+    assert path.read_text() == written
+
+
 def test_two_torchrun_ranks_match_one_process(adrenal_subset: Path, tmp_path: Path) -> None:
     """Same global batch: DDP's averaged gradients equal one process's.
 
@@ -433,3 +507,25 @@ def test_epoch_line_gives_the_time_left_for_the_run() -> None:
     record = {"epoch": 3, "train_loss": 0.5, "lr": 1e-3, "samples_per_s": 10.0, "data_wait_share": 0.1}
     assert _epoch_line({**record, "seconds": 30.0}, config).endswith("30.0s  ETA 3m00s")
     assert "ETA" not in _epoch_line({**record, "epoch": 9, "seconds": 30.0}, config)
+
+
+def test_eta_estimates_training_and_validation_epochs_apart() -> None:
+    from medvol.config import parse_config
+    from medvol.engine.train import _epoch_line, remaining_seconds
+
+    # 50 epochs, validation every 25: training epochs take 1 s, a validation 26 s more.
+    record = {"lr": 1e-3, "train_loss": 0.5, "samples_per_s": 10.0, "data_wait_share": 0.1}
+    history = [{**record, "epoch": e, "seconds": 1.0} for e in range(24)]
+    history.append({**record, "epoch": 24, "seconds": 27.0, "validation_seconds": 26.0, "val_auc": 0.7})
+    # 25 training epochs and one validation (the last epoch) are left: 25 × 1 s + 26 s.
+    assert remaining_seconds(history, epochs=50, val_every=25) == pytest.approx(51.0)
+    settings = classifier_config(Path("data.npz"), Path("runs"), "eta", epochs=50)
+    settings["train"]["val_every"] = 25
+    config = parse_config(settings)
+    assert _epoch_line(history[-1], config, history).endswith("27.0s  ETA 51s")
+    # Logs written before validation_seconds: a validation epoch's time beyond the mean training epoch.
+    old = [{k: v for k, v in r.items() if k != "validation_seconds"} for r in history]
+    assert remaining_seconds(old, epochs=50, val_every=25) == pytest.approx(51.0)
+    # val_every 10 after epoch 25: validations at epochs 30, 40, 50.
+    assert remaining_seconds(history, epochs=50, val_every=10) == pytest.approx(25 + 3 * 26.0)
+    assert remaining_seconds(history, epochs=25, val_every=25) == 0.0

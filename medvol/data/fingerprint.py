@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 
 from medvol.data.cases import Case
@@ -23,6 +24,7 @@ FOREGROUND_SAMPLES_PER_CASE = 10_000
 ANISOTROPY_RATIO = 3.0
 PATCH_MULTIPLE = 8  # three 2x poolings
 MAX_PATCH_VOXELS = 128**3
+SHAPE_NOISE_VOXELS = 1e-3  # a shape this close above a whole number is that number
 
 
 def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 0) -> dict[str, Any]:
@@ -38,8 +40,9 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
     class_voxels: Counter[int] = Counter()
     for case in cases:
         image = load(case.images[0])
-        spacings.append(image.spacing)
-        shapes.append(image.shape)
+        # The plan is applied after reorienting to RAS: measure along RAS axes.
+        spacings.append(_along_ras(image.spacing, image.affine))
+        shapes.append(_along_ras(image.shape, image.affine))
         modality = modality or image.meta.get("modality")
         if case.label is None:
             foreground = image.array[0].ravel()
@@ -72,6 +75,15 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
     }
 
 
+def _along_ras(values: Sequence[float], affine: np.ndarray) -> list[float]:
+    """Per-axis ``values`` ``(X, Y, Z)`` reordered as the axes lie after reorienting to RAS."""
+    axes = nib.orientations.io_orientation(affine)[:, 0].astype(int)  # each index axis' RAS axis
+    reordered = [0.0, 0.0, 0.0]
+    for axis, value in zip(axes, values, strict=True):
+        reordered[axis] = value
+    return reordered
+
+
 def target_spacing(spacings_mm: Sequence[Sequence[float]]) -> list[float]:
     """Median spacing; for anisotropic data the coarse axis takes its 10th percentile.
 
@@ -88,8 +100,17 @@ def target_spacing(spacings_mm: Sequence[Sequence[float]]) -> list[float]:
 
 
 def patch_size(median_shape_at_target: Sequence[float]) -> list[int]:
-    """Median shape rounded up to a multiple of 8, shrunk along its largest axis to fit the budget."""
-    patch = [int(np.ceil(s / PATCH_MULTIPLE) * PATCH_MULTIPLE) for s in median_shape_at_target]
+    """The training patch ``(X, Y, Z)`` in voxels for a dataset's median shape at the target spacing.
+
+    Each axis takes the largest multiple of 8 that fits in the median shape
+    (whole voxels; float noise under ``SHAPE_NOISE_VOXELS`` is ignored, so
+    24.000002 is 24 and 319.9999997 is 320); an axis shorter than 8 voxels
+    keeps its median length. The patch is then shrunk by 8 along its largest
+    axis until it has at most ``MAX_PATCH_VOXELS``. A patch never exceeds the
+    median shape, so a typical case is never padded to fill it.
+    """
+    whole = [max(1, int(np.floor(s + SHAPE_NOISE_VOXELS))) for s in median_shape_at_target]
+    patch = [n // PATCH_MULTIPLE * PATCH_MULTIPLE or n for n in whole]
     while np.prod(patch) > MAX_PATCH_VOXELS:
         largest = int(np.argmax(patch))
         patch[largest] -= PATCH_MULTIPLE
@@ -99,8 +120,9 @@ def patch_size(median_shape_at_target: Sequence[float]) -> list[int]:
 def make_plan(measured: dict[str, Any]) -> dict[str, Any]:
     """The preprocessing and patch plan for a fingerprint (see ``fingerprint``)."""
     spacing = target_spacing(measured["spacings_mm"])
+    # Each case's shape after resampling, rounded as medvol.transforms.preprocess rounds it.
     shapes_at_target = [
-        np.asarray(shape) * np.asarray(case_spacing) / np.asarray(spacing)
+        np.maximum(np.round(np.asarray(shape) * np.asarray(case_spacing) / np.asarray(spacing)), 1)
         for shape, case_spacing in zip(measured["shapes"], measured["spacings_mm"], strict=True)
     ]
     # CT: nnU-Net's scheme, fitted later on the training fold only (clip to the

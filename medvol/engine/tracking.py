@@ -18,6 +18,9 @@ from typing import Any
 
 from medvol.engine.run_folder import RunFolder
 from medvol.io.atomic import atomic_path
+from medvol.logs import get_logger
+
+logger = get_logger(__name__)
 
 PACKAGES = ("medvol", "torch", "monai", "numpy", "nibabel", "pydicom", "SimpleITK", "scikit-learn")
 
@@ -102,11 +105,32 @@ class MetricsLogger:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """The epochs recorded in a run folder's ``metrics.jsonl``."""
+    """The epochs recorded in a run folder's ``metrics.jsonl`` (none when it is missing).
+
+    A line that is not an epoch record (a JSON object with an integer
+    ``epoch``), such as the half-written last line of a run killed while
+    writing it, is skipped with a warning naming the file and the line number;
+    the other epochs are returned.
+    """
     path = RunFolder(run_dir).metrics
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                problem = f"not JSON ({error.msg}; a run killed while writing it?)"
+            else:
+                if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+                    records.append(record)
+                    continue
+                problem = "not an epoch record (a JSON object with an integer epoch)"
+            logger.warning("%s: line %d skipped: %s", path, number, problem)
+    return records
 
 
 def rewrite_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:

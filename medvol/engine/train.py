@@ -80,6 +80,8 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     resolve_amp(config.train.amp, runtime.device)  # refuse fp16 off CUDA before anything is written
     if runtime.is_main:
         _prepare_run_dir(run, resume)
+        if resume:
+            _check_resumed_config(run, config)
     distributed.barrier(runtime)
     torch.manual_seed(config.train.seed)
     np.random.seed(config.train.seed)
@@ -151,10 +153,12 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             }
             schedule.step()
             if (epoch + 1) % config.train.val_every == 0 or epoch + 1 == config.train.epochs:
+                validating = time.perf_counter()
                 model.eval()
                 metrics = validation_epoch(model, task, data, runtime, autocast, loss_fn)
                 model.train()
                 record.update({f"val_{k}": v for k, v in metrics.items()})
+                record["validation_seconds"] = round(time.perf_counter() - validating, 3)
                 _update_best(progress, metrics, config, epoch)
             record["seconds"] = round(time.perf_counter() - started, 3)
             progress.history.append(record)
@@ -172,7 +176,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 record["checkpoint_seconds"] = round(time.perf_counter() - saving, 3)
                 record["seconds"] = round(time.perf_counter() - started, 3)
                 tracker.log(record)
-                logger.info(_epoch_line(record, config))
+                logger.info(_epoch_line(record, config, progress.history))
             if distributed.broadcast_flag(runtime, stop):
                 if runtime.is_main:
                     logger.info("early stop: no improvement in %d validations", progress.stale_validations)
@@ -220,14 +224,111 @@ def build_schedule(
 
 
 def _prepare_run_dir(run: RunFolder, resume: bool) -> None:
+    """Check the run folder before anything is written; start afresh where nothing is worth keeping.
+
+    A run folder with ``checkpoints/`` (made first, before anything else is
+    written) but no checkpoint in it is a start that failed before its first
+    epoch ended: the files written before that (config, split, normaliser...)
+    are rewritten by the new start, so they are removed and the folder is
+    reused (its preprocessing cache is kept). Files medvol does not write
+    there are never removed, and a folder that medvol did not start (no
+    ``checkpoints/``, e.g. one holding the user's own ``config.yaml``) is
+    never touched: the user is told what to do.
+
+    Raises:
+        MedvolError: ``resume`` without a checkpoint; a run with a checkpoint
+            without ``resume``; a folder without one that holds other files.
+    """
     last = run.checkpoint("last")
+    started = run.path.is_dir() and any(run.path.iterdir())
+    failed_start = started and run.checkpoints.is_dir()
+    has_checkpoint = last.is_file() or run.checkpoint("best").is_file()
     if resume and not last.is_file():
-        raise MedvolError(run.path, f"nothing to resume: no {last.relative_to(run.path)}")
-    if not resume and run.path.exists() and any(run.path.iterdir()):
+        why = "the run stopped before its first checkpoint" if failed_start else "the run has not started"
+        raise MedvolError(
+            run.path,
+            f"nothing to resume: no {last.relative_to(run.path)} ({why}); "
+            "run the same command without --resume to start it afresh",
+        )
+    if not resume and has_checkpoint:
         raise MedvolError(
             run.path, "run folder exists; pass --resume to continue it or choose another tracking.name"
         )
+    if not resume and started and not failed_start:
+        raise MedvolError(
+            run.path,
+            "the run folder exists and was not made by `medvol train` (no checkpoints/ in it); "
+            "choose another tracking.name or tracking.output_dir",
+        )
+    if not resume and failed_start:
+        _clear_failed_start(run)
     run.checkpoints.mkdir(parents=True, exist_ok=True)
+
+
+#: Settings a resumed run may change: where the data and cache are, the machine, the logging.
+#: Anything else would make the continuation another experiment than its config.yaml says.
+RESUMABLE_CHANGES = (
+    "data.root",
+    "data.cache_dir",
+    "data.num_workers",
+    "train.device",
+    "train.amp",
+    "train.channels_last",
+    "tracking.",
+)
+
+
+def _check_resumed_config(run: RunFolder, config: ExperimentConfig) -> None:
+    """Refuse to resume with settings other than the run's ``config.yaml`` (``RESUMABLE_CHANGES`` aside).
+
+    Raises:
+        MedvolError: naming each differing key with the run's value and the new one.
+    """
+    saved = _flatten(run.read_config().model_dump(mode="json"))
+    given = _flatten(config.model_dump(mode="json"))
+    changed = [
+        f"{key}: {saved.get(key)!r} → {given.get(key)!r}"
+        for key in sorted(saved.keys() | given.keys())
+        if saved.get(key) != given.get(key) and not key.startswith(RESUMABLE_CHANGES)
+    ]
+    if changed:
+        raise MedvolError(
+            run.config,
+            "--resume continues the run as this file configures it, but the config given differs: "
+            + "; ".join(changed)
+            + ". Resume with the run's own settings, or start a new run with another tracking.name",
+        )
+
+
+def _clear_failed_start(run: RunFolder) -> None:
+    """Remove what a start that wrote no checkpoint left in ``run`` (see ``_prepare_run_dir``)."""
+    import shutil
+
+    written = [
+        run.config,
+        run.split,
+        run.fingerprint,
+        run.input_spec,
+        run.normalizer,
+        run.environment,
+        run.metrics,
+        run.tensorboard,
+        run.mlflow_db,
+        run.checkpoints,
+    ]
+    others = sorted(p.name for p in run.path.iterdir() if p not in (*written, run.cache))
+    if others:
+        raise MedvolError(
+            run.path,
+            f"run folder exists without a checkpoint but holds files medvol did not write there "
+            f"({', '.join(others)}); move them away or choose another tracking.name",
+        )
+    logger.info("note: %s has no checkpoint (an earlier start failed); starting the run afresh", run.path)
+    for path in written:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _write_run_files(
@@ -426,17 +527,58 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _epoch_line(record: dict[str, Any], config: ExperimentConfig) -> str:
+def _epoch_line(
+    record: dict[str, Any], config: ExperimentConfig, history: list[dict[str, Any]] | None = None
+) -> str:
+    """The line logged after an epoch; ``history`` (every epoch so far, ``record`` last) gives the ETA."""
     parts = [f"epoch {record['epoch'] + 1}/{config.train.epochs}", f"loss {record['train_loss']:.4f}"]
     parts += [f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_") and isinstance(v, float)]
     parts.append(f"lr {record['lr']:.2e}")
     wait = 100 * record["data_wait_share"]
     parts.append(f"{record['samples_per_s']:.1f} samples/s (data wait {wait:.0f}%)")
     parts.append(f"{record['seconds']:.1f}s")
-    remaining = (config.train.epochs - record["epoch"] - 1) * record["seconds"]
+    remaining = remaining_seconds(history or [record], config.train.epochs, config.train.val_every)
     if remaining > 0:
         parts.append(f"ETA {_duration(remaining)}")
     return "  ".join(parts)
+
+
+def remaining_seconds(history: list[dict[str, Any]], epochs: int, val_every: int) -> float:
+    """Seconds the epochs after ``history`` will take, without early stopping.
+
+    Training and validation are estimated apart, since a validation epoch can
+    take many times a training one: the mean training time of the epochs so
+    far (``seconds`` less ``validation_seconds``) times the epochs left, plus
+    the mean validation time times the validations left (every ``val_every``
+    epochs and the last). Epochs logged before medvol recorded
+    ``validation_seconds`` count as training epochs when they have no
+    validation metrics, and as validation epochs (their time beyond the mean
+    training epoch) when they do.
+
+    Args:
+        history: ``metrics.jsonl`` records of the epochs run, in order.
+        epochs: ``train.epochs``.
+        val_every: ``train.val_every``.
+    """
+    if not history:
+        return 0.0
+    done = int(history[-1]["epoch"]) + 1
+    training, validation, untimed = [], [], []
+    for record in history:
+        seconds = float(record["seconds"])
+        if "validation_seconds" in record:
+            training.append(seconds - float(record["validation_seconds"]))
+            validation.append(float(record["validation_seconds"]))
+        elif any(key.startswith("val_") for key in record):
+            untimed.append(seconds)
+        else:
+            training.append(seconds)
+    train_mean = float(np.mean(training or untimed))
+    validation += [max(0.0, seconds - train_mean) for seconds in untimed]
+    validation_mean = float(np.mean(validation)) if validation else 0.0
+    left = range(done, epochs)
+    validations = sum((epoch + 1) % val_every == 0 or epoch + 1 == epochs for epoch in left)
+    return len(left) * train_mean + validations * validation_mean
 
 
 def _duration(seconds: float) -> str:
