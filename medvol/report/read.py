@@ -77,8 +77,8 @@ def read_run(run_dir: str | Path) -> RunFiles:
     config = folder.read_config()
     unreadable: list[str] = []
     try:
-        history = read_metrics(folder.path)
-    except ValueError as error:
+        history = read_metrics(folder.path)  # skips (and warns about) lines that are not epochs
+    except OSError as error:
         history = []
         unreadable.append(f"{folder.metrics}: {error}")
     evaluations = []

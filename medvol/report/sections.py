@@ -34,7 +34,12 @@ def training_section(run: RunFiles, out_dir: Path) -> list[Block]:
     """Training curves from ``metrics.jsonl``, or a note that none were recorded."""
     blocks: list[Block] = [Heading("Training curves")]
     if not run.history:
-        return [*blocks, Paragraph(f"No epochs recorded: `{run.folder.metrics.name}` is missing or empty.")]
+        return [
+            *blocks,
+            Paragraph(
+                f"No epochs recorded: `{run.folder.metrics.name}` is missing, empty, or holds no readable epoch line."
+            ),
+        ]
     name = "learning_curves.png"
     save_figure(learning_curves_figure(run.history, best_epoch(run)), out_dir / name)
     blocks.append(
