@@ -34,12 +34,8 @@ def training_section(run: RunFiles, out_dir: Path) -> list[Block]:
     """Training curves from ``metrics.jsonl``, or a note that none were recorded."""
     blocks: list[Block] = [Heading("Training curves")]
     if not run.history:
-        return [
-            *blocks,
-            Paragraph(
-                f"No epochs recorded: `{run.folder.metrics.name}` is missing, empty, or holds no readable epoch line."
-            ),
-        ]
+        missing = f"`{run.folder.metrics.name}` is missing, empty, or holds no readable epoch line"
+        return [*blocks, Paragraph(f"No epochs recorded: {missing}.")]
     name = "learning_curves.png"
     save_figure(learning_curves_figure(run.history, best_epoch(run)), out_dir / name)
     blocks.append(
