@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
+import medvol
+from medvol.cli import main
 from medvol.engine.checkpoint import load_checkpoint
-from medvol.errors import MedvolError
+from medvol.errors import MedvolError, UnreadableFileError
+from medvol.prediction import find_scans
 
 
 def test_a_checkpoint_with_code_is_refused_without_advice_to_unpickle(tmp_path: Path) -> None:
@@ -31,3 +35,41 @@ def test_a_corrupt_checkpoint_is_named_in_one_line(tmp_path: Path) -> None:
         load_checkpoint(path)
     assert str(raised.value).startswith(f"{path}: ")
     assert "weights_only" not in str(raised.value) and "\n" not in str(raised.value)
+
+
+# ------------------------------------------------------------- symbolic links
+
+
+def links(folder: Path) -> Path:
+    """A folder with a self-referencing link, a broken link and one real scan."""
+    folder.mkdir(parents=True)
+    (folder / "loop.nii.gz").symlink_to("loop.nii.gz")
+    (folder / "gone.nii.gz").symlink_to("moved-away.nii.gz")
+    medvol.save(medvol.Volume(np.zeros((1, 4, 4, 4), np.int16), np.eye(4)), folder / "real.nii.gz")
+    return folder
+
+
+def test_a_looping_link_is_named_as_such_by_load_info_and_convert(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = links(tmp_path / "in")
+    with pytest.raises(UnreadableFileError, match="loop of links"):
+        medvol.load(folder / "loop.nii.gz")
+    with pytest.raises(UnreadableFileError, match=r"broken symbolic link: its target moved-away\.nii\.gz"):
+        medvol.load(folder / "gone.nii.gz")
+    assert main(["info", str(folder / "loop.nii.gz")]) == 1
+    assert main(["convert", str(folder / "loop.nii.gz"), str(tmp_path / "out.nii.gz")]) == 1
+    # An output below a looping link: refused with the reason, not an unexpected error.
+    assert main(["convert", str(folder / "real.nii.gz"), str(folder / "loop.nii.gz" / "out.nii.gz")]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected" not in err
+    assert err.count("medvol: error:") == 3 and err.count("loop of links") == 3, err
+
+
+def test_predict_lists_links_that_lead_nowhere_as_failures(tmp_path: Path) -> None:
+    found = find_scans(links(tmp_path / "in"))
+    assert [scan.relative for scan in found.scans] == ["real.nii.gz"]
+    reasons = {failure.relative: failure.reason for failure in found.failures}
+    assert set(reasons) == {"loop.nii.gz", "gone.nii.gz"}
+    assert "loop of links" in reasons["loop.nii.gz"]
+    assert "broken symbolic link" in reasons["gone.nii.gz"]
