@@ -16,6 +16,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -438,3 +440,98 @@ def test_output_folder_inside_the_input_is_not_read_as_input(segmenter: Path, tm
     assert manifest["options"]["torch_threads"] == 1
     assert [s.relative for s in find_scans(tmp_path, tmp_path / "predictions").scans] == ["x.nii.gz"]
     assert predict(segmenter, tmp_path, tmp_path / "predictions").skipped == 1
+
+
+# ------------------------------------------------------------- shared output folders
+
+
+def hippocampus_folder(shared_data: Path, folder: Path, cases: tuple[str, ...]) -> Path:
+    folder.mkdir(parents=True)
+    for case in cases:
+        shutil.copy(shared_data / f"msd-hippocampus/images/hippocampus_{case}.nii.gz", folder)
+    return folder
+
+
+def ended_process_id() -> int:
+    """The id of a process that has exited (what a killed run leaves in its files)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(process.stdout)
+
+
+def test_a_killed_run_is_cleaned_up_and_named_by_the_next(
+    segmenter: Path, shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medvol.io.atomic import host_tag
+
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", ("007", "008"))
+    out = tmp_path / "out"
+    assert predict(segmenter, in_dir, out, Options(probabilities=True)).predicted == 2
+    # What `kill -9` in the middle of a second run leaves: its temporaries, its claim, "running".
+    (out / "hippocampus_008.seg.nii.gz").unlink()
+    dead, host = ended_process_id(), host_tag()
+    leftovers = [
+        out / f".hippocampus_008.prob.tmp-{host}-{dead}-0123abcd.nii.gz",
+        out / f".hippocampus_008.seg.tmp-{host}-{dead}-4567cdef.nii.gz",
+        out / ".hippocampus_008.claim",
+    ]
+    for path in leftovers[:2]:
+        path.write_bytes(b"half-written")
+    leftovers[2].write_text(json.dumps({"host": host, "pid": dead, "token": "x", "since": 0}))
+    old = out / ".hippocampus_007.seg.tmp-89abcdef.nii.gz"  # an earlier medvol's name: no pid, an hour old
+    old.write_bytes(b"half-written")
+    age([old])
+    live = out / f".other.tmp-{host}-{os.getpid()}-0000ffff.nii.gz"  # being written by a live process
+    not_ours = out / ".notes.tmp-by-the-user.txt"
+    for path in (live, not_ours):
+        path.write_bytes(b"keep me")
+    manifest = json.loads((out / "predict.json").read_text())
+    manifest.update(status="running", process={"host": host, "pid": dead})
+    (out / "predict.json").write_text(json.dumps(manifest))
+
+    outcome = predict(segmenter, in_dir, out, Options(probabilities=True))
+
+    assert (outcome.predicted, outcome.skipped) == (1, 1)
+    assert not [p for p in (*leftovers, old) if p.exists()]
+    assert live.exists() and not_ours.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("previous run into this folder" in w and "killed before it finished" in w for w in warnings)
+    assert any("removed 3 unfinished temporary file(s)" in w for w in warnings), warnings
+    manifest = json.loads((out / "predict.json").read_text())
+    assert manifest["status"] == "finished" and manifest["removed_temporaries"] == 3
+    assert "killed" in manifest["previous_run"]
+
+
+def test_two_processes_share_one_output_folder(
+    segmenter: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one folder (no --shard): every scan is predicted exactly once."""
+    import threading
+    import time
+
+    from medvol.prediction.predictor import Predictor
+
+    cases = ("007", "008", "011", "014", "015", "017")
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", cases)
+    out = tmp_path / "out"
+    load = Predictor.load
+
+    def slow_load(self: Predictor, scan: Any) -> Any:
+        time.sleep(0.3)  # both workers are still busy when the other starts
+        return load(self, scan)
+
+    monkeypatch.setattr(Predictor, "load", slow_load)
+    outcomes: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(predict(segmenter, in_dir, out, Options(workers=1))))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(outcomes) == 2
+    assert sum(o.predicted for o in outcomes) == len(cases)
+    assert all(o.predicted for o in outcomes)  # the work was shared, not done by one
+    assert len(list(out.glob("*.seg.nii.gz"))) == len(cases)
+    assert not list(out.glob(".*"))  # no claim or temporary left behind
+    assert rows(out / "errors.csv") == []

@@ -48,6 +48,17 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
         writer.writerows(rows)
 
 
+def read_rows(path: Path, header: Sequence[str]) -> list[list[str]]:
+    """The rows of a CSV written by ``write_csv`` with this header (empty when missing or different)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        if next(reader, None) != list(header):
+            return []
+        return list(reader)
+
+
 def read_predictions(path: Path, header: Sequence[str]) -> dict[str, list[Any]]:
     """Rows of an earlier ``predictions.csv`` by case id (empty when there is none).
 
