@@ -172,6 +172,7 @@ def test_mixed_folder_outputs_errors_rerun_and_overwrite(
         "already_done": 0,
         "failed": 4,
         "ignored_files": 1,
+        "left_to_other_processes": 0,
     }
     assert_no_identifiers(out)
 
@@ -535,3 +536,31 @@ def test_two_processes_share_one_output_folder(
     assert len(list(out.glob("*.seg.nii.gz"))) == len(cases)
     assert not list(out.glob(".*"))  # no claim or temporary left behind
     assert rows(out / "errors.csv") == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("highdicom") is None, reason="needs medvol[dicom-seg]")
+def test_dicom_seg_warnings_reach_stderr_without_identifiers(segmenter: Path, tmp_path: Path) -> None:
+    """highdicom quotes a patient name not in DICOM's family^given form; medvol withholds it."""
+    import pydicom
+
+    from tests.dicom_factory import PATIENT_NAME
+
+    truth = write_series(
+        tmp_path / "in/series", Geometry(rows=24, columns=20, slices=10, pixel_spacing=(2.0, 2.0))
+    )
+    for item in truth.slices:
+        dataset = pydicom.dcmread(item.path)
+        dataset.PatientName = PATIENT_NAME.replace("^", " ")  # "Doe Jane": one component
+        dataset.save_as(item.path)
+    out = tmp_path / "out"
+    # A process of its own: stderr as a user sees it (Python's warnings included, which pytest would catch).
+    command = [sys.executable, "-m", "medvol", "predict", str(segmenter), str(tmp_path / "in"), str(out)]
+    printed = subprocess.run(
+        [*command, "--dicom-seg"], capture_output=True, text=True, cwd=Path(medvol.__file__).parents[1]
+    )
+    assert printed.returncode == 0, printed.stderr
+    for identifier in IDENTIFIERS:
+        assert identifier not in printed.stderr and identifier not in printed.stdout, identifier
+    assert "DICOM SEG: The string" in printed.stderr and "person name" in printed.stderr  # the gist is kept
+    assert len(list(out.rglob("*.seg.dcm"))) == 1
+    assert_no_identifiers(out)
