@@ -73,3 +73,11 @@ def test_predict_lists_links_that_lead_nowhere_as_failures(tmp_path: Path) -> No
     assert set(reasons) == {"loop.nii.gz", "gone.nii.gz"}
     assert "loop of links" in reasons["loop.nii.gz"]
     assert "broken symbolic link" in reasons["gone.nii.gz"]
+
+
+def test_running_out_of_memory_has_a_reason_in_errors_csv(tmp_path: Path) -> None:
+    from medvol.prediction import Options, Predictor, Scan
+
+    predictor = Predictor(tmp_path / "run", tmp_path / "in", tmp_path / "out", Options())
+    scan = Scan("a", "a.nii.gz", "a", tmp_path / "in/a.nii.gz")
+    assert "not enough memory" in predictor.reason(scan, MemoryError())

@@ -332,6 +332,8 @@ class Predictor:
 
     def reason(self, scan: Scan, error: BaseException) -> str:
         """The error as one line, naming the file inside the scan when it is not the scan itself."""
+        if isinstance(error, MemoryError):
+            return "not enough memory to load or predict this scan (MemoryError)"
         if not isinstance(error, MedvolError):
             return f"{type(error).__name__}: {error}".strip()
         if error.path is None or error.path.resolve() == scan.path.resolve():
