@@ -564,3 +564,42 @@ def test_dicom_seg_warnings_reach_stderr_without_identifiers(segmenter: Path, tm
     assert "DICOM SEG: The string" in printed.stderr and "person name" in printed.stderr  # the gist is kept
     assert len(list(out.rglob("*.seg.dcm"))) == 1
     assert_no_identifiers(out)
+
+
+def test_two_classifier_processes_fill_one_table(
+    classifier: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one folder: predictions.csv gets every row once; errors.csv keeps both failures."""
+    import threading
+    import time
+
+    from medvol.prediction.predictor import Predictor
+
+    in_dir = tmp_path / "in"
+    images = np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz")["test_images"][:8]
+    for index, image in enumerate(images):
+        medvol.save(medvol.Volume(image[np.newaxis], np.eye(4)), in_dir / f"case{index}.nii.gz")
+    for name in ("broken-a.nrrd", "broken-b.nrrd"):
+        (in_dir / name).write_text("NRRD0004\nnonsense\n")
+    out = tmp_path / "out"
+    load = Predictor.load
+
+    def slow_load(self: Predictor, scan: Any) -> Any:
+        time.sleep(0.3)
+        return load(self, scan)
+
+    monkeypatch.setattr(Predictor, "load", slow_load)
+    outcomes: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(predict(classifier, in_dir, out, Options(workers=1))))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(outcomes) == 2
+    assert sum(o.predicted for o in outcomes) == 8 and all(o.predicted for o in outcomes)
+    assert [row["case_id"] for row in rows(out / "predictions.csv")] == [f"case{i}" for i in range(8)]
+    assert sorted(row["input"] for row in rows(out / "errors.csv")) == ["broken-a.nrrd", "broken-b.nrrd"]
+    assert not list(out.glob(".*"))
