@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +86,71 @@ def test_running_out_of_memory_has_a_reason_in_errors_csv(tmp_path: Path) -> Non
     predictor = Predictor(tmp_path / "run", tmp_path / "in", tmp_path / "out", Options())
     scan = Scan("a", "a.nii.gz", "a", tmp_path / "in/a.nii.gz")
     assert "not enough memory" in predictor.reason(scan, MemoryError())
+
+
+# ------------------------------------------------------------- claims and leftovers
+
+
+def ended_process_id() -> int:
+    """The id of a process that has exited (what a killed run leaves in its files)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(process.stdout)
+
+
+def write_claim(path: Path, host: str, pid: int, age_seconds: float = 0.0) -> None:
+    path.write_text(json.dumps({"host": host, "pid": pid, "token": "t", "since": 0}))
+    moment = time.time() - age_seconds
+    os.utime(path, (moment, moment))
+
+
+def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path: Path) -> None:
+    from medvol.io.atomic import host_tag
+    from medvol.prediction.claims import Claims, claim_path
+
+    first, second = Claims(), Claims()
+    path = claim_path(tmp_path / "a" / "scan")
+    assert path == tmp_path / "a" / ".scan.claim"
+    assert first.take(path) and not second.take(path)
+    first.release(path)
+    assert not path.exists() and second.take(path)
+    second.release(path)
+    # A process of this machine that ended: its claim is taken over at once.
+    write_claim(path, host_tag(), ended_process_id())
+    assert first.take(path)
+    first.release(path)
+    # Another machine's claim: alive while touched, stale after CLAIM_STALE_SECONDS.
+    write_claim(path, "f00f00", 1, age_seconds=10)
+    assert not first.take(path)
+    write_claim(path, "f00f00", 1, age_seconds=3600)
+    assert first.take(path)
+    # A live process of this machine (this one): never taken over, however old.
+    other = claim_path(tmp_path / "b")
+    write_claim(other, host_tag(), os.getpid(), age_seconds=3600)
+    assert not second.take(other)
+
+
+def test_sweep_removes_only_medvol_leftovers_of_ended_processes(tmp_path: Path) -> None:
+    from medvol.io.atomic import atomic_path, host_tag
+    from medvol.prediction.claims import sweep
+
+    dead, host = ended_process_id(), host_tag()
+    (tmp_path / "sub").mkdir()
+    stale = [
+        tmp_path / f".x.seg.tmp-{host}-{dead}-0123abcd.nii.gz",
+        tmp_path / "sub" / f".y.tmp-{host}-{dead}-0123abcd.csv",
+    ]
+    kept = [
+        tmp_path / f".z.tmp-{host}-{os.getpid()}-0123abcd.nii.gz",  # this live process
+        tmp_path / ".z.tmp-0123abcd.nii.gz",  # no owner recorded, recent
+        tmp_path / ".notes.tmp-0123abcdX",  # not medvol's pattern
+        tmp_path / "x.seg.nii.gz",
+    ]
+    for path in stale + kept:
+        path.write_bytes(b"")
+    with atomic_path(tmp_path / "out.nii.gz") as temporary:
+        temporary.write_bytes(b"being written")
+        swept = sweep(tmp_path)
+        assert temporary.exists()  # this process is writing it
+    assert sorted(swept.temporaries) == sorted(stale)
+    assert all(path.exists() for path in kept)
+    assert (tmp_path / "out.nii.gz").read_bytes() == b"being written"
