@@ -154,3 +154,17 @@ def test_sweep_removes_only_medvol_leftovers_of_ended_processes(tmp_path: Path) 
     assert sorted(swept.temporaries) == sorted(stale)
     assert all(path.exists() for path in kept)
     assert (tmp_path / "out.nii.gz").read_bytes() == b"being written"
+
+
+def test_a_killed_convert_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    from medvol.io.atomic import host_tag, remove_stale_temporaries
+
+    target = tmp_path / "scan.nii.gz"
+    dead = ended_process_id()
+    leftover = tmp_path / f".scan.tmp-{host_tag()}-{dead}-0123abcd.nii.gz"
+    other_target = tmp_path / f".scan2.tmp-{host_tag()}-{dead}-0123abcd.nii.gz"
+    live = tmp_path / f".scan.tmp-{host_tag()}-{os.getpid()}-0123abcd.nii.gz"
+    for path in (leftover, other_target, live):
+        path.write_bytes(b"half")
+    assert remove_stale_temporaries(target) == [leftover]
+    assert other_target.exists() and live.exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import hashlib
 import json
 import os
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from medvol.errors import MedvolError
+from medvol.logs import get_logger
+
+logger = get_logger(__name__)
 
 TEMPORARY_NAME = re.compile(
     r"\.(?P<stem>.+)\.tmp-(?:(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-)?[0-9a-f]{8}(?P<suffix>.*)"
@@ -69,6 +73,33 @@ def is_stale_temporary(path: Path) -> bool:
         return False
     pid = match["pid"]
     return owner_gone(match["host"], None if pid is None else int(pid), modified, STALE_AFTER_SECONDS)
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporaries that killed processes left while writing ``path``; returns them.
+
+    Only files named as ``atomic_path`` names the temporaries of ``path`` are
+    considered, and only those whose process is gone (:func:`is_stale_temporary`).
+    For a single output (``medvol convert``); a folder of outputs is swept by
+    ``medvol.prediction.claims.sweep``.
+    """
+    path = Path(path)
+    suffix = full_suffix(path)
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    removed = []
+    for candidate in path.parent.glob(f".{glob.escape(stem)}.tmp-*"):
+        match = TEMPORARY_NAME.fullmatch(candidate.name)
+        if match and match["stem"] == stem and match["suffix"] == suffix and is_stale_temporary(candidate):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    if removed:
+        logger.warning(
+            "removed %d unfinished temporary file(s) of %s left by a killed run (%s)",
+            len(removed),
+            path,
+            ", ".join(p.name for p in removed),
+        )
+    return removed
 
 
 def missing_reason(path: Path) -> str:
