@@ -262,20 +262,22 @@ def _identifiers_withheld(case_id: str, values: set[str]) -> Iterator[None]:
     for library_logger in _library_loggers():
         if _WITHHOLD_FILTER not in library_logger.filters:
             library_logger.addFilter(_WITHHOLD_FILTER)
-    with _WARNING_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _capture.context = (case_id, values)
-        try:
-            yield
-        except (ValueError, TypeError, AttributeError, KeyError) as error:
-            raise MedvolError(
-                None, f"cannot write DICOM SEG ({_gist(withhold(str(error), values))})"
-            ) from error
-        finally:
-            _capture.context = None
-    seen: set[str] = set()
-    for warning in caught:
-        text = _gist(withhold(str(warning.message), values))
-        if text not in seen:
-            seen.add(text)
-            logger.warning("%s: DICOM SEG: %s", case_id, text)
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with _WARNING_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _capture.context = (case_id, values)
+            try:
+                yield
+            finally:
+                _capture.context = None
+    except (ValueError, TypeError, AttributeError, KeyError) as error:
+        reason = _gist(withhold(str(error), values))
+        raise MedvolError(None, f"cannot write DICOM SEG ({reason})") from error
+    finally:
+        seen: set[str] = set()
+        for warning in caught:
+            text = _gist(withhold(str(warning.message), values))
+            if text not in seen:
+                seen.add(text)
+                logger.warning("%s: DICOM SEG: %s", case_id, text)
