@@ -168,3 +168,27 @@ def test_a_killed_convert_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> N
         path.write_bytes(b"half")
     assert remove_stale_temporaries(target) == [leftover]
     assert other_target.exists() and live.exists()
+
+
+def test_identifying_header_values_are_withheld_from_library_messages() -> None:
+    from pydicom import Dataset
+
+    from medvol.prediction.writers import identifying_values, withhold
+    from tests.dicom_factory import ACCESSION_NUMBER, IDENTIFIERS, PATIENT_BIRTH_DATE, PATIENT_ID
+
+    dataset = Dataset()
+    dataset.PatientName = "Doe^Jane"
+    dataset.PatientID = PATIENT_ID
+    dataset.OtherPatientIDs = ["OTHER-1", "OTHER-2"]
+    dataset.PatientBirthDate = PATIENT_BIRTH_DATE
+    dataset.AccessionNumber = ACCESSION_NUMBER
+    dataset.Modality = "CT"
+    message = (
+        f"value of patient_name is potentially invalid: Jane DOE, id {PATIENT_ID} / other-2, "
+        f"born {PATIENT_BIRTH_DATE}, accession {ACCESSION_NUMBER}; modality CT is 'odd'"
+    )
+    cleaned = withhold(message, identifying_values([dataset]))
+    for identifier in (*IDENTIFIERS, "OTHER-2", "other-2", "DOE"):
+        assert identifier not in cleaned, (identifier, cleaned)
+    assert cleaned.startswith("value of patient_name is potentially invalid: <withheld> <withheld>")
+    assert "modality CT is" in cleaned
