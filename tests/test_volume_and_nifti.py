@@ -249,3 +249,48 @@ def test_zero_or_negative_voxel_size_is_one_medvol_warning(
     assert line.startswith(f"medvol: warning: {path}:")
     assert "[0.0, -2.0, 1.5]" in line and "[1.0, 2.0, 1.5]" in line
     assert medvol.load(path).spacing == (1.0, 2.0, 1.5)
+
+
+NRRD_HEADER = (
+    "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 1000 1000 1000\n"
+    "endian: little\nencoding: {encoding}\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n{extra}\n"
+)
+MHA_HEADER = (
+    "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 1000\nElementType = MET_SHORT\n"
+    "ElementDataFile = LOCAL\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("raw.nrrd", NRRD_HEADER.format(encoding="raw", extra="").encode() + b"\0" * 200, "raw.nrrd holds"),
+        (
+            "gzip.nrrd",
+            NRRD_HEADER.format(encoding="gzip", extra="").encode() + gzip_members(b"\0" * 1000),
+            "of compressed data expand to at most",
+        ),
+        ("text.nrrd", NRRD_HEADER.format(encoding="ascii", extra="").encode() + b"1 2 3\n", "hold at most"),
+        ("short.mha", MHA_HEADER.encode() + b"\0" * 200, "short.mha holds"),
+        ("detached.nhdr", NRRD_HEADER.format(encoding="raw", extra="data file: detached.raw\n").encode(), ""),
+    ],
+)
+def test_itk_header_larger_than_its_data_is_refused_before_reading(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    """Without the check SimpleITK allocates the declared 2 GB before it finds the data short."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    (tmp_path / "detached.raw").write_bytes(b"\0" * 64)
+    with pytest.raises(
+        UnreadableFileError, match=r"declares 1000×1000×1000 voxels.*2,000,000,000 bytes"
+    ) as raised:
+        medvol.load(path)
+    assert message in str(raised.value) and str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["x.mhd", "xz.mhd", "y.nhdr", "yz.nhdr", "z.mha", "w.nrrd"])
+def test_itk_files_with_detached_or_compressed_data_still_load(tmp_path: Path, name: str) -> None:
+    array = np.random.default_rng(0).integers(0, 1000, (12, 10, 8)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name), useCompression="z" in name)
+    np.testing.assert_array_equal(medvol.load(tmp_path / name).array[0], array.transpose(2, 1, 0))
