@@ -319,11 +319,15 @@ def run_info(args: argparse.Namespace) -> int:
 def run_convert(args: argparse.Namespace) -> int:
     from medvol.errors import MedvolError
     from medvol.io import load, save
+    from medvol.io.atomic import remove_stale_temporaries
 
     target: Path = args.target
     if target.exists() and not args.overwrite:
         raise MedvolError(target, "output exists; pass --overwrite to replace it")
     volume = load(args.source, series=args.series, allow_nan=args.allow_nan)
+    removed = remove_stale_temporaries(target)
+    if removed:
+        print(f"removed {len(removed)} temporary file(s) of an earlier convert of {target} that was killed")
     save(volume, target)
     spacing = [round(s, 4) for s in volume.spacing]
     print(f"wrote {target}  shape {list(volume.shape)}  spacing {spacing} mm  {volume.orientation}")

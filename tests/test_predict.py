@@ -16,6 +16,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +172,7 @@ def test_mixed_folder_outputs_errors_rerun_and_overwrite(
         "already_done": 0,
         "failed": 4,
         "ignored_files": 1,
+        "left_to_other_processes": 0,
     }
     assert_no_identifiers(out)
 
@@ -438,3 +441,165 @@ def test_output_folder_inside_the_input_is_not_read_as_input(segmenter: Path, tm
     assert manifest["options"]["torch_threads"] == 1
     assert [s.relative for s in find_scans(tmp_path, tmp_path / "predictions").scans] == ["x.nii.gz"]
     assert predict(segmenter, tmp_path, tmp_path / "predictions").skipped == 1
+
+
+# ------------------------------------------------------------- shared output folders
+
+
+def hippocampus_folder(shared_data: Path, folder: Path, cases: tuple[str, ...]) -> Path:
+    folder.mkdir(parents=True)
+    for case in cases:
+        shutil.copy(shared_data / f"msd-hippocampus/images/hippocampus_{case}.nii.gz", folder)
+    return folder
+
+
+def ended_process_id() -> int:
+    """The id of a process that has exited (what a killed run leaves in its files)."""
+    process = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    return int(process.stdout)
+
+
+def test_a_killed_run_is_cleaned_up_and_named_by_the_next(
+    segmenter: Path, shared_data: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from medvol.io.atomic import host_tag
+
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", ("007", "008"))
+    out = tmp_path / "out"
+    assert predict(segmenter, in_dir, out, Options(probabilities=True)).predicted == 2
+    # What `kill -9` in the middle of a second run leaves: its temporaries, its claim, "running".
+    (out / "hippocampus_008.seg.nii.gz").unlink()
+    dead, host = ended_process_id(), host_tag()
+    leftovers = [
+        out / f".hippocampus_008.prob.tmp-{host}-{dead}-0123abcd.nii.gz",
+        out / f".hippocampus_008.seg.tmp-{host}-{dead}-4567cdef.nii.gz",
+        out / ".hippocampus_008.claim",
+    ]
+    for path in leftovers[:2]:
+        path.write_bytes(b"half-written")
+    leftovers[2].write_text(json.dumps({"host": host, "pid": dead, "token": "x", "since": 0}))
+    old = out / ".hippocampus_007.seg.tmp-89abcdef.nii.gz"  # an earlier medvol's name: no pid, an hour old
+    old.write_bytes(b"half-written")
+    age([old])
+    live = out / f".other.tmp-{host}-{os.getpid()}-0000ffff.nii.gz"  # being written by a live process
+    not_ours = out / ".notes.tmp-by-the-user.txt"
+    for path in (live, not_ours):
+        path.write_bytes(b"keep me")
+    manifest = json.loads((out / "predict.json").read_text())
+    manifest.update(status="running", process={"host": host, "pid": dead})
+    (out / "predict.json").write_text(json.dumps(manifest))
+
+    outcome = predict(segmenter, in_dir, out, Options(probabilities=True))
+
+    assert (outcome.predicted, outcome.skipped) == (1, 1)
+    assert not [p for p in (*leftovers, old) if p.exists()]
+    assert live.exists() and not_ours.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("previous run into this folder" in w and "killed before it finished" in w for w in warnings)
+    assert any("removed 3 unfinished temporary file(s)" in w for w in warnings), warnings
+    manifest = json.loads((out / "predict.json").read_text())
+    assert manifest["status"] == "finished" and manifest["removed_temporaries"] == 3
+    assert "killed" in manifest["previous_run"]
+
+
+def test_two_processes_share_one_output_folder(
+    segmenter: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one folder (no --shard): every scan is predicted exactly once."""
+    import threading
+    import time
+
+    from medvol.prediction.predictor import Predictor
+
+    cases = ("007", "008", "011", "014", "015", "017")
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", cases)
+    out = tmp_path / "out"
+    load = Predictor.load
+
+    def slow_load(self: Predictor, scan: Any) -> Any:
+        time.sleep(0.3)  # both workers are still busy when the other starts
+        return load(self, scan)
+
+    monkeypatch.setattr(Predictor, "load", slow_load)
+    outcomes: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(predict(segmenter, in_dir, out, Options(workers=1))))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(outcomes) == 2
+    assert sum(o.predicted for o in outcomes) == len(cases)
+    assert all(o.predicted for o in outcomes)  # the work was shared, not done by one
+    assert len(list(out.glob("*.seg.nii.gz"))) == len(cases)
+    assert not list(out.glob(".*"))  # no claim or temporary left behind
+    assert rows(out / "errors.csv") == []
+
+
+@pytest.mark.skipif(importlib.util.find_spec("highdicom") is None, reason="needs medvol[dicom-seg]")
+def test_dicom_seg_warnings_reach_stderr_without_identifiers(segmenter: Path, tmp_path: Path) -> None:
+    """highdicom quotes a patient name not in DICOM's family^given form; medvol withholds it."""
+    import pydicom
+
+    from tests.dicom_factory import PATIENT_NAME
+
+    truth = write_series(
+        tmp_path / "in/series", Geometry(rows=24, columns=20, slices=10, pixel_spacing=(2.0, 2.0))
+    )
+    for item in truth.slices:
+        dataset = pydicom.dcmread(item.path)
+        dataset.PatientName = PATIENT_NAME.replace("^", " ")  # "Doe Jane": one component
+        dataset.save_as(item.path)
+    out = tmp_path / "out"
+    # A process of its own: stderr as a user sees it (Python's warnings included, which pytest would catch).
+    command = [sys.executable, "-m", "medvol", "predict", str(segmenter), str(tmp_path / "in"), str(out)]
+    printed = subprocess.run(
+        [*command, "--dicom-seg"], capture_output=True, text=True, cwd=Path(medvol.__file__).parents[1]
+    )
+    assert printed.returncode == 0, printed.stderr
+    for identifier in IDENTIFIERS:
+        assert identifier not in printed.stderr and identifier not in printed.stdout, identifier
+    assert "DICOM SEG: The string" in printed.stderr and "person name" in printed.stderr  # the gist is kept
+    assert len(list(out.rglob("*.seg.dcm"))) == 1
+    assert_no_identifiers(out)
+
+
+def test_two_classifier_processes_fill_one_table(
+    classifier: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one folder: predictions.csv gets every row once; errors.csv keeps both failures."""
+    import threading
+    import time
+
+    from medvol.prediction.predictor import Predictor
+
+    in_dir = tmp_path / "in"
+    images = np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz")["test_images"][:8]
+    for index, image in enumerate(images):
+        medvol.save(medvol.Volume(image[np.newaxis], np.eye(4)), in_dir / f"case{index}.nii.gz")
+    for name in ("broken-a.nrrd", "broken-b.nrrd"):
+        (in_dir / name).write_text("NRRD0004\nnonsense\n")
+    out = tmp_path / "out"
+    load = Predictor.load
+
+    def slow_load(self: Predictor, scan: Any) -> Any:
+        time.sleep(0.3)
+        return load(self, scan)
+
+    monkeypatch.setattr(Predictor, "load", slow_load)
+    outcomes: list[Any] = []
+    workers = [
+        threading.Thread(target=lambda: outcomes.append(predict(classifier, in_dir, out, Options(workers=1))))
+        for _ in range(2)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert len(outcomes) == 2
+    assert sum(o.predicted for o in outcomes) == 8 and all(o.predicted for o in outcomes)
+    assert [row["case_id"] for row in rows(out / "predictions.csv")] == [f"case{i}" for i in range(8)]
+    assert sorted(row["input"] for row in rows(out / "errors.csv")) == ["broken-a.nrrd", "broken-b.nrrd"]
+    assert not list(out.glob(".*"))

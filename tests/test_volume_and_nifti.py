@@ -168,3 +168,129 @@ def test_save_is_atomic_when_writing_fails(tmp_path: Path, monkeypatch: pytest.M
         medvol.save(medvol.Volume(ramp((1, 4, 4, 4)), np.eye(4)), target)
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["scan.nii.gz"]
+
+
+# ------------------------------------------------------------- hostile headers
+
+
+def nifti_bytes(shape: tuple[int, ...], data: bytes, dtype: type = np.int16) -> bytes:
+    """A NIfTI-1 single file whose header declares ``shape`` but whose voxels are ``data``."""
+    header = nib.Nifti1Image(np.zeros((1, 1, 1), dtype), np.eye(4)).header
+    header.set_data_shape(shape)
+    header.set_data_dtype(dtype)
+    header.set_data_offset(352)
+    return header.binaryblock + b"\0" * 4 + data
+
+
+def gzip_members(*parts: bytes) -> bytes:
+    import gzip
+
+    return b"".join(gzip.compress(part) for part in parts)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        # 600 bytes declaring 1000³ int16: refused from the file size, before any allocation.
+        ("huge.nii", nifti_bytes((1000, 1000, 1000), b"\1" * 248), r"2,000,000,352 bytes.*holds 600 bytes"),
+        ("huger.nii", nifti_bytes((30000, 30000, 30000), b""), r"27000000000000 voxels|30000×30000×30000"),
+        ("huge.nii.gz", gzip_members(nifti_bytes((1000, 1000, 1000), b"")), r"expand to at most"),
+        # Incompressible voxels: the deflate bound allows it, the gzip trailer and a count refuse it.
+        (
+            "short.nii.gz",
+            gzip_members(nifti_bytes((64, 64, 64), np.random.default_rng(0).bytes(100_000))),
+            r"524,640 bytes.*decompresses to 100,352 bytes",
+        ),
+    ],
+)
+def test_declared_size_larger_than_the_file_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, content: bytes, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    def no_allocation(*args: object, **kwargs: object) -> None:
+        raise AssertionError("voxels read before the header was checked against the file size")
+
+    monkeypatch.setattr(nib.arrayproxy.ArrayProxy, "__array__", no_allocation)
+    with pytest.raises(UnreadableFileError, match=message) as raised:
+        medvol.load(path)
+    assert str(path) in str(raised.value)
+
+
+def test_multi_member_gzip_nifti_still_loads(tmp_path: Path) -> None:
+    """The trailer names only the last gzip member: a valid file in two members is counted, not refused."""
+    voxels = np.random.default_rng(1).integers(0, 1000, (40, 40, 40)).astype(np.int16).tobytes()
+    content = nifti_bytes((40, 40, 40), voxels)
+    path = tmp_path / "two-members.nii.gz"
+    path.write_bytes(gzip_members(content[:5000], content[5000:]))
+    volume = medvol.load(path)
+    assert volume.shape == (40, 40, 40)
+    assert volume.array[0].tobytes(order="F") == voxels  # NIfTI stores x fastest
+
+
+def test_zero_or_negative_voxel_size_is_one_medvol_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    image = nib.Nifti1Image(ramp((4, 4, 4)), np.eye(4))
+    image.header.set_sform(None, code=0)
+    image.header.set_qform(None, code=0)
+    raw = bytearray(image.header.binaryblock + b"\0" * 4 + ramp((4, 4, 4)).tobytes())
+    raw[80:92] = np.array([0.0, -2.0, 1.5], dtype="<f4").tobytes()  # pixdim[1:4]
+    path = tmp_path / "pixdim.nii"
+    path.write_bytes(bytes(raw))
+    from medvol.cli import main
+
+    assert main(["info", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("medvol: warning:") == 1, err
+    assert "Level" not in err and "level 35" not in err
+    (line,) = err.splitlines()
+    assert line.startswith(f"medvol: warning: {path}:")
+    assert "[0.0, -2.0, 1.5]" in line and "[1.0, 2.0, 1.5]" in line
+    assert medvol.load(path).spacing == (1.0, 2.0, 1.5)
+
+
+NRRD_HEADER = (
+    "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 1000 1000 1000\n"
+    "endian: little\nencoding: {encoding}\nspace directions: (1,0,0) (0,1,0) (0,0,1)\n{extra}\n"
+)
+MHA_HEADER = (
+    "ObjectType = Image\nNDims = 3\nDimSize = 1000 1000 1000\nElementType = MET_SHORT\n"
+    "ElementDataFile = LOCAL\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("raw.nrrd", NRRD_HEADER.format(encoding="raw", extra="").encode() + b"\0" * 200, "raw.nrrd holds"),
+        (
+            "gzip.nrrd",
+            NRRD_HEADER.format(encoding="gzip", extra="").encode() + gzip_members(b"\0" * 1000),
+            "of compressed data expand to at most",
+        ),
+        ("text.nrrd", NRRD_HEADER.format(encoding="ascii", extra="").encode() + b"1 2 3\n", "hold at most"),
+        ("short.mha", MHA_HEADER.encode() + b"\0" * 200, "short.mha holds"),
+        ("detached.nhdr", NRRD_HEADER.format(encoding="raw", extra="data file: detached.raw\n").encode(), ""),
+    ],
+)
+def test_itk_header_larger_than_its_data_is_refused_before_reading(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    """Without the check SimpleITK allocates the declared 2 GB before it finds the data short."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    (tmp_path / "detached.raw").write_bytes(b"\0" * 64)
+    with pytest.raises(
+        UnreadableFileError, match=r"declares 1000×1000×1000 voxels.*2,000,000,000 bytes"
+    ) as raised:
+        medvol.load(path)
+    assert message in str(raised.value) and str(path) in str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["x.mhd", "xz.mhd", "y.nhdr", "yz.nhdr", "z.mha", "w.nrrd"])
+def test_itk_files_with_detached_or_compressed_data_still_load(tmp_path: Path, name: str) -> None:
+    array = np.random.default_rng(0).integers(0, 1000, (12, 10, 8)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / name), useCompression="z" in name)
+    np.testing.assert_array_equal(medvol.load(tmp_path / name).array[0], array.transpose(2, 1, 0))

@@ -10,7 +10,9 @@ so a checkpoint file from elsewhere is data, never code.
 
 from __future__ import annotations
 
+import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,28 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise MedvolError(path, "no checkpoint here")
     try:
         state: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise MedvolError(path, f"cannot read the checkpoint ({error})") from error
+    except pickle.UnpicklingError as error:
+        raise MedvolError(path, _refusal(error)) from error
+    except Exception as error:  # torch raises several types for corrupt files
+        raise MedvolError(path, f"cannot read the checkpoint ({_first_line(error)})") from error
     return state
+
+
+def _refusal(error: pickle.UnpicklingError) -> str:
+    """Why a checkpoint was refused, without torch's advice to unpickle it anyway.
+
+    medvol reads tensors, numbers, strings and containers only; anything else in
+    a pickle could run code when loaded, so it is refused and never retried.
+    """
+    found = re.search(r"GLOBAL ([\w.]+)", str(error))
+    what = f"a Python object of type {found[1]}" if found else "content that is not tensors or plain values"
+    return (
+        f"refused: the checkpoint holds {what}; medvol loads checkpoints as data only (tensors, numbers, "
+        "strings, lists, dicts), because unpickling anything else can run code from the file. Use a "
+        "checkpoint written by `medvol train`"
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

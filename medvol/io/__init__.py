@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from medvol.errors import InvalidDataError, MedvolError, SeriesError, UnreadableFileError
-from medvol.io.atomic import full_suffix
+from medvol.io.atomic import full_suffix, missing_reason
 from medvol.io.dicom import is_dicom_file, load_dicom, load_series, scan_folder, select_series
 from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
 from medvol.io.itk import load_itk, save_itk
@@ -81,7 +81,7 @@ def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool =
     """
     path = Path(path)
     if not path.exists():
-        raise UnreadableFileError(path, "no such file or folder")
+        raise UnreadableFileError(path, missing_reason(path))
     suffix = full_suffix(path)
     if path.is_dir():
         volume = load_dicom(path, series=series)

@@ -21,8 +21,12 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 """Names that promise a DICOM file: an error, not an ignored file, when the file is not one."""
 
 
-def list_files(folder: Path, exclude: Path | None = None) -> list[Path]:
-    """Every regular file below ``folder``, recursively, sorted; hidden names and ``exclude`` skipped."""
+def list_files(folder: Path, exclude: Path | None = None, unreadable: list[Path] | None = None) -> list[Path]:
+    """Every regular file below ``folder``, recursively, sorted; hidden names and ``exclude`` skipped.
+
+    Symbolic links that lead nowhere (broken, or a loop) are not files; they
+    are added to ``unreadable`` when it is given, for the caller to report.
+    """
     excluded = None if exclude is None else os.path.realpath(exclude)
     files: list[Path] = []
     for root, dirs, names in os.walk(folder):
@@ -30,6 +34,8 @@ def list_files(folder: Path, exclude: Path | None = None) -> list[Path]:
             d for d in dirs if not d.startswith(".") and os.path.realpath(os.path.join(root, d)) != excluded
         )
         files.extend(Path(root) / name for name in sorted(names) if not name.startswith("."))
+    if unreadable is not None:
+        unreadable.extend(path for path in files if path.is_symlink() and not path.exists())
     return [path for path in files if path.is_file()]
 
 

@@ -82,9 +82,10 @@ def predict(
 
 def summary(outcome: Outcome, out_dir: Path) -> str:
     """The lines ``medvol predict`` prints when it is done."""
+    elsewhere = f", {len(outcome.elsewhere)} left to another process" if outcome.elsewhere else ""
     lines = [
         f"{outcome.scans} input(s): {outcome.predicted} predicted, {outcome.skipped} already done, "
-        f"{len(outcome.failures)} failed; {outcome.ignored} non-image file(s) ignored",
+        f"{len(outcome.failures)} failed{elsewhere}; {outcome.ignored} non-image file(s) ignored",
         f"outputs in {out_dir}",
     ]
     for failure in outcome.failures[:10]:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medvol.errors import MedvolError
-from medvol.io.atomic import full_suffix
+from medvol.io.atomic import full_suffix, missing_reason
 
 if TYPE_CHECKING:
     from medvol.io.dicom import DicomSeries
@@ -71,6 +71,7 @@ def find_scans(in_dir: Path, exclude: Path | None = None) -> Found:
     not DICOM, are failures; a series in a folder holding a corrupt DICOM file
     is a failure too (the file may be one of its slices). Other files (text,
     DICOMDIR, structured reports, ``.raw`` data of ``.mhd`` headers) are ignored.
+    Symbolic links that lead nowhere (broken, or a loop) are failures.
 
     Raises:
         MedvolError: ``in_dir`` is missing, not a folder, or holds no files.
@@ -82,11 +83,14 @@ def find_scans(in_dir: Path, exclude: Path | None = None) -> Found:
         raise MedvolError(in_dir, "input folder not found")
     if not in_dir.is_dir():
         raise MedvolError(in_dir, "not a folder: give the folder that holds the scans")
-    files = list_files(in_dir, exclude)
-    if not files:
+    unreadable: list[Path] = []
+    files = list_files(in_dir, exclude, unreadable)
+    failures: list[Failure] = [
+        Failure("", path.relative_to(in_dir).as_posix(), missing_reason(path)) for path in unreadable
+    ]
+    if not files and not failures:
         raise MedvolError(in_dir, "empty input folder: no files to predict on")
     scans: list[Scan] = []
-    failures: list[Failure] = []
     candidates: list[Path] = []
     ignored = 0
     for path in files:

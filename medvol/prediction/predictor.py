@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 import threading
 import time
@@ -22,8 +23,9 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from medvol.errors import MedvolError
-from medvol.io.atomic import file_sha256, write_json
+from medvol.io.atomic import file_sha256, host_tag, owner_gone, write_json
 from medvol.logs import get_logger
+from medvol.prediction.claims import Claims, claim_path, sweep
 from medvol.prediction.discovery import Failure, Scan, find_scans
 from medvol.prediction.pipeline import run_pipeline
 from medvol.prediction.sharding import effective_shard, shard_suffix, take_shard
@@ -31,6 +33,7 @@ from medvol.prediction.writers import (
     output_naming,
     output_paths,
     read_predictions,
+    read_rows,
     write_csv,
     write_dicom_seg,
 )
@@ -69,6 +72,8 @@ class Outcome:
     failures: list[Failure] = field(default_factory=list)
     ignored: int = 0
     files: dict[str, Path] = field(default_factory=dict)
+    elsewhere: list[str] = field(default_factory=list)
+    """Inputs (relative paths) another live process was predicting into the same folder."""
 
     @property
     def exit_code(self) -> int:
@@ -88,6 +93,7 @@ class Predictor:
         self.manifest_path = out_dir / f"predict{self.suffix}.json"
         self.errors_path = out_dir / f"errors{self.suffix}.csv"
         self.predictions_path = out_dir / f"predictions{self.suffix}.csv"
+        self.claims = Claims()
 
     # -- setup
 
@@ -154,6 +160,49 @@ class Predictor:
                     "them all, or choose another output folder",
                 )
 
+    def previous_run(self) -> str | None:
+        """What the last run into this folder left unsaid: interrupted, or still running elsewhere."""
+        try:
+            previous = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return None
+        if not isinstance(previous, dict) or previous.get("status") not in ("running", "interrupted"):
+            return None
+        started = previous.get("started", "?")
+        if previous.get("status") == "interrupted":
+            return f"the previous run into this folder (started {started}) was interrupted"
+        process = previous.get("process") or {}
+        host, pid = process.get("host"), process.get("pid")
+        modified = self.manifest_path.stat().st_mtime
+        if host == host_tag() and isinstance(pid, int) and not owner_gone(host, pid, modified, 0.0):
+            return None  # a live worker on this machine: the scans are shared with it (claims)
+        if host != host_tag() and host is not None:
+            return (
+                f"the previous run into this folder (started {started} on another machine) did not "
+                "finish: it was killed, or is still running there (scans are shared with it)"
+            )
+        return f"the previous run into this folder (started {started}) was killed before it finished"
+
+    def clean_up(self) -> dict[str, Any]:
+        """Say how the previous run ended and remove what killed runs left in OUT_DIR."""
+        note: dict[str, Any] = {}
+        previous = self.previous_run()
+        if previous:
+            logger.warning("%s; its finished outputs are kept and the rest is done now", previous)
+            note["previous_run"] = previous
+        swept = sweep(self.out_dir)
+        if swept.temporaries:
+            logger.warning(
+                "removed %d unfinished temporary file(s) left in %s by a killed run (e.g. %s)",
+                len(swept.temporaries),
+                self.out_dir,
+                swept.temporaries[0].relative_to(self.out_dir).as_posix(),
+            )
+        if swept.claims:
+            logger.info("released %d claim(s) of predict processes that ended", len(swept.claims))
+        note["removed_temporaries"] = len(swept.temporaries)
+        return note
+
     # -- running
 
     def run(self) -> Outcome:
@@ -202,43 +251,65 @@ class Predictor:
                 "io_threads": self.options.workers,
             },
             "naming": output_naming(trained.task.output, self.suffix),
+            "process": {"host": host_tag(), "pid": os.getpid()},
         }
+        manifest.update(self.clean_up())
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.manifest_path, manifest)
         status = "interrupted"
         previous_threads = torch.get_num_threads()
-        try:
-            if threads:
-                torch.set_num_threads(threads)
-            if trained.task.output == "classification":
-                manifest["classifier_input"] = classify_scans(self, trained, scans, outcome)
-            else:
-                segment_scans(self, trained, scans, outcome)
-            status = "finished"
-        finally:
-            torch.set_num_threads(previous_threads)
-            failures = sorted(outcome.failures, key=lambda f: (f.relative, f.case_id))
-            write_csv(
-                self.errors_path,
-                ("case_id", "input", "reason"),
-                [(f.case_id, f.relative, f.reason) for f in failures],
-            )
-            manifest.update(
-                status=status,
-                finished=_now(),
-                counts={
-                    "scans": outcome.scans,
-                    "predicted": outcome.predicted,
-                    "already_done": outcome.skipped,
-                    "failed": len(outcome.failures),
-                    "ignored_files": outcome.ignored,
-                },
-            )
-            write_json(self.manifest_path, manifest)
+        with self.claims:
+            try:
+                if threads:
+                    torch.set_num_threads(threads)
+                if trained.task.output == "classification":
+                    manifest["classifier_input"] = classify_scans(self, trained, scans, outcome)
+                else:
+                    segment_scans(self, trained, scans, outcome)
+                status = "finished"
+            finally:
+                torch.set_num_threads(previous_threads)
+                self.write_errors(outcome)
+                manifest.update(
+                    status=status,
+                    finished=_now(),
+                    counts={
+                        "scans": outcome.scans,
+                        "predicted": outcome.predicted,
+                        "already_done": outcome.skipped,
+                        "failed": len(outcome.failures),
+                        "ignored_files": outcome.ignored,
+                        "left_to_other_processes": len(outcome.elsewhere),
+                    },
+                )
+                write_json(self.manifest_path, manifest)
         outcome.files = {"manifest": self.manifest_path, "errors": self.errors_path}
         if trained.task.output == "classification":
             outcome.files["predictions"] = self.predictions_path
         return outcome
+
+    def write_errors(self, outcome: Outcome) -> None:
+        """Rewrite ``errors.csv``: this run's failures, and the rows of scans left to other processes."""
+        header = ("case_id", "input", "reason")
+        with self.claims.exclusive(claim_path(self.errors_path)):
+            kept = [
+                row
+                for row in read_rows(self.errors_path, header)
+                if len(row) == len(header) and row[1] in set(outcome.elsewhere)
+            ]
+            mine = [[f.case_id, f.relative, f.reason] for f in outcome.failures]
+            write_csv(self.errors_path, header, sorted(kept + mine, key=lambda row: (row[1], row[0])))
+
+    def claim(self, scan: Scan) -> Path:
+        """Claim ``scan`` for this process (see ``medvol.prediction.claims``) and return the claim.
+
+        Raises:
+            ClaimedElsewhere: another live process is predicting it.
+        """
+        path = claim_path(self.out_dir / scan.name)
+        if not self.claims.take(path):
+            raise ClaimedElsewhere(scan.relative)
+        return path
 
     def bar(self, total: int) -> Any:
         """A progress bar over ``total`` scans (tqdm; shown on a terminal unless told otherwise)."""
@@ -261,6 +332,8 @@ class Predictor:
 
     def reason(self, scan: Scan, error: BaseException) -> str:
         """The error as one line, naming the file inside the scan when it is not the scan itself."""
+        if isinstance(error, MemoryError):
+            return "not enough memory to load or predict this scan (MemoryError)"
         if not isinstance(error, MedvolError):
             return f"{type(error).__name__}: {error}".strip()
         if error.path is None or error.path.resolve() == scan.path.resolve():
@@ -282,6 +355,14 @@ class Predictor:
         volume.meta["source_path"] = str(scan.path)
         check_finite(volume)
         return volume
+
+
+class ClaimedElsewhere(Exception):
+    """A scan another live ``medvol predict`` process is predicting into the same folder."""
+
+
+class DoneElsewhere(Exception):
+    """A scan another process finished after this one listed what to do."""
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
@@ -325,6 +406,12 @@ def segment_scans(predictor: Predictor, trained: TrainedModel, scans: list[Scan]
             len(no_seg),
         )
 
+    def prepare(scan: Scan) -> Volume:
+        predictor.claim(scan)
+        if not options.overwrite and all(p.is_file() for p in outputs(scan)):
+            raise DoneElsewhere(scan.relative)
+        return predictor.load(scan)
+
     def compute(volumes: list[Volume]) -> list[Segmentation]:
         return [
             segment(
@@ -352,16 +439,21 @@ def segment_scans(predictor: Predictor, trained: TrainedModel, scans: list[Scan]
 
         def done(scan: Scan) -> None:
             outcome.predicted += 1
+            predictor.claims.release(claim_path(predictor.out_dir / scan.name))
             bar.update()
 
         def failed(scan: Scan, error: BaseException) -> None:
-            predictor.fail(outcome, scan, error)
+            if isinstance(error, DoneElsewhere):
+                outcome.skipped += 1
+                predictor.claims.release(claim_path(predictor.out_dir / scan.name))
+            elif isinstance(error, ClaimedElsewhere):
+                outcome.elsewhere.append(scan.relative)
+            else:  # the claim is kept to the end, so no concurrent worker retries the scan
+                predictor.fail(outcome, scan, error)
+                bar.set_postfix(failed=len(outcome.failures))
             bar.update()
-            bar.set_postfix(failed=len(outcome.failures))
 
-        run_pipeline(
-            todo, predictor.load, compute, finish, workers=options.workers, on_failure=failed, on_done=done
-        )
+        run_pipeline(todo, prepare, compute, finish, workers=options.workers, on_failure=failed, on_done=done)
 
 
 def classify_scans(
@@ -380,13 +472,38 @@ def classify_scans(
     todo = [scan for scan in scans if scan.case_id not in rows]
     outcome.skipped += len(scans) - len(todo)
     last_flush = time.monotonic()
+    written: list[Scan] = []  # predicted, row not yet in the file: their claims are kept until it is
+    on_disk: dict[str, Any] = {"stamp": None, "cases": set()}
 
     def flush() -> None:
+        """Merge this process's rows into the table on disk (other workers add theirs too)."""
+        with predictor.claims.exclusive(claim_path(path)):
+            with rows_lock:
+                merged = {} if options.overwrite else read_predictions(path, header)
+                merged.update(rows)
+                table = [merged[key] for key in sorted(merged)]
+                done = list(written)
+                written.clear()
+            write_csv(path, header, table)
+        for scan in done:
+            predictor.claims.release(claim_path(predictor.out_dir / scan.name))
+
+    def in_table(case_id: str) -> bool:
+        """Whether another process already wrote this case's row (the table is re-read when it changed)."""
         with rows_lock:
-            table = [rows[key] for key in sorted(rows)]
-        write_csv(path, header, table)
+            try:
+                stat = path.stat()
+            except FileNotFoundError:
+                return False
+            stamp = (stat.st_mtime_ns, stat.st_size)
+            if stamp != on_disk["stamp"]:
+                on_disk["stamp"], on_disk["cases"] = stamp, set(read_predictions(path, header))
+            return case_id in on_disk["cases"]
 
     def prepare(scan: Scan) -> np.ndarray:
+        predictor.claim(scan)
+        if not options.overwrite and in_table(scan.case_id):
+            raise DoneElsewhere(scan.relative)
         return prepare_input(trained, predictor.load(scan)).array
 
     def compute(inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -402,13 +519,21 @@ def classify_scans(
         def done(scan: Scan) -> None:
             nonlocal last_flush
             outcome.predicted += 1
+            with rows_lock:
+                written.append(scan)
             bar.update()
             if time.monotonic() - last_flush > CSV_FLUSH_SECONDS:
                 flush()
                 last_flush = time.monotonic()
 
         def failed(scan: Scan, error: BaseException) -> None:
-            predictor.fail(outcome, scan, error)
+            if isinstance(error, DoneElsewhere):
+                outcome.skipped += 1
+                predictor.claims.release(claim_path(predictor.out_dir / scan.name))
+            elif isinstance(error, ClaimedElsewhere):
+                outcome.elsewhere.append(scan.relative)
+            else:
+                predictor.fail(outcome, scan, error)
             bar.update()
 
         try:

@@ -6,8 +6,13 @@ killed run leaves no half-written output and a rerun resumes.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Sequence
+import logging
+import re
+import threading
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,10 +20,15 @@ import numpy as np
 
 from medvol.errors import MedvolError
 from medvol.io.atomic import atomic_path
+from medvol.logs import get_logger
 
 if TYPE_CHECKING:
+    import pydicom
+
     from medvol.engine.inference import TrainedModel
     from medvol.prediction.discovery import Scan
+
+logger = get_logger(__name__)
 
 LABEL_SUFFIX = ".seg.nii.gz"
 PROBABILITY_SUFFIX = ".prob.nii.gz"
@@ -46,6 +56,17 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
+
+
+def read_rows(path: Path, header: Sequence[str]) -> list[list[str]]:
+    """The rows of a CSV written by ``write_csv`` with this header (empty when missing or different)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as handle:
+        reader = csv.reader(handle)
+        if next(reader, None) != list(header):
+            return []
+        return list(reader)
 
 
 def read_predictions(path: Path, header: Sequence[str]) -> dict[str, list[Any]]:
@@ -127,24 +148,136 @@ def write_dicom_seg(scan: Scan, label: np.ndarray, trained: TrainedModel, path: 
     ]
     # BINARY SEG takes one binary plane per segment: (frames, rows, columns, segments).
     planes = np.stack([mask == value for value in classes], axis=-1)
+    values = identifying_values(sources)
+    with _identifiers_withheld(scan.case_id, values):
+        seg = _segmentation(hd, sources, planes, descriptions, trained)
+        with atomic_path(path) as temporary:
+            seg.save_as(temporary)
+
+
+def _segmentation(
+    hd: Any, sources: list[Any], planes: np.ndarray, descriptions: list[Any], trained: TrainedModel
+) -> Any:
+    """highdicom's binary SEG of ``planes`` ``(frames, rows, columns, segments)`` over ``sources``."""
+    from medvol.version import __version__
+
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=planes,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(),
+        series_number=DICOM_SEG_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medvol",
+        manufacturer_model_name=str(trained.config.model.name),
+        software_versions=__version__,
+        device_serial_number="none",
+        series_description="medvol segmentation",
+        omit_empty_frames=bool(planes.any()),
+    )
+
+
+IDENTIFYING_KEYWORDS = (
+    "PatientID",
+    "OtherPatientIDs",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientBirthTime",
+    "AccessionNumber",
+    "StudyID",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StationName",
+)
+"""Header values that identify a patient besides person names (every PN element is withheld too)."""
+WITHHELD = "<withheld>"
+_WARNING_LOCK = threading.Lock()  # warnings.catch_warnings is process-wide: one SEG at a time
+_capture = threading.local()
+
+
+def identifying_values(datasets: Iterable[pydicom.Dataset]) -> set[str]:
+    """Every person name (and its parts) and identifying value in the datasets' headers."""
+    values: set[str] = set()
+    for dataset in datasets:
+        for element in dataset.iterall():
+            if element.VR != "PN" and element.keyword not in IDENTIFYING_KEYWORDS:
+                continue
+            for value in element.value if element.VM > 1 else [element.value]:
+                text = str(value or "").strip()
+                values.add(text)
+                values.update(re.split(r"[\^=\s,]+", text))
+    return {value for value in values if len(value) >= 2}
+
+
+def withhold(message: str, values: set[str]) -> str:
+    """``message`` with every identifying value, and anything quoted, replaced by ``<withheld>``."""
+    for value in sorted(values, key=len, reverse=True):
+        message = re.sub(re.escape(value), WITHHELD, message, flags=re.IGNORECASE)
+    return re.sub(r"\"[^\"]*\"|'[^']*'", f'"{WITHHELD}"', message)
+
+
+def _gist(message: str) -> str:
+    """The first sentence of a library's message."""
+    first = re.split(r"(?<=[.!?])\s", message.strip(), maxsplit=1)[0]
+    return first.rstrip(".")
+
+
+class _WithholdFilter(logging.Filter):
+    """Rewrites highdicom's and pydicom's log records made while this thread writes a SEG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        context = getattr(_capture, "context", None)
+        if context is None:
+            return True
+        case_id, values = context
+        record.msg = f"{case_id}: DICOM SEG: {_gist(withhold(record.getMessage(), values))}"
+        record.args = ()
+        return True
+
+
+_WITHHOLD_FILTER = _WithholdFilter()
+
+
+def _library_loggers() -> list[logging.Logger]:
+    names = [
+        name
+        for name in list(logging.root.manager.loggerDict)
+        if name.split(".")[0] in ("highdicom", "pydicom")
+    ]
+    return [logging.getLogger(name) for name in ("highdicom", "pydicom", *names)]
+
+
+@contextlib.contextmanager
+def _identifiers_withheld(case_id: str, values: set[str]) -> Iterator[None]:
+    """Pass highdicom's and pydicom's warnings on as medvol warnings, without identifiers.
+
+    The libraries quote header values in their warnings (a patient name that
+    is not in DICOM's ``family^given`` form, ...); medvol logs the first
+    sentence of each, naming the series by its ``dicom-<hash>`` id, with every
+    identifying value of the source headers and every quoted value replaced
+    by ``<withheld>``.
+    """
+    for library_logger in _library_loggers():
+        if _WITHHOLD_FILTER not in library_logger.filters:
+            library_logger.addFilter(_WITHHOLD_FILTER)
+    caught: list[warnings.WarningMessage] = []
     try:
-        seg = hd.seg.Segmentation(
-            source_images=sources,
-            pixel_array=planes,
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
-            series_instance_uid=hd.UID(),
-            series_number=DICOM_SEG_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(),
-            instance_number=1,
-            manufacturer="medvol",
-            manufacturer_model_name=str(trained.config.model.name),
-            software_versions=__version__,
-            device_serial_number="none",
-            series_description="medvol segmentation",
-            omit_empty_frames=bool(planes.any()),
-        )
+        with _WARNING_LOCK, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _capture.context = (case_id, values)
+            try:
+                yield
+            finally:
+                _capture.context = None
     except (ValueError, TypeError, AttributeError, KeyError) as error:
-        raise MedvolError(scan.path, f"cannot write DICOM SEG ({error})") from error
-    with atomic_path(path) as temporary:
-        seg.save_as(temporary)
+        reason = _gist(withhold(str(error), values))
+        raise MedvolError(None, f"cannot write DICOM SEG ({reason})") from error
+    finally:
+        seen: set[str] = set()
+        for warning in caught:
+            text = _gist(withhold(str(warning.message), values))
+            if text not in seen:
+                seen.add(text)
+                logger.warning("%s: DICOM SEG: %s", case_id, text)
