@@ -174,6 +174,9 @@ def test_mixed_folder_outputs_errors_rerun_and_overwrite(
         "ignored_files": 1,
         "left_to_other_processes": 0,
     }
+    assert manifest["outputs"] == {  # each input with its outputs; failures are in errors.csv
+        source.relative_to(in_dir).as_posix(): [name] for name, source in expected.items()
+    }
     assert_no_identifiers(out)
 
     outputs = [out / name for name in expected]

@@ -281,12 +281,33 @@ class Predictor:
                         "ignored_files": outcome.ignored,
                         "left_to_other_processes": len(outcome.elsewhere),
                     },
+                    outputs=self.outputs(trained.task.output, scans, outcome),
                 )
                 write_json(self.manifest_path, manifest)
         outcome.files = {"manifest": self.manifest_path, "errors": self.errors_path}
         if trained.task.output == "classification":
             outcome.files["predictions"] = self.predictions_path
         return outcome
+
+    def outputs(self, output: str, scans: list[Scan], outcome: Outcome) -> dict[str, Any]:
+        """Each input of this shard that has its outputs, with them (paths relative to ``OUT_DIR``).
+
+        A segmenter's scan maps to its files; a classifier's to its row of the
+        predictions table (by case id). Failed scans and scans left to other
+        processes are not listed (``errors.csv`` has the failures).
+        """
+        left = {f.relative for f in outcome.failures} | set(outcome.elsewhere)
+        done = [scan for scan in scans if scan.relative not in left]
+        if output == "classification":
+            return {scan.relative: f"{self.predictions_path.name}: {scan.case_id}" for scan in done}
+        options = self.options
+        return {
+            scan.relative: [
+                path.relative_to(self.out_dir).as_posix()
+                for path in output_paths(scan, self.out_dir, options.probabilities, options.dicom_seg)
+            ]
+            for scan in done
+        }
 
     def write_errors(self, outcome: Outcome) -> None:
         """Rewrite ``errors.csv``: this run's failures, and the rows of scans left to other processes."""
