@@ -282,7 +282,8 @@ def test_index_refuses_classes_that_are_not_integers(
 
 def test_a_label_stored_in_another_axis_order_is_read_onto_the_image_grid(tmp_path: Path) -> None:
     """A mask written LAS beside an LPS image holds the same voxels: read exactly, and said so."""
-    from medvol.data.cases import load_files, validate
+    from medvol.data.cases import validate
+    from medvol.data.loading import load_files
     from medvol.io import save
     from medvol.transforms.preprocess import reorient
     from medvol.volume import Volume

@@ -340,7 +340,7 @@ def _exists(out_dir: Path, row: Mapping[str, str]) -> bool:
 
 def load_source(image_paths: list[Path], label_path: Path) -> tuple[Volume, Volume]:
     """A source case: channels stacked as float32, integer label map on their grid (``load_files``)."""
-    from medvol.data.cases import load_files
+    from medvol.data.loading import load_files
 
     image, label = load_files(image_paths, label_path)
     assert label is not None

@@ -53,7 +53,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from medvol.prediction.discovery import Failure, Found, Scan, find_scans
-from medvol.prediction.predictor import Options, Outcome, Predictor
+from medvol.prediction.options import Options, Outcome
+from medvol.prediction.predictor import Predictor
 from medvol.prediction.sharding import effective_shard, parse_shard, shard_suffix, take_shard
 
 __all__ = [
