@@ -112,13 +112,21 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
     index.add_argument(
         "root",
         type=Path,
-        help="dataset folder (imagesTr/labelsTr, images/labels or DICOM series), a .csv or a MedMNIST .npz",
+        help="dataset folder (imagesTr/labelsTr, images/labels, ID_image + ID_label files or DICOM series), "
+        "a .csv or a MedMNIST .npz",
     )
     index.add_argument(
         "--out", type=Path, required=True, help="manifest CSV to write (its paths are relative to its folder)"
     )
     index.add_argument(
         "--classes", type=_label_values, help="allowed label values, e.g. 0,1,2 (default: dataset.json)"
+    )
+    index.add_argument(
+        "--pair",
+        nargs=2,
+        metavar=("IMAGE_PATTERN", "LABEL_PATTERN"),
+        help="pair image and label files by patterns relative to root, {id} naming the case, "
+        "e.g. '{id}_t1.nii.gz' '{id}_roi.nii.gz'",
     )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
@@ -341,7 +349,7 @@ def run_index(args: argparse.Namespace) -> int:
 
     if is_medmnist_file(args.root):
         return _index_medmnist(args)
-    report = validate(args.root, classes=args.classes)
+    report = validate(args.root, classes=args.classes, pair=args.pair and tuple(args.pair))
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:

@@ -5,6 +5,12 @@ Layouts understood:
 - MSD / nnU-Net: ``imagesTr/`` (channels as ``CASE_0000.nii.gz``, ``_0001`` ...),
   ``labelsTr/`` and optionally ``dataset.json`` declaring the label classes;
 - flat ``images/`` + ``labels/`` folders with matching file names;
+- pairs named by suffix in one folder: ``brain1_image.nrrd`` +
+  ``brain1_label.nrrd`` (:data:`LABEL_SUFFIXES`, :data:`IMAGE_SUFFIXES`;
+  an image may also carry no suffix, as ``Case00.mhd`` +
+  ``Case00_segmentation.mhd``);
+- pairs named by patterns the user gives (``--pair '{id}_t1.nii.gz'
+  '{id}_roi.nii.gz'``, paths relative to the folder, ``{id}`` the case id);
 - any other folder: every DICOM image series below it is an (unlabelled)
   case, named ``dicom-<hash>`` by a stable hash of its series UID
   (never by patient data), for indexing and prediction;
@@ -38,7 +44,7 @@ from medvol.data.loading import load_files, on_image_grid
 from medvol.errors import GeometryError, MedvolError
 from medvol.io import load
 from medvol.io.atomic import atomic_path, full_suffix
-from medvol.io.discovery import SCAN_FILE_SUFFIXES, dicom_case_id
+from medvol.io.discovery import SCAN_FILE_SUFFIXES, dicom_case_id, list_files
 from medvol.volume import Volume
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -48,6 +54,14 @@ Severity = Literal["error", "warning"]
 
 
 SAFE_CASE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+#: Endings of a label map's file name (before the format suffix, any case) in the pairs layout:
+#: ``_label`` (pyradiomics' ``brain1_label.nrrd``), ``_labels``, ``-label`` (3D Slicer's label
+#: maps), ``_labelmap`` (Slicer), ``_seg`` (BraTS), ``_segmentation`` (PROMISE12), ``_mask``.
+LABEL_SUFFIXES = ("_label", "_labels", "-label", "_labelmap", "_seg", "_segmentation", "_mask")
+#: Endings of an image's file name in the pairs layout (``brain1_image.nrrd``); none at all is an image too.
+IMAGE_SUFFIXES = ("_image", "-image", "_img")
+ID_PLACEHOLDER = "{id}"
 
 
 @dataclass(frozen=True)
@@ -130,17 +144,29 @@ class IndexReport:
         return {**self.summary(), "findings": [asdict(f) for f in self.findings]}
 
 
-def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
+def discover(root: str | Path, pair: tuple[str, str] | None = None) -> tuple[str, list[Case], list[Finding]]:
     """Find the cases under ``root`` and pair images with labels by case id.
+
+    Args:
+        root: a dataset folder or a ``.csv`` manifest.
+        pair: image and label file patterns relative to ``root``, each holding
+            ``{id}`` (e.g. ``("{id}_t1.nii.gz", "{id}_roi.nii.gz")``); given,
+            they decide the pairs whatever the folder's layout.
 
     Returns:
         The layout name, the cases (sorted by id) and pairing findings
-        (images without labels, labels without images, duplicate ids).
+        (images without labels, labels without images, duplicate ids,
+        ambiguous pairs).
 
     Raises:
-        MedvolError: ``root`` is not a folder in a known layout.
+        MedvolError: ``root`` is not a folder in a known layout, or a pattern
+            has no ``{id}`` or leaves the folder.
     """
     root = Path(root)
+    if pair is not None:
+        if not root.is_dir():
+            raise MedvolError(root, "--pair needs a folder")
+        return ("pattern", *discover_pattern(root, *pair))
     if root.is_file() and root.suffix.lower() == ".csv":
         return ("manifest", *read_manifest(root))
     if not root.is_dir():
@@ -149,6 +175,8 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
         layout, image_dir, label_dir = "msd", root / "imagesTr", root / "labelsTr"
     elif (root / "images").is_dir():
         layout, image_dir, label_dir = "flat", root / "images", root / "labels"
+    elif any(_label_suffix(_file_stem(path)) for path in _scan_files(root)):
+        return ("pairs", *discover_suffix_pairs(root))
     else:
         return ("dicom", *discover_dicom(root))
     findings: list[Finding] = []
@@ -168,6 +196,167 @@ def discover(root: str | Path) -> tuple[str, list[Case], list[Finding]]:
             )
         cases.append(Case(case_id, channel_files, label_files[0] if label_files else None))
     return layout, cases, findings
+
+
+def _scan_files(folder: Path) -> list[Path]:
+    """The scan files directly in ``folder`` (hidden names skipped), sorted."""
+    return [
+        path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.is_file() and full_suffix(path) in SCAN_FILE_SUFFIXES
+    ]
+
+
+def _ending(stem: str, endings: tuple[str, ...]) -> str | None:
+    """The one of ``endings`` that ``stem`` ends with (any case), leaving a case id before it."""
+    return next((e for e in endings if stem.lower().endswith(e) and len(stem) > len(e)), None)
+
+
+def _label_suffix(stem: str) -> str | None:
+    return _ending(stem, LABEL_SUFFIXES)
+
+
+def discover_suffix_pairs(root: Path) -> tuple[list[Case], list[Finding]]:
+    """Cases from the scan files of one folder paired by name: ``ID_image.nrrd`` + ``ID_label.nrrd``.
+
+    A file whose name ends in one of :data:`LABEL_SUFFIXES` is the label map of
+    case ``ID``; any other scan file is its image, named ``ID`` plus one of
+    :data:`IMAGE_SUFFIXES` or nothing. Scan files in subfolders are not read;
+    one warning counts them.
+    """
+    images: dict[str, list[Path]] = {}
+    labels: dict[str, list[Path]] = {}
+    for path in _scan_files(root):
+        stem = _file_stem(path)
+        suffix = _label_suffix(stem)
+        if suffix is not None:
+            labels.setdefault(stem[: -len(suffix)], []).append(path)
+            continue
+        image_suffix = _ending(stem, IMAGE_SUFFIXES) or ""
+        images.setdefault(stem[: len(stem) - len(image_suffix)], []).append(path)
+    findings: list[Finding] = []
+    below = [
+        path
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for path in list_files(folder)
+        if full_suffix(path) in SCAN_FILE_SUFFIXES
+    ]
+    if below:
+        findings.append(
+            Finding(
+                "not_used",
+                "warning",
+                None,
+                str(below[0].parent),
+                f"{len(below)} scan file(s) in subfolders are not read: pairs are the folder's own files "
+                "(to read them, give --pair with a folder: '{id}/image.nii.gz' '{id}/label.nii.gz')",
+            )
+        )
+    image_hint = f"{ID_PLACEHOLDER} or {ID_PLACEHOLDER} + {_one_of(IMAGE_SUFFIXES)}"
+    cases = _pair_cases(images, labels, findings, image_hint, f"{ID_PLACEHOLDER} + {_one_of(LABEL_SUFFIXES)}")
+    return cases, findings
+
+
+def _one_of(endings: tuple[str, ...]) -> str:
+    return ", ".join(endings[:-1]) + f" or {endings[-1]}"
+
+
+def discover_pattern(root: Path, image_pattern: str, label_pattern: str) -> tuple[list[Case], list[Finding]]:
+    """Cases from files matching two patterns relative to ``root`` whose ``{id}`` is the case id.
+
+    ``{id}`` may appear several times in one pattern (``{id}/{id}_seg.nii.gz``)
+    and stands for the same text each time, never holding a ``/``. A file
+    matching the label pattern is never an image.
+
+    Raises:
+        MedvolError: a pattern without ``{id}``, absolute, or with a ``..`` step.
+    """
+    label_files = _match_pattern(root, label_pattern)
+    labelled = {path for paths in label_files.values() for path in paths}
+    image_files = {
+        case_id: kept
+        for case_id, paths in _match_pattern(root, image_pattern).items()
+        if (kept := [path for path in paths if path not in labelled])
+    }
+    findings: list[Finding] = []
+    for case_id in sorted(set(image_files) | set(label_files)):
+        if not SAFE_CASE_ID.match(case_id):
+            path = (image_files.get(case_id) or label_files[case_id])[0]
+            findings.append(
+                Finding(
+                    "unsafe_case_id",
+                    "error",
+                    None,
+                    str(path),
+                    f"case id {case_id!r} from the pattern must use only letters, digits, '.', '_' and '-'",
+                )
+            )
+            image_files.pop(case_id, None)
+            label_files.pop(case_id, None)
+    return _pair_cases(image_files, label_files, findings, image_pattern, label_pattern), findings
+
+
+def _match_pattern(root: Path, pattern: str) -> dict[str, list[Path]]:
+    """Files below ``root`` matching ``pattern``, grouped by the text that ``{id}`` stands for."""
+    import glob
+
+    parts = pattern.split(ID_PLACEHOLDER)
+    if len(parts) < 2:
+        raise MedvolError(root, f"the pattern {pattern!r} has no {ID_PLACEHOLDER} to name the case")
+    if Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+        raise MedvolError(root, f"the pattern {pattern!r} must be a path inside the folder")
+    expression = re.compile(
+        re.escape(parts[0])
+        + "(?P<id>[^/]+)"
+        + "".join(re.escape(part) + "(?P=id)" for part in parts[1:-1])
+        + re.escape(parts[-1])
+    )
+    found: dict[str, list[Path]] = {}
+    for path in sorted(root.glob("*".join(glob.escape(part) for part in parts))):
+        match = expression.fullmatch(path.relative_to(root).as_posix())
+        if match and path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+            found.setdefault(match["id"], []).append(path)
+    return found
+
+
+def _pair_cases(
+    images: dict[str, list[Path]],
+    labels: dict[str, list[Path]],
+    findings: list[Finding],
+    image_hint: str,
+    label_hint: str,
+) -> list[Case]:
+    """One case per id with exactly one image and one label file; every other id becomes a finding.
+
+    ``image_hint`` and ``label_hint`` say what name was looked for, with
+    ``{id}`` standing for the case id.
+    """
+    cases = []
+    for case_id in sorted(set(images) | set(labels)):
+        image_files, label_files = images.get(case_id, []), labels.get(case_id, [])
+        for what, files in (("images", image_files), ("label maps", label_files)):
+            if len(files) > 1:
+                names = ", ".join(path.name for path in files)
+                findings.append(
+                    Finding(
+                        "ambiguous_pair",
+                        "error",
+                        case_id,
+                        str(files[0]),
+                        f"{len(files)} {what} for case {case_id}: {names}; rename all but one, "
+                        "or give --pair IMAGE_PATTERN LABEL_PATTERN",
+                    )
+                )
+        if not image_files:
+            message = f"label has no image (none named {image_hint.replace(ID_PLACEHOLDER, case_id)})"
+            findings.append(Finding("label_without_image", "error", case_id, str(label_files[0]), message))
+        if not label_files:
+            message = f"image has no label (none named {label_hint.replace(ID_PLACEHOLDER, case_id)})"
+            findings.append(Finding("image_without_label", "error", case_id, str(image_files[0]), message))
+        image = tuple(image_files) if len(image_files) == 1 else ()
+        label = label_files[0] if len(label_files) == 1 else None
+        cases.append(Case(case_id, image, label))
+    return cases
 
 
 def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
@@ -345,29 +534,73 @@ def declared_classes(root: Path) -> list[int] | None:
     return sorted(int(value) for value in (labels.keys() if msd_style else labels.values()))
 
 
-def validate(root: str | Path, classes: list[int] | None = None) -> IndexReport:
+def validate(
+    root: str | Path, classes: list[int] | None = None, pair: tuple[str, str] | None = None
+) -> IndexReport:
     """Discover and check every case: readability, grids, label values, dtypes, duplicates.
 
     Args:
-        root: the dataset folder.
-        classes: allowed label values; default from ``dataset.json``, else
-            only integrality is checked.
+        root: the dataset folder or manifest.
+        classes: allowed label values; default from ``dataset.json``. Without
+            either, a label map holding values that most label maps of the
+            dataset do not hold is reported (``unusual_label_values``).
+        pair: image and label file patterns with ``{id}`` (see ``discover``).
     """
     root = Path(root)
-    layout, cases, findings = discover(root)
+    layout, cases, findings = discover(root, pair)
     classes = classes if classes is not None else declared_classes(root)
     report = IndexReport(root=root, layout=layout, cases=cases, findings=findings)
     image_dtypes: Counter[str] = Counter()
     content_owner: dict[str, str] = {}
+    label_values: dict[str, tuple[Path, set[int]]] = {}
     for case in cases:
         if case.images and case.annotated:
-            _check_case(case, classes, report.findings, image_dtypes, content_owner)
+            _check_case(case, classes, report.findings, image_dtypes, content_owner, label_values)
     if len(image_dtypes) > 1:
         counts = ", ".join(f"{n} {dtype}" for dtype, n in sorted(image_dtypes.items()))
         report.findings.append(
             Finding("dtype_mix", "warning", None, None, f"images are stored in several dtypes: {counts}")
         )
+    if classes is None:
+        report.findings += unusual_label_values(label_values)
     return report
+
+
+def unusual_label_values(label_values: dict[str, tuple[Path, set[int]]]) -> list[Finding]:
+    """A warning for each label map holding values that most label maps do not hold.
+
+    The usual values are those held by more than half of the label maps (at
+    least two maps are needed to compare); a foreign mask, an instance map
+    (``0..9`` among ``0, 1`` masks) or an image put among the labels shows up
+    as values outside them. A class present in a minority of cases shows up
+    too: declaring the classes (``--classes`` or ``dataset.json``) replaces
+    this check by the strict one.
+
+    Args:
+        label_values: case id -> (label file, the integer values its map holds).
+    """
+    if len(label_values) < 2:
+        return []
+    held = Counter(value for _, values in label_values.values() for value in values)
+    usual = sorted(value for value, count in held.items() if count * 2 > len(label_values))
+    findings = []
+    for case_id, (path, values) in label_values.items():
+        unusual = sorted(values - set(usual))
+        if unusual:
+            shown = ", ".join(map(str, unusual[:10])) + (
+                f", ... ({len(unusual)} values)" if len(unusual) > 10 else ""
+            )
+            findings.append(
+                Finding(
+                    "unusual_label_values",
+                    "warning",
+                    case_id,
+                    str(path),
+                    f"label values [{shown}] are held by few label maps; most of the {len(label_values)} "
+                    f"hold only {usual} (if they are classes, say so with --classes)",
+                )
+            )
+    return findings
 
 
 def _check_case(
@@ -376,7 +609,9 @@ def _check_case(
     findings: list[Finding],
     image_dtypes: Counter[str],
     content_owner: dict[str, str],
+    label_values: dict[str, tuple[Path, set[int]]],
 ) -> None:
+    """Check one case; its label map's values go to ``label_values`` when they are integers."""
     try:
         images = [load(path, series=case.series) for path in case.images]
         label = None if case.label is None else load(case.label)
@@ -416,7 +651,9 @@ def _check_case(
             source = str(other.meta.get("source_path"))
             findings.append(Finding("reoriented", "warning", case.case_id, source, message))
     if label is not None and case.label is not None:
-        _check_label_values(case.case_id, case.label, label, classes, findings)
+        values = _check_label_values(case.case_id, case.label, label, classes, findings)
+        if values is not None:
+            label_values[case.case_id] = (case.label, values)
 
 
 def content_digest(case: Case) -> str:
@@ -451,7 +688,8 @@ def content_digest(case: Case) -> str:
 
 def _check_label_values(
     case_id: str, label_path: Path, label: Volume, classes: list[int] | None, findings: list[Finding]
-) -> None:
+) -> set[int] | None:
+    """Check a label map's values; returns them when they are all integers."""
     values = np.unique(label.array)
     if label.array.dtype.kind == "f":
         findings.append(
@@ -467,7 +705,8 @@ def _check_label_values(
         findings.append(
             Finding("label_values", "error", case_id, str(label_path), "label has non-integer values")
         )
-    elif classes is not None and not set(values.astype(int).tolist()) <= set(classes):
+        return None
+    if classes is not None and not set(values.astype(int).tolist()) <= set(classes):
         extra = sorted(set(values.astype(int).tolist()) - set(classes))
         findings.append(
             Finding(
@@ -478,6 +717,7 @@ def _check_label_values(
                 f"label values {extra} are not among the declared classes {classes}",
             )
         )
+    return set(values.astype(int).tolist())
 
 
 def load_case(case: Case) -> tuple[Volume, Volume | None]:
