@@ -344,10 +344,15 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_index(args: argparse.Namespace) -> int:
     from medvol.data import validate, write_manifest
+    from medvol.errors import MedvolError
     from medvol.io.atomic import atomic_path
     from medvol.io.medmnist import is_medmnist_file
 
     if is_medmnist_file(args.root):
+        if args.pair or args.classes:
+            raise MedvolError(
+                args.root, "--pair and --classes are for folders and manifests, not MedMNIST files"
+            )
         return _index_medmnist(args)
     report = validate(args.root, classes=args.classes, pair=args.pair and tuple(args.pair))
     write_manifest(report, args.out)

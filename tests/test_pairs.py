@@ -222,3 +222,34 @@ def test_written_manifest_of_pairs_keeps_the_label_check(suffix_folder: Path, tm
     assert [f.case_id for f in odd] == ["odd"] and "[2, 3, 4, 5, 6]" in odd[0].message
     again = validate(write_manifest(report, tmp_path / "cases.csv"))
     assert [f.case_id for f in again.findings if f.kind == "unusual_label_values"] == ["odd"]
+
+
+def test_a_link_that_leads_nowhere_is_named_not_dropped(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for case in ("a", "b"):
+        itk(root / f"{case}_image.nrrd", scan(ord(case)))
+        itk(root / f"{case}_label.nrrd", mask())
+    (root / "c_image.nrrd").symlink_to(tmp_path / "gone.nrrd")
+    itk(root / "c_label.nrrd", mask())
+    report = validate(root)
+    assert [c.case_id for c in report.usable] == ["a", "b"]
+    assert [(f.kind, f.case_id, Path(f.path or "").name) for f in report.findings] == [
+        ("unreadable", "c", "c_image.nrrd")
+    ]
+
+
+def test_index_options_that_a_medmnist_file_cannot_use_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    file = tmp_path / "tiny.npz"
+    images = np.zeros((2, 28, 28, 28), np.uint8)
+    labels = np.zeros((2, 1), np.uint8)
+    np.savez(
+        file,
+        **{f"{s}_images": images for s in ("train", "val", "test")},
+        **{f"{s}_labels": labels for s in ("train", "val", "test")},
+    )
+    out = tmp_path / "out.csv"
+    assert main(["index", str(file), "--out", str(out), "--pair", "{id}.nrrd", "{id}_label.nrrd"]) == 1
+    assert "--pair and --classes" in capsys.readouterr().err and not out.exists()
+    assert main(["index", str(file), "--out", str(out)]) == 0

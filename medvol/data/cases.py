@@ -199,11 +199,14 @@ def discover(root: str | Path, pair: tuple[str, str] | None = None) -> tuple[str
 
 
 def _scan_files(folder: Path) -> list[Path]:
-    """The scan files directly in ``folder`` (hidden names skipped), sorted."""
+    """The scan files directly in ``folder`` (hidden names skipped), sorted.
+
+    A link that leads nowhere is kept: reading it names the problem.
+    """
     return [
         path
         for path in sorted(folder.iterdir())
-        if not path.name.startswith(".") and path.is_file() and full_suffix(path) in SCAN_FILE_SUFFIXES
+        if not path.name.startswith(".") and not path.is_dir() and full_suffix(path) in SCAN_FILE_SUFFIXES
     ]
 
 
@@ -314,7 +317,7 @@ def _match_pattern(root: Path, pattern: str) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for path in sorted(root.glob("*".join(glob.escape(part) for part in parts))):
         match = expression.fullmatch(path.relative_to(root).as_posix())
-        if match and path.is_file() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+        if match and not path.is_dir() and not any(p.startswith(".") for p in path.relative_to(root).parts):
             found.setdefault(match["id"], []).append(path)
     return found
 
