@@ -253,3 +253,31 @@ def test_index_options_that_a_medmnist_file_cannot_use_are_refused(
     assert main(["index", str(file), "--out", str(out), "--pair", "{id}.nrrd", "{id}_label.nrrd"]) == 1
     assert "--pair and --classes" in capsys.readouterr().err and not out.exists()
     assert main(["index", str(file), "--out", str(out)]) == 0
+
+
+def test_real_hippocampus_scans_renamed_as_suffix_pairs(shared_data: Path, tmp_path: Path) -> None:
+    """Real MSD scans named as a radiomics folder names them read back as the same cases and findings."""
+    source = shared_data / "msd-hippocampus"
+    root = tmp_path / "pairs"
+    root.mkdir()
+    for number in ("001", "003", "004", "006", "007", "118"):
+        (root / f"hippocampus_{number}_image.nii.gz").symlink_to(
+            source / "images" / f"hippocampus_{number}.nii.gz"
+        )
+        if (source / "labels" / f"hippocampus_{number}.nii.gz").exists():
+            (root / f"hippocampus_{number}_seg.nii.gz").symlink_to(
+                source / "labels" / f"hippocampus_{number}.nii.gz"
+            )
+    report = validate(root)
+    assert report.layout == "pairs"
+    assert [c.case_id for c in report.usable] == [
+        f"hippocampus_{n}" for n in ("001", "003", "004", "006", "007")
+    ]
+    # Labels 0, 1, 2 in every map: nothing unusual; the rest is found as in the MSD folder.
+    assert sorted((f.kind, f.case_id or "") for f in report.findings) == [
+        ("dtype_mix", ""),
+        ("float_label", "hippocampus_003"),
+        ("image_without_label", "hippocampus_118"),
+    ]
+    assert main(["plan", str(root), "--out", str(tmp_path / "plan.yaml")]) == 0
+    assert "spacing_mm: [1.0, 1.0, 1.0]" in (tmp_path / "plan.yaml").read_text()
