@@ -124,8 +124,9 @@ def test_clean_suffix_folder_exits_zero(tmp_path: Path, capsys: pytest.CaptureFi
 def test_a_folder_of_images_without_label_suffixes_is_not_taken_for_pairs(tmp_path: Path) -> None:
     itk(tmp_path / "scans" / "a.nrrd", scan(0))
     itk(tmp_path / "scans" / "b_image.nrrd", scan(1))
-    with pytest.raises(MedvolError, match="unknown layout"):
+    with pytest.raises(MedvolError, match="unknown layout") as refused:
         validate(tmp_path / "scans")
+    assert "ID_label" in str(refused.value) and "--pair IMAGE_PATTERN LABEL_PATTERN" in str(refused.value)
 
 
 # ----------------------------------------------------------------------------- --pair patterns
@@ -176,6 +177,7 @@ def test_pair_cli_label_pattern_wins_over_a_wider_image_pattern(tmp_path: Path) 
         ("image.nrrd", "has no {id}"),
         ("../{id}.nrrd", "inside the folder"),
         ("/data/{id}.nrrd", "inside the folder"),
+        ("{id}_label.nrrd", "are the same"),
     ],
 )
 def test_pair_patterns_that_cannot_name_a_case_are_refused(
@@ -281,3 +283,21 @@ def test_real_hippocampus_scans_renamed_as_suffix_pairs(shared_data: Path, tmp_p
     ]
     assert main(["plan", str(root), "--out", str(tmp_path / "plan.yaml")]) == 0
     assert "spacing_mm: [1.0, 1.0, 1.0]" in (tmp_path / "plan.yaml").read_text()
+
+
+def test_pair_pattern_images_may_be_dicom_series_folders(tmp_path: Path) -> None:
+    from medvol.io import load, save
+    from medvol.volume import Volume
+    from tests.dicom_factory import Geometry, write_series
+
+    root = tmp_path / "study"
+    for number, case in enumerate(("p01", "p02")):
+        write_series(root / case / "CT", Geometry(), series_number=1, seed=number)
+        image = load(root / case / "CT")
+        save(
+            Volume((image.array > image.array.mean()).astype(np.uint8), image.affine, {}),
+            root / case / "gtv.nii.gz",
+        )
+    report = validate(root, pair=("{id}/CT", "{id}/gtv.nii.gz"))
+    assert [(c.case_id, c.images[0].name) for c in report.usable] == [("p01", "CT"), ("p02", "CT")]
+    assert report.findings == []

@@ -269,16 +269,20 @@ def discover_pattern(root: Path, image_pattern: str, label_pattern: str) -> tupl
 
     ``{id}`` may appear several times in one pattern (``{id}/{id}_seg.nii.gz``)
     and stands for the same text each time, never holding a ``/``. A file
-    matching the label pattern is never an image.
+    matching the label pattern is never an image. An image may be a folder
+    (a DICOM series); a label map is a file.
 
     Raises:
-        MedvolError: a pattern without ``{id}``, absolute, or with a ``..`` step.
+        MedvolError: a pattern without ``{id}``, absolute, with a ``..`` step,
+            or both patterns the same.
     """
-    label_files = _match_pattern(root, label_pattern)
+    if image_pattern == label_pattern:
+        raise MedvolError(root, f"the image and label patterns are the same ({image_pattern!r})")
+    label_files = _match_pattern(root, label_pattern, folders=False)
     labelled = {path for paths in label_files.values() for path in paths}
     image_files = {
         case_id: kept
-        for case_id, paths in _match_pattern(root, image_pattern).items()
+        for case_id, paths in _match_pattern(root, image_pattern, folders=True).items()
         if (kept := [path for path in paths if path not in labelled])
     }
     findings: list[Finding] = []
@@ -299,8 +303,8 @@ def discover_pattern(root: Path, image_pattern: str, label_pattern: str) -> tupl
     return _pair_cases(image_files, label_files, findings, image_pattern, label_pattern), findings
 
 
-def _match_pattern(root: Path, pattern: str) -> dict[str, list[Path]]:
-    """Files below ``root`` matching ``pattern``, grouped by the text that ``{id}`` stands for."""
+def _match_pattern(root: Path, pattern: str, folders: bool) -> dict[str, list[Path]]:
+    """Files (and ``folders`` if asked) below ``root`` matching ``pattern``, grouped by ``{id}``'s text."""
     import glob
 
     parts = pattern.split(ID_PLACEHOLDER)
@@ -317,7 +321,11 @@ def _match_pattern(root: Path, pattern: str) -> dict[str, list[Path]]:
     found: dict[str, list[Path]] = {}
     for path in sorted(root.glob("*".join(glob.escape(part) for part in parts))):
         match = expression.fullmatch(path.relative_to(root).as_posix())
-        if match and not path.is_dir() and not any(p.startswith(".") for p in path.relative_to(root).parts):
+        if (
+            match
+            and (folders or not path.is_dir())
+            and not any(p.startswith(".") for p in path.relative_to(root).parts)
+        ):
             found.setdefault(match["id"], []).append(path)
     return found
 
@@ -380,7 +388,8 @@ def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
     if not series:
         raise MedvolError(
             root,
-            "unknown layout: no DICOM series, no imagesTr/ + labelsTr/ (MSD, nnU-Net), no images/ + labels/",
+            "unknown layout: no DICOM series, no imagesTr/ + labelsTr/ (MSD, nnU-Net), no images/ + labels/, "
+            "no ID_image + ID_label files (for other names, give --pair IMAGE_PATTERN LABEL_PATTERN)",
         )
     findings: list[Finding] = []
     corrupt_folders = {Path(s.path).parent for s in skipped if s.corrupt}
