@@ -105,7 +105,7 @@ def test_plan_of_converted_ct_scans_normalises_as_ct(
         "use_foreground_mask": True,
         "clip_percentiles": [0.5, 99.5],
     }
-    assert "modality CT (cases' metadata: CT: 3)" in out.read_text()
+    assert "# Modality: CT; the cases' metadata says CT: 3." in out.read_text()
     assert json.loads(out.with_suffix(".fingerprint.json").read_text())["modalities"] == {"CT": 3}
 
     # One case without its sidecar: still CT, and a warning says how many are unknown.

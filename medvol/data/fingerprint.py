@@ -235,7 +235,7 @@ def write_plan(plan: dict[str, Any], measured: dict[str, Any], path: str | Path,
     modality = measured.get("modality") or "unknown"
     header = (
         f"# medvol plan for {source}, from {measured['cases']} cases.\n"
-        f"# Normalised for modality {modality} (cases' metadata: {modalities}).\n"
+        f"# Modality: {modality}; the cases' metadata says {modalities}.\n"
         "# Derived from the dataset fingerprint (see the .fingerprint.json beside this file).\n"
         "# Edit freely before training.\n"
     )
