@@ -335,8 +335,8 @@ def run_convert(args: argparse.Namespace) -> int:
         print(f"removed {len(removed)} temporary file(s) of an earlier convert of {target} that was killed")
     save(volume, target)
     fields = sidecar_fields(volume.meta)
-    if not fields:
-        sidecar.unlink(missing_ok=True)  # an earlier output's sidecar would describe the wrong scan
+    if not fields and sidecar.is_file():
+        sidecar.unlink()  # an earlier output's sidecar would describe the wrong scan
     spacing = [round(s, 4) for s in volume.spacing]
     print(f"wrote {target}  shape {list(volume.shape)}  spacing {spacing} mm  {volume.orientation}")
     if fields:

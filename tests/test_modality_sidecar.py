@@ -239,3 +239,7 @@ def test_save_writes_a_sidecar_only_for_what_it_knows(tmp_path: Path) -> None:
     with pytest.raises(medvol.MedvolError):
         save(tilted, tmp_path / "b.nrrd")  # NRRD cannot hold a sheared affine
     assert medvol.load(tmp_path / "b.nii.gz").meta["modality"] == "MR"
+    # A folder where the sidecar belongs is named, not an unexpected error.
+    (tmp_path / "c.json").mkdir()
+    with pytest.raises(medvol.MedvolError, match="is a folder"):
+        save(volume, tmp_path / "c.nii.gz")

@@ -172,22 +172,31 @@ def save(volume: Volume, path: str | Path) -> Path:
             f"cannot write {suffix or 'files without a suffix'}; use one of {', '.join(SAVE_SUFFIXES)}",
         )
     sidecar = sidecar_path(path)
-    previous = sidecar.read_bytes() if sidecar.is_file() else None
-    write_sidecar(volume.meta, path)
+    previous = _read_bytes(sidecar)
+    written = write_sidecar(volume.meta, path)
     try:
         if suffix in NIFTI_SUFFIXES:
             save_nifti(volume, path)
         else:
             save_itk(volume, path)
     except BaseException:
-        # The file was not written: its sidecar is as it was (another format's file may share it).
-        if previous is None:
+        # The file was not written: its sidecar goes back to what it was (another
+        # format's file of the same name may share it).
+        if written is not None and previous is None:
             sidecar.unlink(missing_ok=True)
-        elif not sidecar.is_file() or sidecar.read_bytes() != previous:
+        elif previous is not None and _read_bytes(sidecar) != previous:
             with atomic_path(sidecar) as temporary:
                 temporary.write_bytes(previous)
         raise
     return path
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """The bytes of a file, or ``None`` when it cannot be read (absent, a folder, a link loop...)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def check_finite(volume: Volume) -> None:

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from medvol.errors import MedvolError
 from medvol.io.atomic import full_suffix, write_json
 from medvol.logs import get_logger
 from medvol.version import __version__
@@ -83,6 +84,8 @@ def write_sidecar(meta: dict[str, Any], image_path: Path) -> Path | None:
     file being replaced); a sidecar from another program is left alone.
     """
     path = sidecar_path(image_path)
+    if path.is_dir():
+        raise MedvolError(path, f"is a folder, where the JSON sidecar of {image_path.name} belongs")
     fields = sidecar_fields(meta)
     if not fields:
         if path.is_file() and written_by_medvol(path):
