@@ -328,17 +328,27 @@ def run_convert(args: argparse.Namespace) -> int:
     from medvol.errors import MedvolError
     from medvol.io import load, save
     from medvol.io.atomic import remove_stale_temporaries
+    from medvol.io.sidecar import sidecar_fields, sidecar_path, written_by_medvol
 
     target: Path = args.target
+    sidecar = sidecar_path(target)
     if target.exists() and not args.overwrite:
         raise MedvolError(target, "output exists; pass --overwrite to replace it")
+    # A sidecar medvol left without its file (a killed convert) is replaced; any other is the user's.
+    if sidecar.exists() and not args.overwrite and not written_by_medvol(sidecar):
+        raise MedvolError(sidecar, f"exists, and convert writes {target}'s sidecar there; pass --overwrite")
     volume = load(args.source, series=args.series, allow_nan=args.allow_nan)
-    removed = remove_stale_temporaries(target)
+    removed = remove_stale_temporaries(target) + remove_stale_temporaries(sidecar)
     if removed:
         print(f"removed {len(removed)} temporary file(s) of an earlier convert of {target} that was killed")
     save(volume, target)
+    fields = sidecar_fields(volume.meta)
+    if not fields and sidecar.is_file():
+        sidecar.unlink()  # an earlier output's sidecar would describe the wrong scan
     spacing = [round(s, 4) for s in volume.spacing]
     print(f"wrote {target}  shape {list(volume.shape)}  spacing {spacing} mm  {volume.orientation}")
+    if fields:
+        print(f"wrote {sidecar}  modality {fields.get('Modality', 'unknown')}")
     return 0
 
 

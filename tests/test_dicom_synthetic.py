@@ -291,7 +291,8 @@ def test_gantry_tilt_survives_nifti_and_is_refused_by_nrrd(
     with pytest.raises(GeometryError, match="sheared"):
         medvol.save(volume, target)
     assert not target.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tilt", "tilt.nii.gz"]  # no temporary left
+    # No temporary left; the sidecar is the NIfTI's (the refused NRRD leaves it as it was).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tilt", "tilt.json", "tilt.nii.gz"]
 
 
 # --- 5. rescale slope and intercept ------------------------------------------

@@ -19,6 +19,9 @@ import numpy as np
 
 from medvol.data.cases import Case
 from medvol.io import load
+from medvol.logs import get_logger
+
+logger = get_logger(__name__)
 
 FOREGROUND_SAMPLES_PER_CASE = 10_000
 ANISOTROPY_RATIO = 3.0
@@ -32,18 +35,27 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
 
     Args:
         cases: usable cases (images and label maps).
-        modality: ``"CT"``, ``"MR"``...; default from the first image's metadata.
+        modality: ``"CT"``, ``"MR"``...; default from each image's metadata
+            (a DICOM header, or the JSON sidecar ``medvol convert`` writes),
+            see :func:`choose_modality`.
         seed: for the sample of foreground voxels kept per case.
+
+    Returns:
+        ``modality`` (the one the plan normalises for, ``None`` when unknown
+        or mixed), ``modalities`` (cases per modality found in the metadata,
+        ``"unknown"`` for none), spacings and shapes along RAS, their medians,
+        foreground intensity statistics and class fractions.
     """
     rng = np.random.default_rng(seed)
     spacings, shapes, samples = [], [], []
+    found: list[str | None] = []
     class_voxels: Counter[int] = Counter()
     for case in cases:
         image = load(case.images[0])
         # The plan is applied after reorienting to RAS: measure along RAS axes.
         spacings.append(_along_ras(image.spacing, image.affine))
         shapes.append(_along_ras(image.shape, image.affine))
-        modality = modality or image.meta.get("modality")
+        found.append(_modality_name(image.meta.get("modality")))
         if case.label is None:
             foreground = image.array[0].ravel()
         else:
@@ -58,7 +70,8 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
     total = sum(class_voxels.values()) or 1
     return {
         "cases": len(cases),
-        "modality": modality,
+        "modality": choose_modality(found, _modality_name(modality)),
+        "modalities": dict(sorted(Counter(m or "unknown" for m in found).items())),
         "spacings_mm": [list(s) for s in spacings],
         "shapes": [list(s) for s in shapes],
         "median_spacing_mm": np.median(spacings, axis=0).tolist(),
@@ -73,6 +86,74 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
         },
         "class_fraction": {str(k): class_voxels[k] / total for k in sorted(class_voxels)},
     }
+
+
+def _modality_name(value: Any) -> str | None:
+    """``" ct "`` → ``"CT"``; nothing, or an empty text, → ``None``."""
+    text = str(value).strip().upper() if value is not None else ""
+    return text or None
+
+
+def choose_modality(found: Sequence[str | None], given: str | None = None) -> str | None:
+    """The modality a plan normalises for, from each case's (``None``: unknown), with a warning when unsure.
+
+    ``given`` (``--modality``) wins; a warning says how many cases' metadata
+    disagree with it. Otherwise the cases' own modality when all that know
+    one agree; a warning names how many cases are unknown and which
+    normalisation that gives. Cases of several modalities, or none known,
+    give ``None``: the plan then normalises each scan on its own (z-score),
+    the default for anything but CT.
+    """
+    count = len(found)
+    known = Counter(m for m in found if m is not None)
+    unknown = count - sum(known.values())
+    if given is not None:
+        other = sum(n for m, n in known.items() if m != given)
+        if other:
+            listed = ", ".join(f"{m}: {n}" for m, n in sorted(known.items()) if m != given)
+            logger.warning(
+                "planned as %s (--modality), but the metadata of %d of %d cases says otherwise (%s)",
+                given,
+                other,
+                count,
+                listed,
+            )
+        return given
+    default = "z-score per scan, the normalisation for modalities other than CT"
+    advice = "pass --modality CT or MR to choose"
+    if len(known) > 1:
+        listed = ", ".join(f"{m}: {n}" for m, n in sorted(known.items()))
+        unknown_part = f", unknown: {unknown}" if unknown else ""
+        logger.warning(
+            "the cases are of several modalities (%s%s): planned with %s; plan each modality "
+            "on its own, or %s",
+            listed,
+            unknown_part,
+            default,
+            advice,
+        )
+        return None
+    if not known:
+        logger.warning(
+            "modality unknown for all %d cases (no DICOM header or JSON sidecar names it): "
+            "planned with %s; %s",
+            count,
+            default,
+            advice,
+        )
+        return None
+    ((modality, with_it),) = known.items()
+    if unknown:
+        logger.warning(
+            "modality unknown for %d of %d cases (no DICOM header or JSON sidecar names it): planned as %s, "
+            "the modality of the other %d; %s",
+            unknown,
+            count,
+            modality,
+            with_it,
+            advice,
+        )
+    return modality
 
 
 def _along_ras(values: Sequence[float], affine: np.ndarray) -> list[float]:
@@ -150,8 +231,11 @@ def write_plan(plan: dict[str, Any], measured: dict[str, Any], path: str | Path,
     from medvol.io.atomic import atomic_path
 
     path = Path(path)
+    modalities = ", ".join(f"{m}: {n}" for m, n in measured.get("modalities", {}).items())
+    modality = measured.get("modality") or "unknown"
     header = (
         f"# medvol plan for {source}, from {measured['cases']} cases.\n"
+        f"# Modality: {modality}; the cases' metadata says {modalities}.\n"
         "# Derived from the dataset fingerprint (see the .fingerprint.json beside this file).\n"
         "# Edit freely before training.\n"
     )

@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from medvol.errors import InvalidDataError, MedvolError, SeriesError, UnreadableFileError
-from medvol.io.atomic import full_suffix, missing_reason
+from medvol.io.atomic import atomic_path, full_suffix, missing_reason
 from medvol.io.dicom import is_dicom_file, load_dicom, load_series, scan_folder, select_series
 from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
 from medvol.io.itk import load_itk, save_itk
 from medvol.io.nifti import load_nifti, save_nifti
+from medvol.io.sidecar import read_sidecar, sidecar_path, write_sidecar
 from medvol.volume import Volume
 
 ITK_WRITE_SUFFIXES = (".nrrd", ".mha")
@@ -87,10 +88,9 @@ def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool =
         volume = load_dicom(path, series=series)
     elif path.stat().st_size == 0:
         raise UnreadableFileError(path, "empty file (0 bytes)")
-    elif suffix in NIFTI_SUFFIXES:
-        volume = load_nifti(path)
-    elif suffix in ITK_READ_SUFFIXES:
-        volume = load_itk(path)
+    elif suffix in NIFTI_SUFFIXES or suffix in ITK_READ_SUFFIXES:
+        volume = load_nifti(path) if suffix in NIFTI_SUFFIXES else load_itk(path)
+        volume.meta.update(read_sidecar(path))  # scan.json: modality, patient position, image type
     elif is_dicom_file(path):
         volume = load_dicom(path)
     else:
@@ -158,20 +158,45 @@ def save(volume: Volume, path: str | Path) -> Path:
     """Write a volume atomically (temporary file, then rename); returns the path.
 
     The format follows the suffix: ``.nii``/``.nii.gz`` (NIfTI-1, exact affine
-    to float32 precision), ``.nrrd`` or ``.mha`` (compressed).
+    to float32 precision), ``.nrrd`` or ``.mha`` (compressed). When
+    ``volume.meta`` knows the modality, patient position or image type (a
+    DICOM series does), they go into a JSON sidecar beside the file
+    (``scan.nii.gz`` → ``scan.json``, see ``medvol.io.sidecar``), written
+    first, so a file that exists always has its sidecar.
     """
     path = Path(path)
     suffix = full_suffix(path)
-    if suffix in NIFTI_SUFFIXES:
-        save_nifti(volume, path)
-    elif suffix in ITK_WRITE_SUFFIXES:
-        save_itk(volume, path)
-    else:
+    if suffix not in SAVE_SUFFIXES:
         raise UnreadableFileError(
             path,
             f"cannot write {suffix or 'files without a suffix'}; use one of {', '.join(SAVE_SUFFIXES)}",
         )
+    sidecar = sidecar_path(path)
+    previous = _read_bytes(sidecar)
+    written = write_sidecar(volume.meta, path)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            save_nifti(volume, path)
+        else:
+            save_itk(volume, path)
+    except BaseException:
+        # The file was not written: its sidecar goes back to what it was (another
+        # format's file of the same name may share it).
+        if written is not None and previous is None:
+            sidecar.unlink(missing_ok=True)
+        elif previous is not None and _read_bytes(sidecar) != previous:
+            with atomic_path(sidecar) as temporary:
+                temporary.write_bytes(previous)
+        raise
     return path
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """The bytes of a file, or ``None`` when it cannot be read (absent, a folder, a link loop...)."""
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
 
 
 def check_finite(volume: Volume) -> None:

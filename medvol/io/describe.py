@@ -14,6 +14,10 @@ from medvol.volume import Volume
 
 # Provenance keys of ``Volume.meta`` shown when a reader recorded them (none names the patient).
 META_KEYS = (
+    "patient_position",
+    "patient_position_per_slice",
+    "image_type",
+    "image_type_per_slice",
     "series_uid",
     "series_number",
     "series_description",
@@ -26,6 +30,7 @@ META_KEYS = (
     "multiframe",
     "slice_step_from",
     "affine_from",
+    "sidecar",
 )
 
 
@@ -37,7 +42,9 @@ def describe(volume: Volume) -> dict[str, Any]:
         ``channels``, ``spacing`` (mm), ``orientation`` (axis codes, e.g.
         ``"LAS"``), ``affine`` (4×4, voxel → RAS mm), ``dtype``,
         ``intensity_range`` (min, max; ``None`` for an empty array), then any
-        of :data:`META_KEYS` the reader recorded and ``skipped_files`` (a count).
+        of :data:`META_KEYS` the reader recorded (DICOM PatientPosition and
+        ImageType, series, geometry notes, the JSON sidecar read) and
+        ``skipped_files`` (a count).
     """
     array = volume.array
     meta = volume.meta
@@ -69,6 +76,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         if key == "affine":
             rows = ["[" + ", ".join(f"{v:10.4f}" for v in row) + "]" for row in value]
             lines.append(f"  {'affine':<18} " + f"\n  {'':<18} ".join(rows))
+        elif key == "image_type":
+            lines.append(f"  {key:<18} " + "\\".join(value))  # as DICOM writes it: ORIGINAL\PRIMARY
         else:
             lines.append(f"  {key:<18} {value}")
     return "\n".join(lines)

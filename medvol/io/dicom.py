@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +64,7 @@ HEADER_TAGS = [
     "SeriesDescription",
     "Modality",
     "ImageType",
+    "PatientPosition",
     "Rows",
     "Columns",
     "NumberOfFrames",
@@ -121,6 +123,8 @@ class SliceHeader:
     instance_number: int | None
     is_mosaic: bool
     frame_positions: tuple[tuple[float, float, float], ...] | None = None
+    patient_position: str = ""
+    image_type: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,7 +289,7 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
         return SkippedFile(str(path), f"not an image ({name})")
     if "Rows" not in ds or "Columns" not in ds:
         return SkippedFile(str(path), "DICOM object without an image (no Rows/Columns)")
-    image_type = [str(value).upper() for value in ds.get("ImageType", [])]
+    image_type = _multi_value(ds.get("ImageType"))
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     orientation, position, spacing, slope, intercept = _plane_geometry(ds)
     frame_positions = _frame_positions(ds) if frames > 1 else None
@@ -312,9 +316,19 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
         rescale_slope=slope,
         rescale_intercept=intercept,
         instance_number=None if instance_number in (None, "") else int(instance_number),
-        is_mosaic="MOSAIC" in image_type,
+        is_mosaic="MOSAIC" in (value.upper() for value in image_type),
         frame_positions=frame_positions,
+        patient_position=str(ds.get("PatientPosition", "") or "").strip(),
+        image_type=image_type,
     )
+
+
+def _multi_value(value: Any) -> tuple[str, ...]:
+    """A multi-valued string element (e.g. ImageType) as a tuple, whether it holds one value or many."""
+    if value in (None, ""):
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in values)
 
 
 def _plane_geometry(
@@ -604,12 +618,31 @@ def load_series(series: DicomSeries) -> Volume:
         "series_number": first.series_number,
         "series_description": first.series_description,
         "transfer_syntax": first.transfer_syntax,
+        **_series_value(series.headers, "patient_position", lambda h: h.patient_position or None),
+        **_series_value(series.headers, "image_type", lambda h: list(h.image_type) or None),
         "source_affine": affine.tolist(),
         "source_shape": list(array.shape),
         "files": len(series.headers),
         **notes,
     }
     return Volume(array=array[np.newaxis], affine=affine, meta=meta)
+
+
+def _series_value(
+    headers: Sequence[SliceHeader], key: str, value: Callable[[SliceHeader], Any]
+) -> dict[str, Any]:
+    """``{key: value}`` when every slice has the same value (``None`` when none has one).
+
+    Slices that disagree give ``{key: None, key + "_per_slice": {value: slices}}``
+    (a list value written as DICOM shows it, ``ORIGINAL\\PRIMARY``), so no slice's
+    value is hidden behind another's.
+    """
+    values = [value(header) for header in headers]
+    shown = ["\\".join(v) if isinstance(v, list) else v for v in values]
+    if len(set(shown)) == 1:
+        return {key: values[0]}
+    counts = Counter("(none)" if v is None else str(v) for v in shown)
+    return {key: None, f"{key}_per_slice": dict(sorted(counts.items()))}
 
 
 def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
