@@ -172,3 +172,20 @@ def test_augment_mode_never_copies_a_case(hippocampus_cases: list[tuple[Path, Pa
     off = dataclasses.replace(rare, noise_prob=0.0)
     report = synthesize_cases(hippocampus_cases[:1], 1, tmp_path / "off", seed=0, augment=off)
     assert "changed nothing" in report.errors[0][1]
+
+
+def test_synthetic_images_keep_the_source_modality(tmp_path: Path) -> None:
+    """A variant of a CT scan is a CT scan for `medvol plan` (its sidecar says so)."""
+    from medvol.io import save
+    from medvol.volume import Volume
+
+    rng = np.random.default_rng(0)
+    label = Volume(label_map(), np.eye(4))
+    image = Volume(rng.normal(size=label.array.shape).astype(np.float32), np.eye(4), {"modality": "CT"})
+    save(image, tmp_path / "src" / "case.nii.gz")
+    save(label, tmp_path / "src" / "case_label.nii.gz")
+    report = synthesize_cases(
+        [(tmp_path / "src/case.nii.gz", tmp_path / "src/case_label.nii.gz")], 1, tmp_path / "out", seed=1
+    )
+    (written,) = report.written
+    assert load(written).meta["modality"] == "CT"

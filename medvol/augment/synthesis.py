@@ -277,7 +277,9 @@ def synthesize_cases(
                     array, label_array = labels_to_image(label.array, variant_seed, synthesis, augment)
                 meta = {"source_path": str(label_path), "synthesis": mode, "seed": seed, "variant": k}
                 save(Volume(label_array, label.affine, meta), targets[k][1])
-                save(Volume(array, image.affine, meta), targets[k][0])
+                # the source's modality travels with the image (its sidecar), for `medvol plan`
+                modality = {"modality": image.meta["modality"]} if image.meta.get("modality") else {}
+                save(Volume(array, image.affine, {**meta, **modality}), targets[k][0])
                 report.written.append(targets[k][0])
         except MedvolError as error:
             report.errors.append((str(label_path), str(error)))
