@@ -243,3 +243,15 @@ def test_save_writes_a_sidecar_only_for_what_it_knows(tmp_path: Path) -> None:
     (tmp_path / "c.json").mkdir()
     with pytest.raises(medvol.MedvolError, match="is a folder"):
         save(volume, tmp_path / "c.nii.gz")
+
+
+def test_predict_reads_a_scans_sidecar_with_it_and_does_not_count_it_as_ignored(tmp_path: Path) -> None:
+    from medvol.prediction import find_scans
+
+    volume = Volume(np.zeros((1, 4, 4, 4), np.float32), np.eye(4), {"modality": "CT"})
+    medvol.save(volume, tmp_path / "in" / "scan.nii.gz")
+    assert (tmp_path / "in" / "scan.json").is_file()
+    (tmp_path / "in" / "notes.txt").write_text("not a scan")
+    found = find_scans(tmp_path / "in")
+    assert [scan.relative for scan in found.scans] == ["scan.nii.gz"]
+    assert found.ignored == 1  # notes.txt, not the sidecar

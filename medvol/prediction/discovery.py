@@ -78,6 +78,7 @@ def find_scans(in_dir: Path, exclude: Path | None = None) -> Found:
     """
     from medvol.io.dicom import SkippedFile, SliceHeader, group_series, scan_headers
     from medvol.io.discovery import DICOM_SUFFIXES, SCAN_FILE_SUFFIXES, dicom_case_id, list_files
+    from medvol.io.sidecar import sidecar_path
 
     if not in_dir.exists():
         raise MedvolError(in_dir, "input folder not found")
@@ -93,8 +94,11 @@ def find_scans(in_dir: Path, exclude: Path | None = None) -> Found:
     scans: list[Scan] = []
     candidates: list[Path] = []
     ignored = 0
+    sidecars = {sidecar_path(path) for path in files if full_suffix(path) in SCAN_FILE_SUFFIXES}
     for path in files:
         suffix = full_suffix(path)
+        if path in sidecars:
+            continue  # a scan's own sidecar (medvol.io.sidecar): read with the scan
         if suffix in SCAN_FILE_SUFFIXES:
             relative = path.relative_to(in_dir).as_posix()
             stem = relative[: len(relative) - len(suffix)]
