@@ -19,10 +19,11 @@ import pytest
 import torch
 
 import medvol
-from medvol.config import parse_config
+from medvol.config import dump_config, parse_config
 from medvol.demo import hippocampus_segmenter
 from medvol.engine.distributed import Runtime
 from medvol.engine.run_folder import RunFolder
+from medvol.engine.run_start import check_resumed_config
 from medvol.engine.train import train
 from medvol.errors import MedvolError
 from medvol.evaluation import evaluate_run
@@ -177,3 +178,16 @@ def test_a_classifier_counts_the_classes_of_both_sides(tmp_path: Path) -> None:
         "val": {"0": 0, "1": 4},
     }
     assert [int(data.val[i]["label"]) for i in range(len(data.val))] == [1, 1, 1, 1]
+
+
+def test_a_resumed_run_may_find_its_validation_set_elsewhere(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path / "run")
+    run.path.mkdir()
+    saved = _segmenter(HIPPOCAMPUS / "train", HIPPOCAMPUS / "holdout", tmp_path)
+    run.config.write_text(dump_config(parse_config(saved)))
+    moved = _segmenter(HIPPOCAMPUS / "train", tmp_path / "moved-holdout", tmp_path)
+    check_resumed_config(run, parse_config(moved))  # the data moved: allowed, like data.root
+    moved["data"]["split"]["method"] = "nnunet"
+    del moved["data"]["split"]["val_root"]
+    with pytest.raises(MedvolError, match=r"data\.split\.method: 'separate' → 'nnunet'"):
+        check_resumed_config(run, parse_config(moved))
