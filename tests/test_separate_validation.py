@@ -20,7 +20,7 @@ import torch
 
 import medvol
 from medvol.config import dump_config, parse_config
-from medvol.demo import hippocampus_segmenter
+from medvol.demo import hippocampus_segmenter, sample_ct_series
 from medvol.engine.distributed import Runtime
 from medvol.engine.run_folder import RunFolder
 from medvol.engine.run_start import check_resumed_config
@@ -191,3 +191,30 @@ def test_a_resumed_run_may_find_its_validation_set_elsewhere(tmp_path: Path) -> 
     del moved["data"]["split"]["val_root"]
     with pytest.raises(MedvolError, match=r"data\.split\.method: 'separate' → 'nnunet'"):
         check_resumed_config(run, parse_config(moved))
+
+
+def test_a_copied_dicom_series_is_a_leak(tmp_path: Path) -> None:
+    series = sample_ct_series()
+    copy = tmp_path / "copied-series"
+    shutil.copytree(series, copy)
+
+    def row(folder: str, case_id: str, target: int) -> tuple[str, Path, str, str]:
+        return case_id, HIPPOCAMPUS / folder / "images" / f"{case_id}.nii.gz", str(target), ""
+
+    train_rows = [row("train", c, i % 2) for i, c in enumerate(TRAIN_IDS)] + [("ct", series, "1", "")]
+    train_csv = _manifest(tmp_path / "train.csv", train_rows, "class")
+    val_rows = [row("holdout", c, 1) for c in HOLDOUT_IDS] + [("ct_again", copy, "0", "")]
+    val_csv = _manifest(tmp_path / "val.csv", val_rows, "class")
+    config = {
+        "data": {
+            "task": "classification",
+            "root": str(train_csv),
+            "split": {"method": "separate", "val_root": str(val_csv)},
+            "num_classes": 2,
+            "input_shape": [16, 16, 16],
+        },
+        "model": {"name": "resnet10", "options": {"in_channels": 1, "num_classes": 2}},
+        "loss": {"name": "cross_entropy"},
+    }
+    with pytest.raises(MedvolError, match=r"same image content.*ct = ct_again.*leak"):
+        _build(config, tmp_path)

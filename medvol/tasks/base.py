@@ -294,10 +294,14 @@ def refuse_leaks(config: ExperimentConfig, train: list[Case], validation: IndexR
             "scans of one patient on both sides make validation optimistic (a leak); keep each patient "
             "on one side",
         )
-    val_by_content = {content_digest(case): case.case_id for case in val_cases}
+    # Equal content needs equal file sizes: only such training cases are hashed (DICOM folders: all,
+    # when the validation set has DICOM folders too).
+    val_sizes = {_file_sizes(case) for case in val_cases}
+    candidates = [case for case in train if _file_sizes(case) in val_sizes]
+    val_by_content = {content_digest(case): case.case_id for case in val_cases} if candidates else {}
     copies = sorted(
         f"{case.case_id} = {val_by_content[digest]}"
-        for case in train
+        for case in candidates
         if (digest := content_digest(case)) in val_by_content
     )
     if copies:
@@ -306,6 +310,14 @@ def refuse_leaks(config: ExperimentConfig, train: list[Case], validation: IndexR
             f"{len(copies)} training case(s) have the same image content as a validation case "
             f"(training = validation: {', '.join(copies[:5])}): a leak; keep each scan on one side",
         )
+
+
+def _file_sizes(case: Case) -> tuple[int, ...] | None:
+    """The byte sizes of a case's image files; ``None`` when one is a folder (a DICOM series), since
+    a copied series may hold other files beside it."""
+    if not all(path.is_file() for path in case.images):
+        return None
+    return tuple(path.stat().st_size for path in case.images)
 
 
 def split_record(
