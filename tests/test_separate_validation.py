@@ -149,7 +149,9 @@ def test_val_root_and_method_separate_go_together() -> None:
         parse_config(config)
 
 
-def test_a_classifier_counts_the_classes_of_both_sides(tmp_path: Path) -> None:
+def test_a_classifier_counts_the_classes_of_both_sides(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     def row(folder: str, case_id: str, target: int) -> tuple[str, Path, str, str]:
         return case_id, HIPPOCAMPUS / folder / "images" / f"{case_id}.nii.gz", str(target), ""
 
@@ -178,6 +180,7 @@ def test_a_classifier_counts_the_classes_of_both_sides(tmp_path: Path) -> None:
         "val": {"0": 0, "1": 4},
     }
     assert [int(data.val[i]["label"]) for i in range(len(data.val))] == [1, 1, 1, 1]
+    assert f"{val_csv} has no case of class(es) 0: the validation AUC is undefined" in caplog.text
 
 
 def test_a_resumed_run_may_find_its_validation_set_elsewhere(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from medvol.engine.run_folder import InputSpec
 from medvol.errors import MedvolError
+from medvol.logs import get_logger
 from medvol.tasks.base import (
     InputRecipe,
     ModelInput,
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
     from medvol.engine.run_folder import RunFolder
     from medvol.transforms import Normalizer
     from medvol.volume import Volume
+
+
+logger = get_logger(__name__)
 
 
 class ClassificationTask(Task):
@@ -140,6 +144,17 @@ class ScanClassificationTask(ClassificationTask):
         }
         if validation is not None:  # "all": both sides
             counts["all"] = self.class_counts([targets[c] for c in fold["train"] + fold["val"]])
+            for name, where in (("train", config.data.root), ("val", validation.root)):
+                absent = [k for k, n in counts[name].items() if n == 0]
+                if absent and runtime.is_main:
+                    logger.warning(
+                        "%s has no case of class(es) %s: %s",
+                        where,
+                        ", ".join(absent),
+                        "the model cannot learn them"
+                        if name == "train"
+                        else "the validation AUC is undefined (NaN) and cannot select the checkpoint",
+                    )
         return TaskData(
             train=dataset(train_cases, training_augmenter(config)),
             val=dataset(val_cases, None),
