@@ -96,7 +96,8 @@ NOTES: dict[str, str] = {
     "data.split.method": "`nnunet`: sorted case ids, shuffled k-fold with `seed` (nnU-Net's folds); "
     "`official`: the split stored in a MedMNIST file; `kfold`: patient-level folds "
     "(cases of one `patient_id` stay together); `file`: folds read from `file`; `separate`: every usable "
-    "case of `data.root` trains and the cases of `val_root` validate (`fold`, `n_splits` and `seed` unused).",
+    "case of `data.root` trains and the cases of `val_root` validate (`fold`, `n_splits`, `seed`, `file` "
+    "unused: setting them is refused).",
     "data.split.val_root": "With method `separate` (required there): the validation set, a folder or `.csv` "
     "manifest indexed like `data.root`; a case id, patient id or image content also in `data.root` is "
     "refused as a leak. `medvol evaluate RUN` scores these cases.",

@@ -82,6 +82,13 @@ class SplitConfig(Section):
                 "split.method: separate trains on every usable case of data.root and validates on "
                 "the cases of split.val_root: set split.val_root (a folder or .csv manifest)"
             )
+        defaults = {key: field.default for key, field in type(self).model_fields.items()}
+        unused = [key for key in ("fold", "n_splits", "seed", "file") if getattr(self, key) != defaults[key]]
+        if self.method == "separate" and unused:
+            raise ValueError(
+                f"{', '.join('split.' + key for key in unused)} not used by split.method: separate (every "
+                "usable case of data.root trains, the cases of split.val_root validate); remove it"
+            )
         if self.method != "separate" and self.val_root is not None:
             raise ValueError(
                 f"split.val_root is the validation set of split.method: separate; with method "

@@ -142,6 +142,9 @@ def test_val_root_and_method_separate_go_together() -> None:
     config["data"]["split"] = {"method": "separate"}
     with pytest.raises(MedvolError, match=r"set split\.val_root"):
         parse_config(config)
+    config["data"]["split"] = {"method": "separate", "val_root": "holdout", "fold": 2, "seed": 1}
+    with pytest.raises(MedvolError, match=r"split\.fold, split\.seed not used by split\.method: separate"):
+        parse_config(config)
     config["data"]["split"] = {"method": "nnunet", "val_root": str(HIPPOCAMPUS / "holdout")}
     with pytest.raises(
         MedvolError, match=r"split\.val_root is the validation set of split\.method: separate"
