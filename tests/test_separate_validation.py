@@ -224,3 +224,10 @@ def test_a_copied_dicom_series_is_a_leak(tmp_path: Path) -> None:
     }
     with pytest.raises(MedvolError, match=r"same image content.*ct = ct_again.*leak"):
         _build(config, tmp_path)
+
+
+def test_method_file_without_a_file_is_refused_when_the_config_is_loaded() -> None:
+    config = _segmenter(HIPPOCAMPUS / "train", HIPPOCAMPUS / "holdout", Path("runs"))
+    config["data"]["split"] = {"method": "file"}
+    with pytest.raises(MedvolError, match=r"data\.split: split\.method: file needs split\.file"):
+        parse_config(config)
