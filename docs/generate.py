@@ -85,6 +85,9 @@ NOTES: dict[str, str] = {
     "must be 0 to `num_classes` − 1.",
     "data.patch_size": "Segmentation: training patch in voxels (after preprocessing); `null` trains on "
     "whole volumes. Validation and inference use sliding windows of this size.",
+    "data.foreground_fraction": "Segmentation with a `patch_size`: the share of training patches centred on "
+    "a labelled voxel (the others are placed uniformly); 1/3 as in nnU-Net. Raise it for small targets, "
+    "see [training](training.md#foreground-aware-patch-sampling).",
     "data.input_shape": "Classification from scan files (required there): the model's input in voxels "
     "(after preprocessing); every case is centre-cropped/padded to it.",
     "data.cache_dir": "Folder of the memory-mapped cache of preprocessed cases; `null`: `cache/` in the run "
@@ -92,7 +95,12 @@ NOTES: dict[str, str] = {
     "data.num_workers": "DataLoader worker processes per training process.",
     "data.split.method": "`nnunet`: sorted case ids, shuffled k-fold with `seed` (nnU-Net's folds); "
     "`official`: the split stored in a MedMNIST file; `kfold`: patient-level folds "
-    "(cases of one `patient_id` stay together); `file`: folds read from `file`.",
+    "(cases of one `patient_id` stay together); `file`: folds read from `file`; `separate`: every usable "
+    "case of `data.root` trains and the cases of `val_root` validate (`fold`, `n_splits`, `seed`, `file` "
+    "unused: setting them is refused).",
+    "data.split.val_root": "With method `separate` (required there): the validation set, a folder or `.csv` "
+    "manifest indexed like `data.root`; a case id, patient id or image content also in `data.root` is "
+    "refused as a leak. `medvol evaluate RUN` scores these cases.",
     "data.split.fold": "Which fold is the validation set (0-based).",
     "data.split.n_splits": "Number of folds (`nnunet`, `kfold`).",
     "data.split.seed": "Seed of the fold shuffle; 12345 gives nnU-Net's folds.",

@@ -52,6 +52,9 @@ from medvol.errors import MedvolError
 from medvol.transforms import Normalizer, PreprocessConfig, ZScore
 from medvol.transforms.normalize import _NORMALIZERS
 
+#: Default share of segmentation training patches centred on a labelled voxel (nnU-Net's 0.33).
+FOREGROUND_FRACTION = 1 / 3
+
 #: Where a problem is, relative to the section that found it, and what it is.
 Problem = tuple[tuple[str, ...], str]
 
@@ -65,11 +68,36 @@ class Section(BaseModel):
 class SplitConfig(Section):
     """How cases are divided into training and validation (and test)."""
 
-    method: Literal["nnunet", "official", "kfold", "file"] = "nnunet"
+    method: Literal["nnunet", "official", "kfold", "file", "separate"] = "nnunet"
     fold: int = Field(0, ge=0)
     n_splits: int = Field(5, ge=2)
     seed: int = 12345
     file: Path | None = None  # with method "file": a JSON written by medvol.data.splits.save_folds
+    val_root: Path | None = None
+
+    @model_validator(mode="after")
+    def _val_root_with_separate(self) -> SplitConfig:
+        if self.method == "separate" and self.val_root is None:
+            raise ValueError(
+                "split.method: separate trains on every usable case of data.root and validates on "
+                "the cases of split.val_root: set split.val_root (a folder or .csv manifest)"
+            )
+        defaults = {key: field.default for key, field in type(self).model_fields.items()}
+        unused = [key for key in ("fold", "n_splits", "seed", "file") if getattr(self, key) != defaults[key]]
+        if self.method == "separate" and unused:
+            raise ValueError(
+                f"{', '.join('split.' + key for key in unused)} not used by split.method: separate (every "
+                "usable case of data.root trains, the cases of split.val_root validate); remove it"
+            )
+        if self.method != "separate" and self.val_root is not None:
+            raise ValueError(
+                f"split.val_root is the validation set of split.method: separate; with method "
+                f"{self.method!r} the validation cases come from data.root (set method: separate, "
+                "or remove val_root)"
+            )
+        if self.method == "file" and self.file is None:
+            raise ValueError("split.method: file needs split.file (a JSON of folds)")
+        return self
 
 
 class DataConfig(Section):
@@ -83,6 +111,7 @@ class DataConfig(Section):
     classes: list[int] | None = None  # allowed label values (segmentation)
     num_classes: int = Field(2, ge=2)
     patch_size: tuple[int, int, int] | None = None
+    foreground_fraction: float = Field(FOREGROUND_FRACTION, ge=0, le=1)
     input_shape: tuple[int, int, int] | None = None
     cache_dir: Path | None = None
     num_workers: int = Field(0, ge=0)
@@ -101,6 +130,14 @@ class DataConfig(Section):
             raise ValueError(
                 "classification from scan files needs data.input_shape, the model's input shape "
                 "[X, Y, Z] in voxels (every case is centre-cropped/padded to it)"
+            )
+        if self.foreground_fraction != FOREGROUND_FRACTION and (
+            self.task != "segmentation" or self.patch_size is None
+        ):  # the default is in every saved config, so only another value is refused
+            raise ValueError(
+                "data.foreground_fraction is the share of segmentation training patches centred on a "
+                "labelled voxel: it needs data.task: segmentation and a data.patch_size (without one, "
+                "training sees whole volumes)"
             )
         if self.task != "classification" and self.input_shape is not None:
             raise ValueError(

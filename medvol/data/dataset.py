@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from medvol.augment import Augmenter, worker_seed
+from medvol.config import FOREGROUND_FRACTION
 from medvol.data.cache import CacheEntry, VolumeCache
 from medvol.data.cases import Case, load_case, load_images
 from medvol.errors import MedvolError
@@ -41,7 +42,6 @@ from medvol.transforms import Normalizer, PreprocessConfig, PreprocessRecord, cr
 from medvol.volume import Volume
 
 CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
-FOREGROUND_FRACTION = 1 / 3
 KEEP_OPEN = 4096  # cache entries kept memory-mapped in the main process (3 maps each)
 
 
@@ -113,6 +113,8 @@ class SegmentationDataset(_Reseedable):
         cache: where preprocessed cases are kept.
         patch_size: training patch ``(X, Y, Z)`` in voxels; ``None`` gives whole volumes.
         augmenter: applied to training patches.
+        foreground_fraction: share of patches centred on a labelled voxel
+            (``data.foreground_fraction``; see ``random_patch``).
     """
 
     def __init__(
@@ -125,6 +127,7 @@ class SegmentationDataset(_Reseedable):
         augmenter: Augmenter | None = None,
         seed: int = 0,
         rank: int = 0,
+        foreground_fraction: float = FOREGROUND_FRACTION,
     ) -> None:
         super().__init__(augmenter, seed, rank)
         self.cases = list(cases)
@@ -132,6 +135,7 @@ class SegmentationDataset(_Reseedable):
         self.normalizer = normalizer
         self.cache = cache
         self.patch_size = patch_size
+        self.foreground_fraction = foreground_fraction
         self.cache_config = {
             "format": CACHE_FORMAT,
             "preprocess": preprocess_config.to_dict(),
@@ -179,7 +183,9 @@ class SegmentationDataset(_Reseedable):
         image, label = entry.arrays["image"], entry.arrays["label"]
         if self.patch_size is not None:
             foreground = entry.arrays.get("foreground")
-            image, label = random_patch(image, label, self.patch_size, self.rng, foreground)
+            image, label = random_patch(
+                image, label, self.patch_size, self.rng, foreground, self.foreground_fraction
+            )
         sample = {"image": np.array(image, dtype=np.float32), "label": np.array(label)}
         if self.augmenter is not None:
             sample = self.augmenter(sample)
@@ -196,11 +202,15 @@ def random_patch(
     size: tuple[int, int, int],
     rng: np.random.Generator,
     foreground: np.ndarray | None = None,
+    foreground_fraction: float = FOREGROUND_FRACTION,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A ``size`` patch of ``(C, X, Y, Z)`` arrays, padded where the volume is smaller.
 
-    With probability 1/3 the patch is centred on a random labelled voxel (so rare
-    foreground is seen often enough); otherwise its corner is uniform.
+    With probability ``foreground_fraction`` (default 1/3) the patch is centred
+    on a labelled voxel drawn uniformly from all of them, moved only as far as
+    needed to stay within the (padded) volume, so it always contains that voxel
+    (rare foreground is seen often enough); otherwise its corner is uniform. A
+    label map without foreground always gets a uniform corner.
     ``foreground`` ``(N, 3)``: the labelled voxels' indices, when known (else
     found from ``label``).
     """
@@ -209,7 +219,7 @@ def random_patch(
     wanted, shape = np.array(size), np.array(image.shape[1:])
     before = np.maximum(0, (wanted - shape + 1) // 2)  # the volume is centred when smaller
     high = np.maximum(shape, wanted) - wanted
-    if foreground.size and rng.random() < FOREGROUND_FRACTION:
+    if foreground.size and rng.random() < foreground_fraction:
         centre = foreground[rng.integers(len(foreground))] + before
         corner = np.clip(centre - wanted // 2, 0, high)
     else:

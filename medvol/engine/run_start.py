@@ -67,6 +67,7 @@ def prepare_run_folder(run: RunFolder, resume: bool) -> None:
 #: Anything else would make the continuation another experiment than its config.yaml says.
 RESUMABLE_CHANGES = (
     "data.root",
+    "data.split.val_root",
     "data.cache_dir",
     "data.num_workers",
     "train.device",

@@ -136,17 +136,20 @@ class Task(ABC):
         """Rows of the model card's data table for a case folder or manifest."""
         data = self.config.data
         skipped = split.get("skipped") or []
+        if split.get("method") == "separate":
+            described = f"separate: every usable case trains; validation cases from `{split.get('val_root')}`"
+        else:
+            described = (
+                f"{split.get('method', 'unknown')}, fold {split.get('fold')} of {data.split.n_splits} "
+                f"(seed {data.split.seed})"
+            )
         return [
             (
                 "Cases",
                 f"{fingerprint.get('cases', '?')} case ids found, {fingerprint.get('usable_pairs', '?')} "
                 f"usable ({fingerprint.get('layout', '?')} layout)",
             ),
-            (
-                "Split",
-                f"{split.get('method', 'unknown')}, fold {split.get('fold')} of {data.split.n_splits} "
-                f"(seed {data.split.seed})",
-            ),
+            ("Split", described),
             ("Training cases", str(len(split.get("train") or []))),
             ("Validation cases", f"{len(split.get('val') or [])} (also select the checkpoint)"),
             ("Unusable cases skipped", f"{len(skipped)}" + (f": {', '.join(skipped)}" if skipped else "")),
@@ -186,15 +189,32 @@ class Task(ABC):
 
 def index_cases(config: ExperimentConfig, runtime: Runtime, classes: list[int] | None = None) -> IndexReport:
     """``medvol index``'s checks of the dataset; says how many cases are skipped, refuses none usable."""
+    return _indexed(config.data.root, runtime, classes, "")
+
+
+def index_validation_cases(
+    config: ExperimentConfig, runtime: Runtime, classes: list[int] | None = None
+) -> IndexReport | None:
+    """``medvol index``'s checks of ``split.val_root`` (``split.method: separate``); ``None`` otherwise."""
+    root = config.data.split.val_root
+    if config.data.split.method != "separate" or root is None:
+        return None
+    return _indexed(root, runtime, classes, " in split.val_root")
+
+
+def _indexed(root: Path, runtime: Runtime, classes: list[int] | None, which: str) -> IndexReport:
     from medvol.data.cases import validate
 
-    report = validate(config.data.root, classes=classes)
+    report = validate(root, classes=classes)
     if not report.usable:
-        raise MedvolError(config.data.root, "no usable cases (see `medvol index`)")
+        raise MedvolError(root, f"no usable cases{which} (see `medvol index`)")
     skipped = len(report.cases) - len(report.usable)
     if runtime.is_main and skipped:
         logger.warning(
-            "skipping %d unusable case(s) of %d; see `medvol index` for why", skipped, len(report.cases)
+            "skipping %d unusable case(s) of %d%s; see `medvol index` for why",
+            skipped,
+            len(report.cases),
+            which,
         )
     return report
 
@@ -211,12 +231,22 @@ def choose_fold(
     case_ids: list[str],
     patients: list[str | None],
     labels: list[int] | None = None,
+    validation: IndexReport | None = None,
 ) -> Fold:
     """The configured fold of ``case_ids``; ``kfold`` keeps each patient in one fold and,
-    given class ``labels`` (one per case), stratifies by class."""
+    given class ``labels`` (one per case), stratifies by class.
+
+    With ``split.method: separate`` every case of ``case_ids`` trains and the
+    usable cases of ``validation`` (``index_validation_cases``) validate;
+    ``cases_of_fold`` then refuses a leak between the two.
+    """
     from medvol.data.splits import grouped_folds, load_folds, nnunet_folds
 
     split = config.data.split
+    if split.method == "separate":
+        if validation is None:
+            raise MedvolError(split.val_root, "split.method separate needs the indexed validation cases")
+        return {"train": list(case_ids), "val": sorted(case.case_id for case in validation.usable)}
     if split.method == "nnunet":
         folds = nnunet_folds(case_ids, split.n_splits, split.seed)
     elif split.method == "kfold":
@@ -233,24 +263,102 @@ def choose_fold(
     return folds[split.fold]
 
 
-def split_record(config: ExperimentConfig, fold: Fold, report: IndexReport) -> dict[str, Any]:
-    """What ``split.json`` holds for a run on a case folder or manifest."""
+def refuse_leaks(config: ExperimentConfig, train: list[Case], validation: IndexReport) -> None:
+    """Refuse a validation set sharing a case id, a patient id or an image's content with ``train``.
+
+    Args:
+        train: the training cases (of ``data.root``).
+        validation: the indexed cases of ``split.val_root``.
+
+    Raises:
+        MedvolError: naming ``split.val_root``, the shared ids (patient ids are
+            not named: they may identify a person) and what to do.
+    """
+    from medvol.data.cases import content_digest
+
+    root, val_cases = config.data.root, validation.usable
+    shared = sorted({case.case_id for case in train} & {case.case_id for case in val_cases})
+    if shared:
+        raise MedvolError(
+            validation.root,
+            f"{len(shared)} case id(s) are both in data.root ({root}) and in split.val_root, e.g. "
+            f"{shared[:5]}: a case validated on would also be trained on (a leak); keep each case on "
+            "one side",
+        )
+    patients = {case.patient_id for case in train if case.patient_id}
+    both = patients & {case.patient_id for case in val_cases if case.patient_id}
+    if both:
+        raise MedvolError(
+            validation.root,
+            f"{len(both)} patient id(s) have cases both in data.root ({root}) and in split.val_root: "
+            "scans of one patient on both sides make validation optimistic (a leak); keep each patient "
+            "on one side",
+        )
+    # Equal content needs equal file sizes: only such training cases are hashed (DICOM folders: all,
+    # when the validation set has DICOM folders too).
+    val_sizes = {_file_sizes(case) for case in val_cases}
+    candidates = [case for case in train if _file_sizes(case) in val_sizes]
+    val_by_content = {content_digest(case): case.case_id for case in val_cases} if candidates else {}
+    copies = sorted(
+        f"{case.case_id} = {val_by_content[digest]}"
+        for case in candidates
+        if (digest := content_digest(case)) in val_by_content
+    )
+    if copies:
+        raise MedvolError(
+            validation.root,
+            f"{len(copies)} training case(s) have the same image content as a validation case "
+            f"(training = validation: {', '.join(copies[:5])}): a leak; keep each scan on one side",
+        )
+
+
+def _file_sizes(case: Case) -> tuple[int, ...] | None:
+    """The byte sizes of a case's image files; ``None`` when one is a folder (a DICOM series), since
+    a copied series may hold other files beside it."""
+    if not all(path.is_file() for path in case.images):
+        return None
+    return tuple(path.stat().st_size for path in case.images)
+
+
+def split_record(
+    config: ExperimentConfig, fold: Fold, report: IndexReport, validation: IndexReport | None = None
+) -> dict[str, Any]:
+    """What ``split.json`` holds for a run on a case folder or manifest.
+
+    With ``split.method: separate`` it also names both sides' folders
+    (``root``, ``val_root``) and the unusable cases of the validation set
+    (``val_skipped``); ``fold`` is then ``None``.
+    """
+    split = config.data.split
+    if validation is None:
+        return {"method": split.method, "fold": split.fold, **fold, "skipped": sorted(report.unusable_ids)}
     return {
-        "method": config.data.split.method,
-        "fold": config.data.split.fold,
+        "method": split.method,
+        "fold": None,
+        "root": str(report.root),
+        "val_root": str(validation.root),
         **fold,
         "skipped": sorted(report.unusable_ids),
+        "val_skipped": sorted(validation.unusable_ids),
     }
 
 
 def cases_of_fold(
-    config: ExperimentConfig, fold: Fold, by_id: dict[str, Case]
+    config: ExperimentConfig, fold: Fold, by_id: dict[str, Case], validation: IndexReport | None = None
 ) -> tuple[list[Case], list[Case]]:
-    """The fold's training and validation cases; refuses a split naming unusable cases."""
-    missing = [c for c in fold["train"] + fold["val"] if c not in by_id]
+    """The fold's training and validation cases; refuses a split naming unusable cases.
+
+    With ``validation`` (``split.method: separate``) the validation cases are
+    its usable cases, and a leak between the sides is refused (``refuse_leaks``).
+    """
+    val_by_id = by_id if validation is None else {case.case_id: case for case in validation.usable}
+    missing = [c for c in fold["train"] if c not in by_id] + [c for c in fold["val"] if c not in val_by_id]
     if missing:
         raise MedvolError(config.data.root, f"the split names cases that are not usable: {missing[:5]}")
-    return [by_id[c] for c in fold["train"]], [by_id[c] for c in fold["val"]]
+    train, val = [by_id[c] for c in fold["train"]], [val_by_id[c] for c in fold["val"]]
+    if validation is not None:
+        refuse_leaks(config, train, validation)
+    return train, val
 
 
 def select_cases(
@@ -258,8 +366,10 @@ def select_cases(
 ) -> Selection:
     """The cases of ``split`` in ``split.json`` (or of a manifest) with what they need to be scored.
 
-    Every requested case, and every row of a manifest, is either selected or
-    in ``errors`` with its reason.
+    ``split.json``'s ids are looked up in ``data.root``; the ``val`` ids of a
+    run with ``split.method: separate`` in ``split.val_root``. Every requested
+    case, and every row of a manifest, is either selected or in ``errors``
+    with its reason.
 
     Args:
         column: the manifest column holding the ground truth: ``label`` (a label
@@ -288,8 +398,11 @@ def select_cases(
         source = str(manifest)
     else:
         wanted = run.split_ids(split)
-        report = validate(config.data.root, classes=classes)
-        source = f"split.json {split} ({config.data.root})"
+        root = config.data.root
+        if split == "val" and config.data.split.method == "separate" and config.data.split.val_root:
+            root = config.data.split.val_root  # the run validated on another folder or manifest
+        report = validate(root, classes=classes)
+        source = f"split.json {split} ({root})"
     by_id = {case.case_id: case for case in report.usable}
     problems: dict[str, list[str]] = {}
     paths: dict[str, str | None] = {}

@@ -23,6 +23,7 @@ import numpy as np
 
 from medvol.engine.run_folder import InputSpec
 from medvol.errors import MedvolError
+from medvol.logs import get_logger
 from medvol.tasks.base import (
     InputRecipe,
     ModelInput,
@@ -33,6 +34,7 @@ from medvol.tasks.base import (
     cases_of_fold,
     choose_fold,
     index_cases,
+    index_validation_cases,
     select_cases,
     split_record,
     training_augmenter,
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
     from medvol.engine.run_folder import RunFolder
     from medvol.transforms import Normalizer
     from medvol.volume import Volume
+
+
+logger = get_logger(__name__)
 
 
 class ClassificationTask(Task):
@@ -107,17 +112,23 @@ class ScanClassificationTask(ClassificationTask):
                 "label map); use foreground_from: image",
             )
         report = index_cases(config, runtime)
-        without_class = [case.case_id for case in report.usable if case.target is None]
-        if without_class:
-            raise MedvolError(
-                config.data.root,
-                f"{len(without_class)} case(s) have no class (column 'class'), e.g. {without_class[:5]}",
-            )
+        validation = index_validation_cases(config, runtime)
+        sides = [report] if validation is None else [report, validation]
+        for side in sides:
+            without_class = [case.case_id for case in side.usable if case.target is None]
+            if without_class:
+                raise MedvolError(
+                    side.root,
+                    f"{len(without_class)} case(s) have no class (column 'class'), e.g. {without_class[:5]}",
+                )
         by_id = {case.case_id: case for case in report.usable}
-        targets = {case_id: class_index(case, config.data.num_classes) for case_id, case in by_id.items()}
+        targets = {
+            case.case_id: class_index(case, config.data.num_classes) for side in sides for case in side.usable
+        }  # a case id on both sides is refused as a leak by cases_of_fold
         ids = sorted(by_id)
-        fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids], [targets[c] for c in ids])
-        train_cases, val_cases = cases_of_fold(config, fold, by_id)
+        labels = [targets[c] for c in ids]
+        fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids], labels, validation)
+        train_cases, val_cases = cases_of_fold(config, fold, by_id, validation)
         fitted = fit_normalizer(config.normalizer(), train_cases, preprocess, use_labels=False)
         cache = VolumeCache(config.data.cache_dir or run.cache)
 
@@ -131,12 +142,26 @@ class ScanClassificationTask(ClassificationTask):
             name: self.class_counts([targets[c] for c in names])
             for name, names in (("all", ids), ("train", fold["train"]), ("val", fold["val"]))
         }
+        if validation is not None:  # "all": both sides
+            counts["all"] = self.class_counts([targets[c] for c in fold["train"] + fold["val"]])
+            for name, where in (("train", config.data.root), ("val", validation.root)):
+                absent = [k for k, n in counts[name].items() if n == 0]
+                if absent and runtime.is_main:
+                    logger.warning(
+                        "%s has no case of class(es) %s: %s",
+                        where,
+                        ", ".join(absent),
+                        "the model cannot learn them"
+                        if name == "train"
+                        else "the validation AUC is undefined (NaN) and cannot select the checkpoint",
+                    )
         return TaskData(
             train=dataset(train_cases, training_augmenter(config)),
             val=dataset(val_cases, None),
-            split=split_record(config, fold, report),
+            split=split_record(config, fold, report, validation),
             fingerprint={
                 **report.summary(),
+                **({} if validation is None else {"validation": validation.summary()}),
                 "input": "scan files",
                 "shape": list(shape),
                 "class_counts": counts,

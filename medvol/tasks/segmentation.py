@@ -22,6 +22,7 @@ from medvol.tasks.base import (
     cases_of_fold,
     choose_fold,
     index_cases,
+    index_validation_cases,
     split_record,
     training_augmenter,
 )
@@ -48,22 +49,34 @@ class SegmentationTask(Task):
 
         config = self.config
         report = index_cases(config, runtime, classes=config.data.classes)
+        validation = index_validation_cases(config, runtime, classes=config.data.classes)
         by_id = {case.case_id: case for case in report.usable}
         ids = sorted(by_id)
-        fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids])
-        train_cases, val_cases = cases_of_fold(config, fold, by_id)
+        fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids], validation=validation)
+        train_cases, val_cases = cases_of_fold(config, fold, by_id, validation)
         preprocess = config.preprocess
         fitted = fit_normalizer(config.normalizer(), train_cases, preprocess)
         cache = VolumeCache(config.data.cache_dir or run.cache)
         seed, rank = config.train.seed, runtime.rank
-        patch = config.data.patch_size
+        patch, augmenter = config.data.patch_size, training_augmenter(config)
+        fingerprint = report.summary()
+        if validation is not None:
+            fingerprint["validation"] = validation.summary()
         return TaskData(
             train=SegmentationDataset(
-                train_cases, preprocess, fitted, cache, patch, training_augmenter(config), seed, rank
+                train_cases,
+                preprocess,
+                fitted,
+                cache,
+                patch,
+                augmenter,
+                seed,
+                rank,
+                foreground_fraction=config.data.foreground_fraction,
             ),
             val=SegmentationDataset(val_cases, preprocess, fitted, cache, None, None, seed, rank),
-            split=split_record(config, fold, report),
-            fingerprint=report.summary(),
+            split=split_record(config, fold, report, validation),
+            fingerprint=fingerprint,
             normalizer=fitted,
             input_spec=self.input_spec(),
         )
