@@ -18,6 +18,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -505,18 +507,12 @@ def test_a_killed_run_is_cleaned_up_and_named_by_the_next(
     assert "killed" in manifest["previous_run"]
 
 
-def test_two_processes_share_one_output_folder(
-    segmenter: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two workers on one folder (no --shard): every scan is predicted exactly once."""
-    import threading
-    import time
-
+def predict_twice_at_once(
+    run_dir: Path, in_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[Any]:
+    """Two ``predict`` workers (threads) on one output folder, loading slowly so both are busy at once."""
     from medvol.prediction.predictor import Predictor
 
-    cases = ("007", "008", "011", "014", "015", "017")
-    in_dir = hippocampus_folder(shared_data, tmp_path / "in", cases)
-    out = tmp_path / "out"
     load = Predictor.load
 
     def slow_load(self: Predictor, scan: Any) -> Any:
@@ -526,7 +522,7 @@ def test_two_processes_share_one_output_folder(
     monkeypatch.setattr(Predictor, "load", slow_load)
     outcomes: list[Any] = []
     workers = [
-        threading.Thread(target=lambda: outcomes.append(predict(segmenter, in_dir, out, Options(workers=1))))
+        threading.Thread(target=lambda: outcomes.append(predict(run_dir, in_dir, out, Options(workers=1))))
         for _ in range(2)
     ]
     for worker in workers:
@@ -534,6 +530,17 @@ def test_two_processes_share_one_output_folder(
     for worker in workers:
         worker.join()
     assert len(outcomes) == 2
+    return outcomes
+
+
+def test_two_processes_share_one_output_folder(
+    segmenter: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one folder (no --shard): every scan is predicted exactly once."""
+    cases = ("007", "008", "011", "014", "015", "017")
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", cases)
+    out = tmp_path / "out"
+    outcomes = predict_twice_at_once(segmenter, in_dir, out, monkeypatch)
     assert sum(o.predicted for o in outcomes) == len(cases)
     assert all(o.predicted for o in outcomes)  # the work was shared, not done by one
     assert len(list(out.glob("*.seg.nii.gz"))) == len(cases)
@@ -573,10 +580,6 @@ def test_two_classifier_processes_fill_one_table(
     classifier: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Two workers on one folder: predictions.csv gets every row once; errors.csv keeps both failures."""
-    import threading
-    import time
-
-    from medvol.prediction.predictor import Predictor
 
     in_dir = tmp_path / "in"
     images = np.load(shared_data / "adrenalmnist3d/adrenalmnist3d.npz")["test_images"][:8]
@@ -585,23 +588,7 @@ def test_two_classifier_processes_fill_one_table(
     for name in ("broken-a.nrrd", "broken-b.nrrd"):
         (in_dir / name).write_text("NRRD0004\nnonsense\n")
     out = tmp_path / "out"
-    load = Predictor.load
-
-    def slow_load(self: Predictor, scan: Any) -> Any:
-        time.sleep(0.3)
-        return load(self, scan)
-
-    monkeypatch.setattr(Predictor, "load", slow_load)
-    outcomes: list[Any] = []
-    workers = [
-        threading.Thread(target=lambda: outcomes.append(predict(classifier, in_dir, out, Options(workers=1))))
-        for _ in range(2)
-    ]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    assert len(outcomes) == 2
+    outcomes = predict_twice_at_once(classifier, in_dir, out, monkeypatch)
     assert sum(o.predicted for o in outcomes) == 8 and all(o.predicted for o in outcomes)
     assert [row["case_id"] for row in rows(out / "predictions.csv")] == [f"case{i}" for i in range(8)]
     assert sorted(row["input"] for row in rows(out / "errors.csv")) == ["broken-a.nrrd", "broken-b.nrrd"]
