@@ -128,6 +128,17 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="pair image and label files by patterns relative to root, {id} naming the case, "
         "e.g. '{id}_t1.nii.gz' '{id}_roi.nii.gz'",
     )
+    index.add_argument(
+        "--mask-series",
+        metavar="REGEX",
+        help="DICOM series whose SeriesDescription matches REGEX are masks (default: mask|seg|label|roi)",
+    )
+    index.add_argument(
+        "--image-series",
+        metavar="REGEX",
+        help="pair DICOM masks only with image series whose SeriesDescription matches REGEX "
+        "(when several series lie on a mask's grid)",
+    )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
 
@@ -354,17 +365,22 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_index(args: argparse.Namespace) -> int:
     from medvol.data import validate, write_manifest
+    from medvol.data.dicom_pairs import MASK_DESCRIPTION, DicomPairing
     from medvol.errors import MedvolError
     from medvol.io.atomic import atomic_path
     from medvol.io.medmnist import is_medmnist_file
 
     if is_medmnist_file(args.root):
-        if args.pair or args.classes:
+        options = ("pair", "classes", "mask_series", "image_series")
+        given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
+        if given:
+            verb = "is" if len(given) == 1 else "are"
             raise MedvolError(
-                args.root, "--pair and --classes are for folders and manifests, not MedMNIST files"
+                args.root, f"{' and '.join(given)} {verb} for folders and manifests, not MedMNIST files"
             )
         return _index_medmnist(args)
-    report = validate(args.root, classes=args.classes, pair=args.pair and tuple(args.pair))
+    pairing = DicomPairing(args.mask_series or MASK_DESCRIPTION, args.image_series)
+    report = validate(args.root, args.classes, args.pair and tuple(args.pair), pairing)
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:

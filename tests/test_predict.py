@@ -33,6 +33,7 @@ from medvol import demo
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
+from medvol.io.dicom_seg import load_dicom_seg
 from medvol.prediction import (
     Options,
     effective_shard,
@@ -234,6 +235,9 @@ def check_dicom_seg(path: Path, label: Any, shared_data: Path) -> None:
         assert_missing_frames_are_empty=True,
     )
     np.testing.assert_array_equal(pixels, array.transpose(2, 1, 0))
+    # Read back by medvol as the series' label (placed by geometry, not by references): the same map.
+    read_back = load_dicom_seg(path, medvol.load(shared_data / CT_SERIES))
+    np.testing.assert_array_equal(read_back.array[0], array)
 
 
 def test_resume_redoes_only_what_is_missing(segmenter: Path, shared_data: Path, tmp_path: Path) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from medvol.data.case import SAFE_CASE_ID, SKIPPED_ROW_KINDS, Case, Finding, Severity
+from medvol.data.dicom_pairs import DicomPairing
 from medvol.data.layouts import discover, discover_dicom, read_manifest
-from medvol.data.loading import load_files, on_image_grid
+from medvol.data.loading import load_files, load_label, on_image_grid
 from medvol.errors import GeometryError, MedvolError
 from medvol.io import load
 from medvol.io.atomic import atomic_path
@@ -96,7 +97,10 @@ def declared_classes(root: Path) -> list[int] | None:
 
 
 def validate(
-    root: str | Path, classes: list[int] | None = None, pair: tuple[str, str] | None = None
+    root: str | Path,
+    classes: list[int] | None = None,
+    pair: tuple[str, str] | None = None,
+    dicom_pairing: DicomPairing | None = None,
 ) -> IndexReport:
     """Discover and check every case: readability, grids, label values, dtypes, duplicates.
 
@@ -106,9 +110,11 @@ def validate(
             either, a label map holding values that most label maps of the
             dataset do not hold is reported (``unusual_label_values``).
         pair: image and label file patterns with ``{id}`` (see ``discover``).
+        dicom_pairing: how mask series are told from image series in DICOM
+            folders (see ``medvol.data.dicom_pairs``).
     """
     root = Path(root)
-    layout, cases, findings = discover(root, pair)
+    layout, cases, findings = discover(root, pair, dicom_pairing)
     classes = classes if classes is not None else declared_classes(root)
     report = IndexReport(root=root, layout=layout, cases=cases, findings=findings)
     image_dtypes: Counter[str] = Counter()
@@ -175,7 +181,7 @@ def _check_case(
     """Check one case; its label map's values go to ``label_values`` when they are integers."""
     try:
         images = [load(path, series=case.series) for path in case.images]
-        label = None if case.label is None else load(case.label)
+        label = None if case.label is None else load_label(case.label, case.label_series, images[0])
     except MedvolError as error:
         findings.append(Finding("unreadable", "error", case.case_id, str(error.path), error.problem))
         return
@@ -283,7 +289,7 @@ def _check_label_values(
 
 def load_case(case: Case) -> tuple[Volume, Volume | None]:
     """The case's channels stacked into one Volume, and its label map (if any); see ``load_files``."""
-    return load_files(case.images, case.label, case.series)
+    return load_files(case.images, case.label, case.series, case.label_series)
 
 
 def load_images(case: Case) -> Volume:
@@ -291,7 +297,17 @@ def load_images(case: Case) -> Volume:
     return load_files(case.images, None, case.series)[0]
 
 
-MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "series", "usable", "problems")
+MANIFEST_COLUMNS = (
+    "case_id",
+    "images",
+    "label",
+    "class",
+    "patient_id",
+    "series",
+    "label_series",
+    "usable",
+    "problems",
+)
 
 
 def write_manifest(report: IndexReport, path: str | Path) -> Path:
@@ -323,6 +339,7 @@ def write_manifest(report: IndexReport, path: str | Path) -> Path:
                     case.target or "",
                     case.patient_id or "",
                     case.series or "",
+                    case.label_series or "",
                     int(case.case_id in usable),
                     " | ".join(problems.get(case.case_id, [])),
                 ]
