@@ -511,6 +511,26 @@ def test_a_killed_run_is_cleaned_up_and_named_by_the_next(
     assert "killed" in manifest["previous_run"]
 
 
+def test_sigterm_ends_a_run_as_interrupted(
+    segmenter: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler's SIGTERM unwinds the run: predict.json says "interrupted", exit status 143."""
+    import signal
+
+    def terminated_midway(*args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this sleep
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr("medvol.prediction.predictor.segment_scans", terminated_midway)
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", ("007",))
+    started = time.monotonic()
+    assert main(["predict", str(segmenter), str(in_dir), str(tmp_path / "out")]) == 143
+    assert time.monotonic() - started < 25
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the CLI's only while it runs
+
+
 def predict_twice_at_once(
     run_dir: Path, in_dir: Path, out: Path, monkeypatch: pytest.MonkeyPatch
 ) -> list[Any]:
