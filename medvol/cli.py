@@ -407,7 +407,9 @@ def run_index(args: argparse.Namespace) -> int:
             )
         return _index_medmnist(args)
     pairing = DicomPairing(args.mask_series or MASK_DESCRIPTION, args.image_series)
-    report = validate(args.root, args.classes, args.pair and tuple(args.pair), pairing)
+    # With --json, stdout is the report alone: no plain progress lines (a terminal's bar is on stderr).
+    progress = None if not args.json or sys.stderr.isatty() else False
+    report = validate(args.root, args.classes, args.pair and tuple(args.pair), pairing, progress)
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:

@@ -253,14 +253,18 @@ def test_written_manifest_reads_back_from_another_folder(
         assert (again.label and again.label.resolve()) == (first.label and first.label.resolve())
 
 
-def test_index_exit_status_says_whether_every_case_is_usable(msd_folder: Path, tmp_path: Path) -> None:
+def test_index_exit_status_says_whether_every_case_is_usable(
+    msd_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     clean = tmp_path / "clean"
     for case in ("a", "b"):
         write(clean / "images" / f"{case}.nii.gz", np.zeros((4, 4, 4), np.float32) + ord(case))
         write(clean / "labels" / f"{case}.nii.gz", np.zeros((4, 4, 4), np.uint8))
     assert main(["index", str(clean), "--out", str(tmp_path / "clean.csv")]) == 0
+    assert "index: 2/2 cases (100%)" in capsys.readouterr().out  # progress, plain without a terminal
     # Errors: exit 1, and the manifest and report are still written.
     assert main(["index", str(msd_folder), "--out", str(tmp_path / "msd.csv"), "--json"]) == 1
+    json.loads(capsys.readouterr().out)  # --json: stdout is the report alone, no progress lines
     assert (tmp_path / "msd.csv").is_file() and (tmp_path / "msd.report.json").is_file()
     # Nothing usable: exit 1.
     unlabelled = tmp_path / "unlabelled"

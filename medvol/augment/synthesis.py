@@ -38,6 +38,7 @@ from medvol.augment.pipeline import (
 from medvol.errors import MedvolError
 from medvol.io import load, save
 from medvol.io.atomic import atomic_path, full_suffix
+from medvol.logs import get_logger, track
 from medvol.volume import Volume
 
 __all__ = [
@@ -49,6 +50,8 @@ __all__ = [
     "synthesis_config_from_dict",
     "synthesize_cases",
 ]
+
+logger = get_logger(__name__)
 
 Mode = Literal["augment", "labels-to-image"]
 MANIFEST_COLUMNS = (
@@ -256,7 +259,9 @@ def synthesize_cases(
     report = SynthesisReport(out_dir=out_dir)
     rows = {(row["case_id"], row["variant"]): row for row in previous if _exists(out_dir, row)}
     tag = "aug" if mode == "augment" else "syn"
-    for case_id, (image_paths, label_path) in zip(ids, sources, strict=True):
+    for case_id, (image_paths, label_path) in track(
+        list(zip(ids, sources, strict=True)), "synthesize", "case", logger
+    ):
         targets = [
             (
                 out_dir / "images" / f"{case_id}_{tag}{k:03d}.nii.gz",

@@ -24,7 +24,10 @@ from medvol.data.loading import load_files, load_label, on_image_grid
 from medvol.errors import GeometryError, MedvolError
 from medvol.io import load
 from medvol.io.atomic import atomic_path
+from medvol.logs import get_logger, track
 from medvol.volume import Volume
+
+logger = get_logger(__name__)
 
 __all__ = [
     "SAFE_CASE_ID",
@@ -101,6 +104,7 @@ def validate(
     classes: list[int] | None = None,
     pair: tuple[str, str] | None = None,
     dicom_pairing: DicomPairing | None = None,
+    progress: bool | None = None,
 ) -> IndexReport:
     """Discover and check every case: readability, grids, label values, dtypes, duplicates.
 
@@ -112,6 +116,8 @@ def validate(
         pair: image and label file patterns with ``{id}`` (see ``discover``).
         dicom_pairing: how mask series are told from image series in DICOM
             folders (see ``medvol.data.dicom_pairs``).
+        progress: show progress over the cases (``medvol.logs.Progress``;
+            ``None``: a bar on a terminal, plain lines elsewhere).
     """
     root = Path(root)
     layout, cases, findings = discover(root, pair, dicom_pairing)
@@ -120,7 +126,7 @@ def validate(
     image_dtypes: Counter[str] = Counter()
     content_owner: dict[str, str] = {}
     label_values: dict[str, tuple[Path, set[int]]] = {}
-    for case in cases:
+    for case in track(cases, "index", "case", logger, enabled=progress):
         if case.images and case.annotated:
             _check_case(case, classes, report.findings, image_dtypes, content_owner, label_values)
     if len(image_dtypes) > 1:

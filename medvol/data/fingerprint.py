@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from medvol.data.cases import Case, load_case
-from medvol.logs import get_logger
+from medvol.logs import get_logger, track
 
 logger = get_logger(__name__)
 
@@ -49,7 +49,7 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
     spacings, shapes, samples = [], [], []
     found: list[str | None] = []
     class_voxels: Counter[int] = Counter()
-    for case in cases:
+    for case in track(cases, "plan", "case", logger):
         image, labels = load_case(case)
         # The plan is applied after reorienting to RAS: measure along RAS axes.
         spacings.append(_along_ras(image.spacing, image.affine))

@@ -17,6 +17,7 @@ import numpy as np
 from medvol.engine.run_folder import EvaluationFolder
 from medvol.errors import MedvolError
 from medvol.io.atomic import atomic_path
+from medvol.logs import get_logger, track
 from medvol.metrics import (
     CLASSIFICATION_CI_METRICS,
     NO_BOOTSTRAP_CI,
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 
 CLASSIFY_CHUNK = 256  # prepared inputs held in memory at once
 
+logger = get_logger(__name__)
+
 
 def evaluate_classification(
     trained: TrainedModel,
@@ -45,15 +48,13 @@ def evaluate_classification(
     seed: int,
 ) -> dict[str, Any]:
     """Classify the task's scored cases and score them; returns the summary fields."""
-    from tqdm import tqdm
-
     from medvol.tasks import ClassificationTask
 
     task = trained.task
     assert isinstance(task, ClassificationTask)
     scored = task.scored_cases(trained.recipe, trained.run, cases_path, split)
     case_ids, targets, probabilities = _classify_all(
-        trained, tqdm(scored.items, desc="evaluate", disable=None, leave=False)
+        trained, track(scored.items, "evaluate", "case", logger, total=scored.details["n_requested"])
     )
     details = {**scored.details, "errors": scored.errors}
     if cases_path is not None:

@@ -20,12 +20,15 @@ import numpy as np
 from medvol.engine.run_folder import EvaluationFolder
 from medvol.errors import MedvolError
 from medvol.io.atomic import atomic_path
+from medvol.logs import get_logger, track
 from medvol.metrics import SEGMENTATION_VALUES, EmptyPolicy, SegmentationAccumulator, bootstrap_ci
 from medvol.tasks.base import case_error, select_cases
 
 if TYPE_CHECKING:
     from medvol.config import ExperimentConfig
     from medvol.engine.inference import TrainedModel
+
+logger = get_logger(__name__)
 
 
 def evaluate_segmentation(
@@ -40,8 +43,6 @@ def evaluate_segmentation(
     seed: int,
 ) -> dict[str, Any]:
     """Segment each case on its own grid and score it against its label map; see the package docstring."""
-    from tqdm import tqdm
-
     from medvol.data.cases import load_case
     from medvol.engine.inference import segment
     from medvol.evaluation.overlays import OverlaySlices, overlay_slices, save_overlays
@@ -56,7 +57,7 @@ def evaluate_segmentation(
     classes = list(range(1, config.data.num_classes))
     accumulator = SegmentationAccumulator(classes, policy)
     overlays: dict[str, OverlaySlices] = {}
-    for case in tqdm(selected, desc="evaluate", disable=None, leave=False):
+    for case in track(selected, "evaluate", "case", logger):
         try:
             image, label = load_case(case)
             if label is None:

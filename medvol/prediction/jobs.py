@@ -114,7 +114,7 @@ def segment_scans(predictor: Worker, trained: TrainedModel, scans: list[Scan], o
 
         def failed(scan: Scan, error: BaseException) -> None:
             predictor.settle(outcome, scan, error)
-            bar.set_postfix(failed=len(outcome.failures))
+            bar.note(failed=len(outcome.failures))
             bar.update()
 
         run_pipeline(todo, prepare, compute, finish, workers=options.workers, on_failure=failed, on_done=done)

@@ -22,7 +22,7 @@ class Options:
     device: str = "auto"
     shard: tuple[int, int] = (0, 1)
     workers: int = 2
-    progress: bool | None = None  # tqdm's rule: None shows it when stderr is a terminal
+    progress: bool | None = None  # None: a bar on a terminal, periodic lines elsewhere; False: nothing
     torch_threads: int | None = None  # None: torch's own setting (OMP_NUM_THREADS, else every core)
 
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medvol.errors import MedvolError
 from medvol.io.atomic import file_sha256, host_tag, owner_gone, write_json
-from medvol.logs import get_logger
+from medvol.logs import Progress, get_logger
 from medvol.prediction.claims import Claims, claim_path, sweep
 from medvol.prediction.discovery import Failure, Scan, find_scans
 from medvol.prediction.jobs import classify_scans, segment_scans
@@ -288,18 +287,10 @@ class Predictor:
             raise ClaimedElsewhere(scan.relative)
         return path
 
-    def bar(self, total: int) -> Any:
-        """A progress bar over ``total`` scans (tqdm; shown on a terminal unless told otherwise)."""
-        from tqdm import tqdm
-
-        return tqdm(
-            total=total,
-            desc="predict" + (f" {self.shard[0]}/{self.shard[1]}" if self.shard[1] > 1 else ""),
-            unit="scan",
-            file=sys.stderr,
-            disable=None if self.options.progress is None else not self.options.progress,
-            dynamic_ncols=True,
-        )
+    def bar(self, total: int) -> Progress:
+        """Progress over ``total`` scans: a bar on a terminal, periodic lines elsewhere (``medvol.logs``)."""
+        desc = "predict" + (f" {self.shard[0]}/{self.shard[1]}" if self.shard[1] > 1 else "")
+        return Progress(total, desc, "scan", logger, self.options.progress)
 
     def settle(self, outcome: Outcome, scan: Scan, error: BaseException) -> None:
         """Record why ``scan`` gave no output here: done or claimed by another process, or failed."""
