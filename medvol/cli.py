@@ -128,6 +128,12 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="pair image and label files by patterns relative to root, {id} naming the case, "
         "e.g. '{id}_t1.nii.gz' '{id}_roi.nii.gz'",
     )
+    index.add_argument(
+        "--recheck",
+        action="store_true",
+        help="read every file again, ignoring what earlier checks stored (by default a case whose files "
+        "kept their size and modification time is not read again)",
+    )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
 
@@ -364,7 +370,9 @@ def run_index(args: argparse.Namespace) -> int:
                 args.root, "--pair and --classes are for folders and manifests, not MedMNIST files"
             )
         return _index_medmnist(args)
-    report = validate(args.root, classes=args.classes, pair=args.pair and tuple(args.pair))
+    report = validate(
+        args.root, classes=args.classes, pair=args.pair and tuple(args.pair), recheck=args.recheck
+    )
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:
@@ -375,6 +383,7 @@ def run_index(args: argparse.Namespace) -> int:
         return EXIT_ERROR if failed else 0
     summary = report.summary()
     print(f"{summary['layout']} layout, {summary['cases']} case ids, {summary['usable_pairs']} usable pairs")
+    print(f"  {report.checked} case(s) read, {report.reused} unchanged since the last check")
     for finding in report.findings:
         where = f" {finding.path}" if finding.path else ""
         print(f"  {finding.severity:<7} {finding.kind}{where}: {finding.message}")
