@@ -18,9 +18,14 @@ folder that starts empty. For each dataset:
   touching ``--touch`` images (their modification time set 1 s later), to show
   that start-up grows with the files changed.
 - ``evaluate``: the wall time of ``medvol evaluate RUN --split val`` on a run
-  trained for the benchmark (1 epoch on 16 training cases, validation split
-  of nnU-Net fold 0), twice with each medvol; "after" starts without stored
-  checks (the first run stores them).
+  trained for the benchmark (1 epoch on 16 training cases), whose validation
+  split is then set to the first ``--scored`` (default 20) validation cases
+  of nnU-Net fold 0 (the weights do not change what evaluating costs), twice
+  with each medvol; "after" starts without stored checks (the first run
+  stores them).
+- ``imports_s``: the wall time of a process that only imports what
+  ``medvol train`` imports (torch, MONAI, scikit-learn...) and exits: the
+  floor of any start, which no stored check can remove.
 
 Each timing also records the seconds spent in ``medvol.data.cases.validate``
 (the dataset check). Datasets: ``generated`` (``--cases`` cases, default
@@ -168,6 +173,19 @@ def run_medvol(source: Path, argv: list[str], work: Path, env: dict[str, str]) -
     return result
 
 
+def imports_floor(source: Path, work: Path, env: dict[str, str]) -> float:
+    """Seconds a process takes to import what ``medvol train`` imports, and exit."""
+    modules = "medvol.cli, medvol.engine.train, medvol.tasks.segmentation, medvol.data.cases, monai, sklearn"
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(source)!r}); import {modules}"],
+        cwd=work,
+        env=env,
+        check=True,
+    )
+    return round(time.perf_counter() - started, 3)
+
+
 def touch(paths: list[Path]) -> None:
     """Set each file's modification time 1 s later (its content is unchanged)."""
     for path in paths:
@@ -176,7 +194,13 @@ def touch(paths: list[Path]) -> None:
 
 
 def bench_dataset(
-    name: str, data_root: Path, patch: list[int], sources: dict[str, Path], work: Path, touched: int
+    name: str,
+    data_root: Path,
+    patch: list[int],
+    sources: dict[str, Path],
+    work: Path,
+    touched: int,
+    scored: int,
 ) -> dict[str, Any]:
     """Train start-up and evaluate wall time on one dataset, before and after."""
     from medvol.data.cases import validate
@@ -192,6 +216,8 @@ def bench_dataset(
         "usable_cases": len(usable),
         "val_cases": len(fold["val"]),
     }
+    result["imports_s"] = imports_floor(sources["after"], work, env)
+    log(f"{name} imports alone: {result['imports_s']} s")
 
     start: dict[str, Any] = {}
     for side, source in sources.items():
@@ -215,7 +241,7 @@ def bench_dataset(
     result["train_start"] = start
 
     split_file = work / f"{name}-split.json"
-    split_file.write_text(json.dumps([{"train": fold["train"][:16], "val": fold["val"]}]))
+    split_file.write_text(json.dumps([{"train": fold["train"][:16], "val": fold["val"][:2]}]))
     trained = config(
         data_root, runs, "evaluated", patch, {"method": "file", "file": str(split_file), "fold": 0}
     )
@@ -229,6 +255,10 @@ def bench_dataset(
     )
     if training.returncode != 0:
         raise RuntimeError(f"training the evaluated run failed:\n{training.stderr[-3000:]}")
+    # The weights do not change the cost of evaluating: the run's validation split becomes the cases scored.
+    split_json = runs / "evaluated" / "split.json"
+    split_json.write_text(json.dumps({**json.loads(split_json.read_text()), "val": fold["val"][:scored]}))
+    result["evaluated_cases"] = len(fold["val"][:scored])
     evaluate: dict[str, Any] = {}
     for side, source in sources.items():
         shutil.rmtree(cache, ignore_errors=True)
@@ -286,11 +316,20 @@ def export_baseline(ref: str, target: Path) -> Path:
     return target
 
 
+def baseline_commit(ref: str) -> str:
+    """The short commit hash ``ref`` names."""
+    done = subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="200 generated cases, no hippocampus")
     parser.add_argument("--cases", type=int, help="generated cases (default 2000; --quick 200)")
     parser.add_argument("--touch", type=int, default=20, help="images touched before the third start")
+    parser.add_argument(
+        "--scored", type=int, default=20, help="cases evaluate scores (of nnU-Net fold 0's val; default 20)"
+    )
     parser.add_argument("--baseline", default="main", help="git ref measured as 'before' (default main)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared real data")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
@@ -303,7 +342,9 @@ def main() -> None:
         log(f"generating {count} cases")
         generated = generate_dataset(work / "generated", count)
         datasets = {
-            "generated": bench_dataset("generated", generated, [16, 16, 16], sources, work, args.touch)
+            "generated": bench_dataset(
+                "generated", generated, [16, 16, 16], sources, work, args.touch, args.scored
+            )
         }
         hippocampus = args.data / "msd-hippocampus"
         if args.quick or not hippocampus.is_dir():
@@ -321,7 +362,7 @@ def main() -> None:
         for name, result in datasets.items()
     }
     fields = {
-        "baseline": args.baseline,
+        "baseline": f"{args.baseline} ({baseline_commit(args.baseline)})",
         "environment": environment(),
         "datasets": datasets,
         "goals": goals,

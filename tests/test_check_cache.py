@@ -250,3 +250,27 @@ def test_the_stored_checks_are_replaced_whole(dataset: Path, monkeypatch: pytest
         validate(dataset)
     assert stored.read_bytes() == before
     assert [p.name for p in stored.parent.iterdir()] == [stored.name]
+
+
+def test_evaluate_checks_only_the_cases_it_scores(
+    shared_data: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    reads: list[str],
+    check_cache_folder: Path,
+) -> None:
+    """``medvol evaluate --split val`` reads the validation cases, never the training ones, and a
+    second evaluation reads none of them for the check."""
+    from medvol.evaluation import evaluate_run
+    from tests.test_evaluate import copy_run, segmenter_run
+
+    run = copy_run(segmenter_run(shared_data, tmp_path_factory), tmp_path)
+    split = json.loads((run / "split.json").read_text())
+    shutil.rmtree(check_cache_folder)  # what training stored
+    reads.clear()
+    evaluate_run(run, n_resamples=10, device="cpu")
+    checked = {name.removesuffix(".nii.gz") for name in reads if name.endswith(".nii.gz")}
+    assert checked == set(split["val"]) and not checked & set(split["train"])
+    reads.clear()
+    summary = evaluate_run(run, n_resamples=10, device="cpu").summary
+    assert reads == [] and summary["n_cases"] == len(split["val"])
