@@ -10,14 +10,38 @@ as ``medvol: warning: ...``, debug messages with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 EXIT_ERROR = 1
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending a job, ``kill``): unwinds like Ctrl-C, so runs record how they ended."""
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """Raise ``Terminated`` on SIGTERM while a verb runs (main thread only), then restore the handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,8 +51,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        with console(debug=args.debug):
+        with console(debug=args.debug), _termination_as_interrupt():
             return int(args.run(args) or 0)
+    except Terminated:
+        print("medvol: stopped (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("medvol: interrupted", file=sys.stderr)
         return 130
@@ -127,6 +154,17 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
         metavar=("IMAGE_PATTERN", "LABEL_PATTERN"),
         help="pair image and label files by patterns relative to root, {id} naming the case, "
         "e.g. '{id}_t1.nii.gz' '{id}_roi.nii.gz'",
+    )
+    index.add_argument(
+        "--mask-series",
+        metavar="REGEX",
+        help="DICOM series whose SeriesDescription matches REGEX are masks (default: mask|seg|label|roi)",
+    )
+    index.add_argument(
+        "--image-series",
+        metavar="REGEX",
+        help="pair DICOM masks only with image series whose SeriesDescription matches REGEX "
+        "(when several series lie on a mask's grid)",
     )
     index.add_argument(
         "--recheck",
@@ -360,19 +398,22 @@ def run_convert(args: argparse.Namespace) -> int:
 
 def run_index(args: argparse.Namespace) -> int:
     from medvol.data import validate, write_manifest
+    from medvol.data.dicom_pairs import MASK_DESCRIPTION, DicomPairing
     from medvol.errors import MedvolError
     from medvol.io.atomic import atomic_path
     from medvol.io.medmnist import is_medmnist_file
 
     if is_medmnist_file(args.root):
-        if args.pair or args.classes:
+        options = ("pair", "classes", "mask_series", "image_series")
+        given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
+        if given:
+            verb = "is" if len(given) == 1 else "are"
             raise MedvolError(
-                args.root, "--pair and --classes are for folders and manifests, not MedMNIST files"
+                args.root, f"{' and '.join(given)} {verb} for folders and manifests, not MedMNIST files"
             )
         return _index_medmnist(args)
-    report = validate(
-        args.root, classes=args.classes, pair=args.pair and tuple(args.pair), recheck=args.recheck
-    )
+    pairing = DicomPairing(args.mask_series or MASK_DESCRIPTION, args.image_series)
+    report = validate(args.root, args.classes, args.pair and tuple(args.pair), pairing, recheck=args.recheck)
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:

@@ -179,6 +179,7 @@ class ModelConfig(_Registered):
     """A model from ``medvol.models.create_model(name, **options)``."""
 
     _kind = "model"
+    init: Path | None = None  # start from saved weights: a medvol checkpoint or a MedicalNet .pth
 
 
 class LossConfig(_Registered):

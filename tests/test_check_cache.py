@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -15,8 +16,9 @@ import medvol.data.cases as cases_module
 import medvol.data.check_cache as check_cache
 from medvol.cli import main
 from medvol.data import validate
+from medvol.data.case import Case
 from medvol.data.cases import IndexReport
-from medvol.data.check_cache import CheckCache, cache_folder
+from medvol.data.check_cache import CheckCache, cache_folder, file_stats
 
 CASES = ("case_a", "case_b", "case_c", "case_d", "case_e")
 
@@ -44,17 +46,22 @@ def dataset(tmp_path: Path) -> Path:
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The names of the files the checks load and of the cases they hash, in order."""
     seen: list[str] = []
-    load, digest = cases_module.load, cases_module.content_digest
+    load, load_label, digest = cases_module.load, cases_module.load_label, cases_module.content_digest
 
     def counting_load(path: Path, **options: object) -> object:
         seen.append(Path(path).name)
         return load(path, **options)  # type: ignore[arg-type]
+
+    def counting_load_label(path: Path, *args: object) -> object:
+        seen.append(Path(path).name)
+        return load_label(path, *args)  # type: ignore[arg-type]
 
     def counting_digest(case: cases_module.Case) -> str:
         seen.append(f"hash {case.case_id}")
         return digest(case)
 
     monkeypatch.setattr(cases_module, "load", counting_load)
+    monkeypatch.setattr(cases_module, "load_label", counting_load_label)
     monkeypatch.setattr(cases_module, "content_digest", counting_digest)
     return seen
 
@@ -274,3 +281,15 @@ def test_evaluate_checks_only_the_cases_it_scores(
     reads.clear()
     summary = evaluate_run(run, n_resamples=10, device="cpu").summary
     assert reads == [] and summary["n_cases"] == len(split["val"])
+
+
+def test_a_stored_check_is_for_its_files_and_series_only(dataset: Path) -> None:
+    validate(dataset)
+    stored = CheckCache(dataset, {"classes": None}).load()
+    case = Case("case_a", (dataset / "images" / "case_a.nii.gz",), dataset / "labels" / "case_a.nii.gz")
+    stats = file_stats(case)
+    assert stored.fresh(case, stats) is not None
+    assert stored.fresh(replace(case, series="1.2.3"), stats) is None
+    assert stored.fresh(replace(case, label_series="1.2.4"), stats) is None
+    other_label = replace(case, label=dataset / "labels" / "case_b.nii.gz")
+    assert stored.fresh(other_label, file_stats(other_label)) is None

@@ -253,7 +253,7 @@ def test_index_options_that_a_medmnist_file_cannot_use_are_refused(
     )
     out = tmp_path / "out.csv"
     assert main(["index", str(file), "--out", str(out), "--pair", "{id}.nrrd", "{id}_label.nrrd"]) == 1
-    assert "--pair and --classes" in capsys.readouterr().err and not out.exists()
+    assert "--pair is for folders and manifests" in capsys.readouterr().err and not out.exists()
     assert main(["index", str(file), "--out", str(out)]) == 0
 
 

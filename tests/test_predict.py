@@ -33,6 +33,7 @@ from medvol import demo
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
+from medvol.io.dicom_seg import load_dicom_seg
 from medvol.prediction import (
     Options,
     effective_shard,
@@ -234,6 +235,9 @@ def check_dicom_seg(path: Path, label: Any, shared_data: Path) -> None:
         assert_missing_frames_are_empty=True,
     )
     np.testing.assert_array_equal(pixels, array.transpose(2, 1, 0))
+    # Read back by medvol as the series' label (placed by geometry, not by references): the same map.
+    read_back = load_dicom_seg(path, medvol.load(shared_data / CT_SERIES))
+    np.testing.assert_array_equal(read_back.array[0], array)
 
 
 def test_resume_redoes_only_what_is_missing(segmenter: Path, shared_data: Path, tmp_path: Path) -> None:
@@ -505,6 +509,26 @@ def test_a_killed_run_is_cleaned_up_and_named_by_the_next(
     manifest = json.loads((out / "predict.json").read_text())
     assert manifest["status"] == "finished" and manifest["removed_temporaries"] == 3
     assert "killed" in manifest["previous_run"]
+
+
+def test_sigterm_ends_a_run_as_interrupted(
+    segmenter: Path, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler's SIGTERM unwinds the run: predict.json says "interrupted", exit status 143."""
+    import signal
+
+    def terminated_midway(*args: Any) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler interrupts this sleep
+        raise AssertionError("SIGTERM did not stop the run")
+
+    monkeypatch.setattr("medvol.prediction.predictor.segment_scans", terminated_midway)
+    in_dir = hippocampus_folder(shared_data, tmp_path / "in", ("007",))
+    started = time.monotonic()
+    assert main(["predict", str(segmenter), str(in_dir), str(tmp_path / "out")]) == 143
+    assert time.monotonic() - started < 25
+    assert json.loads((tmp_path / "out" / "predict.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the CLI's only while it runs
 
 
 def predict_twice_at_once(

@@ -26,6 +26,7 @@ class Case:
     target: str | None = None
     patient_id: str | None = None
     series: str | None = None  # which DICOM series of ``images[0]`` (a folder), when it holds several
+    label_series: str | None = None  # which DICOM series of ``label`` (a folder) is the mask
 
     @property
     def annotated(self) -> bool:

@@ -20,8 +20,9 @@ import numpy as np
 
 from medvol.data.case import SAFE_CASE_ID, SKIPPED_ROW_KINDS, Case, Finding, Severity
 from medvol.data.check_cache import CaseCheck, CheckCache, Stat, file_stats
+from medvol.data.dicom_pairs import DicomPairing
 from medvol.data.layouts import discover, discover_dicom, read_manifest
-from medvol.data.loading import load_files, on_image_grid
+from medvol.data.loading import load_files, load_label, on_image_grid
 from medvol.errors import GeometryError, MedvolError
 from medvol.io import load
 from medvol.io.atomic import atomic_path
@@ -110,6 +111,7 @@ def validate(
     root: str | Path,
     classes: list[int] | None = None,
     pair: tuple[str, str] | None = None,
+    dicom_pairing: DicomPairing | None = None,
     *,
     only: Collection[str] | None = None,
     recheck: bool = False,
@@ -127,6 +129,8 @@ def validate(
             either, a label map holding values that most label maps of the
             dataset do not hold is reported (``unusual_label_values``).
         pair: image and label file patterns with ``{id}`` (see ``discover``).
+        dicom_pairing: how mask series are told from image series in DICOM
+            folders (see ``medvol.data.dicom_pairs``).
         only: check only these case ids (e.g. the cases a split uses); another
             case whose files changed since the last check is not checked: it is
             ``unchecked`` (never usable), and its images are hashed only when
@@ -135,7 +139,7 @@ def validate(
         store: store the checks for the next time.
     """
     root = Path(root)
-    layout, cases, findings = discover(root, pair)
+    layout, cases, findings = discover(root, pair, dicom_pairing)
     classes = classes if classes is not None else declared_classes(root)
     report = IndexReport(root=root, layout=layout, cases=cases, findings=findings)
     stored = CheckCache(root, {"classes": classes})
@@ -291,10 +295,13 @@ def unusual_label_values(label_values: dict[str, tuple[Path, set[int]]]) -> list
 def _check_case(case: Case, classes: list[int] | None, stats: list[Stat] | None) -> CaseCheck:
     """Check one case's files (``stats``: their sizes and times, taken before reading them)."""
     findings: list[Finding] = []
-    check = CaseCheck(stats or [], None, [], [], None, findings)
+    series = [case.series, case.label_series]
+    check = CaseCheck(
+        stats or [], series, digest=None, dtypes=[], shapes=[], label_values=None, findings=findings
+    )
     try:
         images = [load(path, series=case.series) for path in case.images]
-        label = None if case.label is None else load(case.label)
+        label = None if case.label is None else load_label(case.label, case.label_series, images[0])
     except MedvolError as error:
         findings.append(Finding("unreadable", "error", case.case_id, str(error.path), error.problem))
         return check
@@ -393,7 +400,7 @@ def _check_label_values(
 
 def load_case(case: Case) -> tuple[Volume, Volume | None]:
     """The case's channels stacked into one Volume, and its label map (if any); see ``load_files``."""
-    return load_files(case.images, case.label, case.series)
+    return load_files(case.images, case.label, case.series, case.label_series)
 
 
 def load_images(case: Case) -> Volume:
@@ -401,7 +408,17 @@ def load_images(case: Case) -> Volume:
     return load_files(case.images, None, case.series)[0]
 
 
-MANIFEST_COLUMNS = ("case_id", "images", "label", "class", "patient_id", "series", "usable", "problems")
+MANIFEST_COLUMNS = (
+    "case_id",
+    "images",
+    "label",
+    "class",
+    "patient_id",
+    "series",
+    "label_series",
+    "usable",
+    "problems",
+)
 
 
 def write_manifest(report: IndexReport, path: str | Path) -> Path:
@@ -433,6 +450,7 @@ def write_manifest(report: IndexReport, path: str | Path) -> Path:
                     case.target or "",
                     case.patient_id or "",
                     case.series or "",
+                    case.label_series or "",
                     int(case.case_id in usable),
                     " | ".join(problems.get(case.case_id, [])),
                 ]

@@ -53,6 +53,7 @@ class CaseCheck:
 
     Attributes:
         files: ``(path, size, mtime_ns)`` of every file read, taken before reading.
+        series: the DICOM series read from the image and label folders (``None``: the only one).
         digest: the images' content digest (``content_digest``); ``None`` when unreadable.
         dtypes: the image channels' dtypes.
         shapes: the image channels' shapes ``(C, X, Y, Z)``.
@@ -61,6 +62,7 @@ class CaseCheck:
     """
 
     files: list[Stat]
+    series: list[str | None]
     digest: str | None
     dtypes: list[str]
     shapes: list[list[int]]
@@ -74,6 +76,7 @@ class CaseCheck:
     def from_json(cls, data: dict[str, Any]) -> CaseCheck:
         return cls(
             files=[(str(p), int(s), int(m)) for p, s, m in data["files"]],
+            series=list(data["series"]),
             digest=data["digest"],
             dtypes=list(data["dtypes"]),
             shapes=[list(shape) for shape in data["shapes"]],
@@ -138,7 +141,7 @@ class CheckCache:
         return self
 
     def fresh(self, case: Case, stats: list[Stat] | None) -> CaseCheck | None:
-        """The stored check of ``case`` when its files are the same and kept their size and mtime."""
+        """The stored check of ``case``: same files and series, each of the same size and mtime."""
         record = self.stored.get(case.case_id)
         if record is None or stats is None:
             return None
@@ -146,7 +149,8 @@ class CheckCache:
             check = CaseCheck.from_json(record)
         except (KeyError, TypeError, ValueError):
             return None
-        return check if check.files == stats else None
+        same_series = check.series == [case.series, case.label_series]
+        return check if check.files == stats and same_series else None
 
     def save(self, checks: dict[str, CaseCheck]) -> None:
         """Store ``checks`` (case id → check) in place of the records read; a failure only warns."""

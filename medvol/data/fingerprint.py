@@ -17,8 +17,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from medvol.data.cases import Case
-from medvol.io import load
+from medvol.data.cases import Case, load_case
 from medvol.logs import get_logger
 
 logger = get_logger(__name__)
@@ -51,15 +50,15 @@ def fingerprint(cases: Sequence[Case], modality: str | None = None, seed: int = 
     found: list[str | None] = []
     class_voxels: Counter[int] = Counter()
     for case in cases:
-        image = load(case.images[0])
+        image, labels = load_case(case)
         # The plan is applied after reorienting to RAS: measure along RAS axes.
         spacings.append(_along_ras(image.spacing, image.affine))
         shapes.append(_along_ras(image.shape, image.affine))
         found.append(_modality_name(image.meta.get("modality")))
-        if case.label is None:
+        if labels is None:
             foreground = image.array[0].ravel()
         else:
-            label = load(case.label).array[0]
+            label = labels.array[0]
             values, counts = np.unique(label, return_counts=True)
             class_voxels.update({int(v): int(c) for v, c in zip(values, counts, strict=True)})
             foreground = image.array[0][label > 0]

@@ -11,14 +11,17 @@ Layouts understood:
   ``Case00_segmentation.mhd``);
 - pairs named by patterns the user gives (``--pair '{id}_t1.nii.gz'
   '{id}_roi.nii.gz'``, paths relative to the folder, ``{id}`` the case id);
-- any other folder: every DICOM image series below it is an (unlabelled)
-  case, named ``dicom-<hash>`` by a stable hash of its series UID
-  (never by patient data), for indexing and prediction;
+- any other folder: every DICOM image series below it is a case, named
+  ``dicom-<hash>`` by a stable hash of its series UID (never by patient
+  data); its label is the DICOM SEG or mask series paired with it by the
+  rule of ``medvol.data.dicom_pairs`` (series without one are unlabelled
+  cases, for indexing and prediction);
 - a CSV manifest with a column ``image`` (or ``image_0000``, ``image_0001`` ...
   for channels, or ``images`` with channels joined by ``;`` as ``medvol index``
   writes it), and optionally ``case_id``, ``label`` (a label-map path),
-  ``class`` (a classification target), ``patient_id`` and ``series`` (which
-  DICOM series of an image folder); relative paths are relative to the CSV
+  ``class`` (a classification target), ``patient_id``, ``series`` (which
+  DICOM series of an image folder) and ``label_series`` (which DICOM series
+  of a label folder is the mask); relative paths are relative to the CSV
   file (``medvol index`` writes them relative to the manifest's own folder,
   so a manifest written anywhere reads back as the same cases).
 
@@ -33,6 +36,7 @@ import re
 from pathlib import Path
 
 from medvol.data.case import SAFE_CASE_ID, Case, Finding
+from medvol.data.dicom_pairs import DicomPairing, pair_series
 from medvol.errors import MedvolError
 from medvol.io.atomic import full_suffix
 from medvol.io.discovery import SCAN_FILE_SUFFIXES, dicom_case_id, list_files
@@ -49,7 +53,9 @@ IMAGE_SUFFIXES = ("_image", "-image", "_img")
 ID_PLACEHOLDER = "{id}"
 
 
-def discover(root: str | Path, pair: tuple[str, str] | None = None) -> tuple[str, list[Case], list[Finding]]:
+def discover(
+    root: str | Path, pair: tuple[str, str] | None = None, dicom_pairing: DicomPairing | None = None
+) -> tuple[str, list[Case], list[Finding]]:
     """Find the cases under ``root`` and pair images with labels by case id.
 
     Args:
@@ -57,6 +63,9 @@ def discover(root: str | Path, pair: tuple[str, str] | None = None) -> tuple[str
         pair: image and label file patterns relative to ``root``, each holding
             ``{id}`` (e.g. ``("{id}_t1.nii.gz", "{id}_roi.nii.gz")``); given,
             they decide the pairs whatever the folder's layout.
+        dicom_pairing: how mask series are told from image series in a folder
+            of DICOM series (``medvol.data.dicom_pairs``; default: by their
+            SeriesDescription).
 
     Returns:
         The layout name, the cases (sorted by id) and pairing findings
@@ -83,7 +92,7 @@ def discover(root: str | Path, pair: tuple[str, str] | None = None) -> tuple[str
     elif any(_label_suffix(_file_stem(path)) for path in _scan_files(root)):
         return ("pairs", *discover_suffix_pairs(root))
     else:
-        return ("dicom", *discover_dicom(root))
+        return ("dicom", *discover_dicom(root, dicom_pairing or DicomPairing()))
     findings: list[Finding] = []
     images = _files_by_case(image_dir, split_channels=layout == "msd", findings=findings)
     labels = _files_by_case(label_dir, split_channels=False, findings=findings) if label_dir.is_dir() else {}
@@ -275,14 +284,16 @@ def _pair_cases(
     return cases
 
 
-def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
-    """Each DICOM image series below ``root`` as an unlabelled case.
+def discover_dicom(root: Path, pairing: DicomPairing | None = None) -> tuple[list[Case], list[Finding]]:
+    """Each DICOM image series below ``root`` as a case, labelled by its paired mask, if any.
 
-    Case ids hash the series UID (``medvol.io.discovery.dicom_case_id``), so
-    they do not depend on the folder given and carry no patient data; a copy
-    of a series in another folder is reported as a duplicate, and a UID whose
-    folders hold different slices as a warning. An unreadable DICOM file makes
-    every series in its folder unusable (its slice may belong to any of them).
+    Masks (DICOM SEG files and mask series) are paired with image series by
+    ``medvol.data.dicom_pairs.pair_series``. Case ids hash the image series'
+    UID (``medvol.io.discovery.dicom_case_id``), so they do not depend on the
+    folder given and carry no patient data; a copy of a series in another
+    folder is reported as a duplicate, and a UID whose folders hold different
+    slices as a warning. An unreadable DICOM file makes every series in its
+    folder unusable (its slice may belong to any of them).
 
     Raises:
         MedvolError: nothing below ``root`` is a DICOM image.
@@ -296,7 +307,7 @@ def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
             "unknown layout: no DICOM series, no imagesTr/ + labelsTr/ (MSD, nnU-Net), no images/ + labels/, "
             "no ID_image + ID_label files (for other names, give --pair IMAGE_PATTERN LABEL_PATTERN)",
         )
-    findings: list[Finding] = []
+    pairs, unlabelled, findings = pair_series(series, skipped, pairing or DicomPairing())
     corrupt_folders = {Path(s.path).parent for s in skipped if s.corrupt}
     for item in skipped:
         if item.corrupt:
@@ -305,26 +316,23 @@ def discover_dicom(root: Path) -> tuple[list[Case], list[Finding]]:
         Finding("series_in_several_folders", "warning", None, None, m)
         for m in series_in_several_folders(series)
     ]
+    labelled = [(pair.image, pair.label, pair.label_series) for pair in pairs]
     cases: dict[str, Case] = {}
-    for found in series:
-        folder = Path(found.first.path).parent
-        case_id = dicom_case_id(found.key)
+    for image, label, label_series in [*labelled, *((s, None, None) for s in unlabelled)]:
+        case_id = dicom_case_id(image.key)
         if case_id in cases:
             first = cases[case_id].images[0]
-            findings.append(
-                Finding("duplicate", "error", case_id, str(folder), f"another copy of the series in {first}")
-            )
+            message = f"another copy of the series in {first}"
+            findings.append(Finding("duplicate", "error", case_id, str(image.folder), message))
             continue
-        cases[case_id] = Case(case_id, (folder,), None, series=found.key)
-        if folder in corrupt_folders:
-            findings.append(
-                Finding(
-                    "unreadable", "error", case_id, str(folder), "an unreadable DICOM file is in this folder"
-                )
-            )
-        findings.append(
-            Finding("image_without_label", "error", case_id, str(folder), "no label (DICOM series)")
-        )
+        cases[case_id] = Case(case_id, (image.folder,), label, series=image.key, label_series=label_series)
+        unreadable = {image.folder, *(() if label is None else (label if label_series else label.parent,))}
+        if unreadable & corrupt_folders:
+            message = "an unreadable DICOM file is in the folder of this series or its mask"
+            findings.append(Finding("unreadable", "error", case_id, str(image.folder), message))
+        if label is None:
+            message = "no label (DICOM series without a DICOM SEG or mask series)"
+            findings.append(Finding("image_without_label", "error", case_id, str(image.folder), message))
     return sorted(cases.values(), key=lambda c: c.case_id), findings
 
 
@@ -393,7 +401,8 @@ def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
             )
         patient_id = (row.get("patient_id") or "").strip() or None
         series = (row.get("series") or "").strip() or None
-        cases.append(Case(case_id, images, label, target, patient_id, series))
+        label_series = (row.get("label_series") or "").strip() or None
+        cases.append(Case(case_id, images, label, target, patient_id, series, label_series))
     return cases, findings
 
 

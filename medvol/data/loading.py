@@ -13,6 +13,7 @@ import numpy as np
 
 from medvol.errors import GeometryError, InvalidDataError
 from medvol.io import load
+from medvol.io.dicom_seg import is_segmentation_sop_class, load_dicom_seg
 from medvol.volume import Volume, grid_difference
 
 
@@ -37,8 +38,29 @@ def on_image_grid(image: Volume, other: Volume, what: str) -> Volume:
     raise GeometryError(other.meta.get("source_path"), f"{what} grid does not match the image's: {problem}")
 
 
+def load_label(path: Path, series: str | None, image: Volume) -> Volume:
+    """A label map as stored: a file, a DICOM mask series (``series`` of a folder) or a DICOM SEG.
+
+    A DICOM SEG has no grid of its own: its frames are placed on ``image``'s
+    grid (``medvol.io.dicom_seg``); every other label keeps its own geometry,
+    for ``on_image_grid`` to check.
+    """
+    if path.is_file() and _is_dicom_seg(path):
+        return load_dicom_seg(path, image)
+    return load(path, series=series)
+
+
+def _is_dicom_seg(path: Path) -> bool:
+    from medvol.io.dicom import SkippedFile, is_dicom_file, read_header
+
+    if not is_dicom_file(path):
+        return False
+    header = read_header(path)
+    return isinstance(header, SkippedFile) and is_segmentation_sop_class(header.sop_class_uid)
+
+
 def load_files(
-    images: Sequence[Path], label: Path | None, series: str | None = None
+    images: Sequence[Path], label: Path | None, series: str | None = None, label_series: str | None = None
 ) -> tuple[Volume, Volume | None]:
     """A case's channels stacked into one Volume ``(C, X, Y, Z)``, and its integer label map (if any).
 
@@ -61,7 +83,7 @@ def load_files(
         )
     if label is None:
         return image, None
-    labels = on_image_grid(first, load(label), "label")
+    labels = on_image_grid(first, load_label(label, label_series, first), "label")
     values = labels.array
     if values.dtype.kind not in "biu":
         if not np.all(values == np.round(values)):

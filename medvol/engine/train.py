@@ -41,6 +41,7 @@ from medvol.config import ExperimentConfig, dump_config
 from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from medvol.engine.distributed import Runtime
+from medvol.engine.initial_weights import InitialWeights, load_initial_weights
 from medvol.engine.precision import Precision, resolve_amp, resolve_precision
 from medvol.engine.run_folder import RunFolder
 from medvol.engine.run_start import check_resumed_config, flatten, prepare_run_folder
@@ -89,7 +90,13 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
 
     task = task_for(config)
     data = task.build_data(runtime, run)
-    model = create_model(config.model.name, **config.model.options).to(runtime.device)
+    model = create_model(config.model.name, **config.model.options)
+    initial = None
+    if config.model.init is not None and not resume:
+        initial = load_initial_weights(model, config.model.init)
+        if runtime.is_main:
+            logger.info("%s", initial.describe())
+    model = model.to(runtime.device)
     precision = resolve_precision(config.train.amp, config.train.channels_last, runtime.device, model)
     precision.prepare_model(model)
     if runtime.is_main:
@@ -113,7 +120,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             _restore_epoch_times(run_dir, progress.history)
             rewrite_metrics(run_dir, progress.history)
     elif runtime.is_main:
-        _write_run_files(config, runtime, run, data, precision)
+        _write_run_files(config, runtime, run, data, precision, initial)
 
     trained: nn.Module = model
     if runtime.distributed:
@@ -225,7 +232,12 @@ def build_schedule(
 
 
 def _write_run_files(
-    config: ExperimentConfig, runtime: Runtime, run: RunFolder, data: TaskData, precision: Precision
+    config: ExperimentConfig,
+    runtime: Runtime,
+    run: RunFolder,
+    data: TaskData,
+    precision: Precision,
+    initial: InitialWeights | None,
 ) -> None:
     from medvol.io.atomic import atomic_path, write_json
 
@@ -245,6 +257,7 @@ def _write_run_files(
                 "seeds": {"train": config.train.seed, "split": config.data.split.seed},
                 "torch_threads": torch.get_num_threads(),
                 "precision": precision.to_dict(),
+                "initial_weights": None if initial is None else initial.to_dict(),
             }
         ),
         default=str,

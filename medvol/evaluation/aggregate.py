@@ -9,7 +9,7 @@ from typing import Any
 
 from medvol.engine.run_folder import read_summary
 from medvol.errors import MedvolError
-from medvol.evaluation.summary import json_safe
+from medvol.io.atomic import json_safe
 from medvol.metrics import SEGMENTATION_VALUES, mean_ci
 
 

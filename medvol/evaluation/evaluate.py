@@ -27,8 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from medvol.engine.run_folder import Checkpoint, EvaluationFolder, RunFolder
 from medvol.errors import MedvolError
-from medvol.evaluation.summary import json_safe
-from medvol.io.atomic import write_json
+from medvol.io.atomic import json_safe, write_json
 from medvol.metrics import DEFAULT_EMPTY_POLICY, EmptyPolicy
 
 if TYPE_CHECKING:

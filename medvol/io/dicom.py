@@ -138,6 +138,7 @@ class SkippedFile:
     path: str
     reason: str
     corrupt: bool = False
+    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,7 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if path.name.upper() == "DICOMDIR" or sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
         name = pydicom.uid.UID(sop_class).name if sop_class else "DICOMDIR"
-        return SkippedFile(str(path), f"not an image ({name})")
+        return SkippedFile(str(path), f"not an image ({name})", sop_class_uid=sop_class)
     if "Rows" not in ds or "Columns" not in ds:
         return SkippedFile(str(path), "DICOM object without an image (no Rows/Columns)")
     image_type = _multi_value(ds.get("ImageType"))
@@ -581,7 +582,7 @@ def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
     else:
         header = read_header(path)
         if isinstance(header, SkippedFile):
-            raise UnreadableFileError(path, header.reason)
+            raise UnreadableFileError(path, _why_not_a_volume(header))
         chosen, skipped = DicomSeries(key=header.series_uid, headers=(header,)), []
     for item in skipped:
         logger.warning("skipped %s: %s", item.path, item.reason)
@@ -589,6 +590,17 @@ def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
     volume.meta["source_path"] = str(path)
     volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
     return volume
+
+
+def _why_not_a_volume(skipped: SkippedFile) -> str:
+    from medvol.io.dicom_seg import is_segmentation_sop_class
+
+    if is_segmentation_sop_class(skipped.sop_class_uid):
+        return (
+            "a DICOM SEG holds the label map of an image series, not a volume: give it as that series' "
+            "label (a manifest's label column, or beside the series in a dataset folder)"
+        )
+    return skipped.reason
 
 
 def load_series(series: DicomSeries) -> Volume:

@@ -55,6 +55,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medvol.errors import GeometryError
+from medvol.io.atomic import json_safe
 from medvol.io.geometry import is_sheared
 from medvol.volume import Volume, grid_difference
 
@@ -141,7 +142,7 @@ class PreprocessConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-serialisable values."""
-        return _jsonable(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
@@ -189,7 +190,7 @@ class PreprocessRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable values (``json.dumps`` round-trips them exactly)."""
-        return _jsonable(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessRecord:
@@ -620,7 +621,7 @@ def _label_on_image_grid(image: Volume, label: Volume | None) -> Volume | None:
 
 
 def _entry(step: str, before: Volume, after: Volume, **params: Any) -> Entry:
-    return _jsonable(
+    return json_safe(
         {
             "step": step,
             "input_shape": list(before.shape),
@@ -660,14 +661,3 @@ def _check_orientation(orientation: str) -> None:
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists and numpy scalars to Python numbers, recursively."""
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
