@@ -352,7 +352,7 @@ def main() -> None:
         else:  # a copy (times kept): touching files must not change the shared data
             copy = shutil.copytree(hippocampus, work / "msd-hippocampus")
             datasets["hippocampus"] = bench_dataset(
-                "hippocampus", copy, [32, 48, 32], sources, work, args.touch
+                "hippocampus", copy, [32, 48, 32], sources, work, args.touch, args.scored
             )
     goals = {
         name: {
