@@ -166,6 +166,12 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="pair DICOM masks only with image series whose SeriesDescription matches REGEX "
         "(when several series lie on a mask's grid)",
     )
+    index.add_argument(
+        "--recheck",
+        action="store_true",
+        help="read every file again, ignoring what earlier checks stored (by default a case whose files "
+        "kept their size and modification time is not read again)",
+    )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
 
@@ -409,7 +415,9 @@ def run_index(args: argparse.Namespace) -> int:
     pairing = DicomPairing(args.mask_series or MASK_DESCRIPTION, args.image_series)
     # With --json, stdout is the report alone: no plain progress lines (a terminal's bar is on stderr).
     progress = None if not args.json or sys.stderr.isatty() else False
-    report = validate(args.root, args.classes, args.pair and tuple(args.pair), pairing, progress)
+    report = validate(
+        args.root, args.classes, args.pair and tuple(args.pair), pairing, recheck=args.recheck, progress=progress
+    )
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
     with atomic_path(report_path) as temporary:
@@ -420,6 +428,7 @@ def run_index(args: argparse.Namespace) -> int:
         return EXIT_ERROR if failed else 0
     summary = report.summary()
     print(f"{summary['layout']} layout, {summary['cases']} case ids, {summary['usable_pairs']} usable pairs")
+    print(f"  {report.checked} case(s) read, {report.reused} unchanged since the last check")
     for finding in report.findings:
         where = f" {finding.path}" if finding.path else ""
         print(f"  {finding.severity:<7} {finding.kind}{where}: {finding.message}")

@@ -23,3 +23,11 @@ def shared_data() -> Path:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{SHARED_DATA} is missing; CI must run the real-data tests")
     pytest.skip(f"real data not found at {SHARED_DATA} (clone medvol beside a shared/data folder)")
+
+
+@pytest.fixture(autouse=True)
+def check_cache_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh folder for the stored dataset checks of each test (``MEDVOL_CACHE_DIR``), never the user's."""
+    folder = tmp_path_factory.mktemp("medvol-cache")
+    monkeypatch.setenv("MEDVOL_CACHE_DIR", str(folder))
+    return folder

@@ -12,12 +12,14 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from medvol.data.case import SAFE_CASE_ID, SKIPPED_ROW_KINDS, Case, Finding, Severity
+from medvol.data.check_cache import CaseCheck, CheckCache, Stat, file_stats
 from medvol.data.dicom_pairs import DicomPairing
 from medvol.data.layouts import discover, discover_dicom, read_manifest
 from medvol.data.loading import load_files, load_label, on_image_grid
@@ -26,8 +28,6 @@ from medvol.io import load
 from medvol.io.atomic import atomic_path
 from medvol.logs import get_logger, track
 from medvol.volume import Volume
-
-logger = get_logger(__name__)
 
 __all__ = [
     "SAFE_CASE_ID",
@@ -45,6 +45,8 @@ __all__ = [
     "write_manifest",
 ]
 
+logger = get_logger(__name__)
+
 
 @dataclass
 class IndexReport:
@@ -54,6 +56,12 @@ class IndexReport:
     layout: str
     cases: list[Case]
     findings: list[Finding] = field(default_factory=list)
+    #: case id → content digest of its images, for every checked, readable case
+    digests: dict[str, str] = field(default_factory=dict)
+    #: cases outside ``validate``'s ``only`` whose files changed since the last check (never usable)
+    unchecked: set[str] = field(default_factory=set)
+    checked: int = 0  # cases whose files were read
+    reused: int = 0  # cases whose stored check was reused
 
     @property
     def unusable_ids(self) -> set[str]:
@@ -62,7 +70,7 @@ class IndexReport:
     @property
     def usable(self) -> list[Case]:
         """Cases with images and a label or class, and no error finding."""
-        bad = self.unusable_ids
+        bad = self.unusable_ids | self.unchecked
         return [c for c in self.cases if c.case_id not in bad and c.images and c.annotated]
 
     @property
@@ -104,9 +112,17 @@ def validate(
     classes: list[int] | None = None,
     pair: tuple[str, str] | None = None,
     dicom_pairing: DicomPairing | None = None,
+    *,
+    only: Collection[str] | None = None,
+    recheck: bool = False,
+    store: bool = True,
     progress: bool | None = None,
 ) -> IndexReport:
     """Discover and check every case: readability, grids, label values, dtypes, duplicates.
+
+    A case whose files kept their size and modification time since the last
+    check is not read again: its stored check is reused
+    (``medvol.data.check_cache``).
 
     Args:
         root: the dataset folder or manifest.
@@ -116,6 +132,12 @@ def validate(
         pair: image and label file patterns with ``{id}`` (see ``discover``).
         dicom_pairing: how mask series are told from image series in DICOM
             folders (see ``medvol.data.dicom_pairs``).
+        only: check only these case ids (e.g. the cases a split uses); another
+            case whose files changed since the last check is not checked: it is
+            ``unchecked`` (never usable), and its images are hashed only when
+            their sizes equal a checked case's, to find duplicates.
+        recheck: read every file, ignoring the stored checks.
+        store: store the checks for the next time.
         progress: show progress over the cases (``medvol.logs.Progress``;
             ``None``: a bar on a terminal, plain lines elsewhere).
     """
@@ -123,20 +145,117 @@ def validate(
     layout, cases, findings = discover(root, pair, dicom_pairing)
     classes = classes if classes is not None else declared_classes(root)
     report = IndexReport(root=root, layout=layout, cases=cases, findings=findings)
+    stored = CheckCache(root, {"classes": classes})
+    if not recheck:
+        stored.load()
+    checks: dict[str, CaseCheck] = {}
+    for case in track(cases, "index", "case", logger, enabled=progress):
+        if not (case.images and case.annotated):
+            continue
+        stats = file_stats(case)
+        check = stored.fresh(case, stats)
+        if check is not None:
+            report.reused += 1
+        elif only is None or case.case_id in only:
+            check = _check_case(case, classes, stats)
+            report.checked += 1
+        else:
+            report.unchecked.add(case.case_id)
+            continue
+        checks[case.case_id] = check
+    found = {case.case_id for case in cases}
+    report.findings += [
+        _gone(case_id, stored.stored[case_id]) for case_id in sorted(stored.stored.keys() - found)
+    ]
+    report.digests = {case_id: check.digest for case_id, check in checks.items() if check.digest is not None}
+    known = {**report.digests, **_digests_of_same_sizes(cases, report.unchecked, checks)}
+    report.findings += _dataset_findings(cases, checks, known, classes)
+    if store and (report.checked or set(stored.stored) != set(checks)):
+        stored.save(checks)
+    logger.debug(
+        "%s: %d case(s) checked, %d unchanged since the last check (%s)",
+        root,
+        report.checked,
+        report.reused,
+        stored.path,
+    )
+    return report
+
+
+def _gone(case_id: str, record: dict[str, object]) -> Finding:
+    """A warning for a case checked last time whose files are no longer found."""
+    files = record.get("files")
+    path = str(files[0][0]) if isinstance(files, list) and files else None
+    return Finding("gone", "warning", case_id, path, "checked before, but its files are no longer found")
+
+
+def _digests_of_same_sizes(cases: list[Case], ids: set[str], checks: dict[str, CaseCheck]) -> dict[str, str]:
+    """Content digests of the cases ``ids`` (not checked) whose image sizes equal a checked case's.
+
+    Equal content needs equal sizes, so only those can duplicate a checked case.
+    """
+    if not ids:
+        return {}
+    by_id = {case.case_id: case for case in cases}
+    sizes = {_image_sizes(by_id[case_id]) for case_id in checks}
+    digests = {}
+    for case in cases:
+        if case.case_id in ids and _image_sizes(case) in sizes:
+            try:
+                digests[case.case_id] = content_digest(case)
+            except (MedvolError, OSError):
+                continue
+    return digests
+
+
+def _image_sizes(case: Case) -> tuple[int, ...] | None:
+    """The sizes of the case's image files (every file below a folder); ``None`` when one is missing."""
+    stats = file_stats(Case(case.case_id, case.images, None, series=case.series))
+    return None if stats is None else tuple(size for _, size, _ in stats)
+
+
+def _dataset_findings(
+    cases: list[Case], checks: dict[str, CaseCheck], digests: dict[str, str], classes: list[int] | None
+) -> list[Finding]:
+    """Each case's findings in case order, with what only all cases tell: duplicates, dtype mix,
+    unusual label values.
+
+    Args:
+        digests: case id → content digest of the checked cases and of the unchecked cases
+            hashed to find duplicates.
+    """
+    findings: list[Finding] = []
     image_dtypes: Counter[str] = Counter()
     content_owner: dict[str, str] = {}
     label_values: dict[str, tuple[Path, set[int]]] = {}
-    for case in track(cases, "index", "case", logger, enabled=progress):
-        if case.images and case.annotated:
-            _check_case(case, classes, report.findings, image_dtypes, content_owner, label_values)
+    for case in cases:
+        digest, check = digests.get(case.case_id), checks.get(case.case_id)
+        if digest is not None and digest in content_owner and check is not None:
+            findings.append(
+                Finding(
+                    "duplicate_case",
+                    "error",
+                    case.case_id,
+                    str(case.images[0]),
+                    f"same image content as case {content_owner[digest]}",
+                )
+            )
+        if digest is not None:
+            content_owner.setdefault(digest, case.case_id)
+        if check is None:
+            continue
+        image_dtypes.update(check.dtypes)
+        findings += check.findings
+        if check.label_values is not None and case.label is not None:
+            label_values[case.case_id] = (case.label, set(check.label_values))
     if len(image_dtypes) > 1:
         counts = ", ".join(f"{n} {dtype}" for dtype, n in sorted(image_dtypes.items()))
-        report.findings.append(
+        findings.append(
             Finding("dtype_mix", "warning", None, None, f"images are stored in several dtypes: {counts}")
         )
     if classes is None:
-        report.findings += unusual_label_values(label_values)
-    return report
+        findings += unusual_label_values(label_values)
+    return findings
 
 
 def unusual_label_values(label_values: dict[str, tuple[Path, set[int]]]) -> list[Finding]:
@@ -176,47 +295,35 @@ def unusual_label_values(label_values: dict[str, tuple[Path, set[int]]]) -> list
     return findings
 
 
-def _check_case(
-    case: Case,
-    classes: list[int] | None,
-    findings: list[Finding],
-    image_dtypes: Counter[str],
-    content_owner: dict[str, str],
-    label_values: dict[str, tuple[Path, set[int]]],
-) -> None:
-    """Check one case; its label map's values go to ``label_values`` when they are integers."""
+def _check_case(case: Case, classes: list[int] | None, stats: list[Stat] | None) -> CaseCheck:
+    """Check one case's files (``stats``: their sizes and times, taken before reading them)."""
+    findings: list[Finding] = []
+    series = [case.series, case.label_series]
+    check = CaseCheck(
+        stats or [], series, digest=None, dtypes=[], shapes=[], label_values=None, findings=findings
+    )
     try:
         images = [load(path, series=case.series) for path in case.images]
         label = None if case.label is None else load_label(case.label, case.label_series, images[0])
     except MedvolError as error:
         findings.append(Finding("unreadable", "error", case.case_id, str(error.path), error.problem))
-        return
+        return check
     for image in images:
-        image_dtypes[str(image.array.dtype)] += 1
+        check.dtypes.append(str(image.array.dtype))
+        check.shapes.append(list(image.array.shape))
     try:
-        digest = content_digest(case)
+        check.digest = content_digest(case)
     except (MedvolError, OSError) as error:
         where = error.path if isinstance(error, MedvolError) else case.images[0]
         findings.append(Finding("unreadable", "error", case.case_id, str(where), str(error)))
-        return
-    if digest in content_owner:
-        findings.append(
-            Finding(
-                "duplicate_case",
-                "error",
-                case.case_id,
-                str(case.images[0]),
-                f"same image content as case {content_owner[digest]}",
-            )
-        )
-    content_owner.setdefault(digest, case.case_id)
+        return check
     others = images[1:] if label is None else [*images[1:], label]
     for other in others:
         try:
             placed = on_image_grid(images[0], other, "label" if other is label else "channel")
         except GeometryError as error:
             findings.append(Finding("grid_mismatch", "error", case.case_id, str(error.path), error.problem))
-            return
+            return check
         if "reoriented_from" in placed.meta:
             message = (
                 f"stored {placed.meta['reoriented_from']}, read onto the image's {images[0].orientation} grid"
@@ -226,7 +333,8 @@ def _check_case(
     if label is not None and case.label is not None:
         values = _check_label_values(case.case_id, case.label, label, classes, findings)
         if values is not None:
-            label_values[case.case_id] = (case.label, values)
+            check.label_values = sorted(values)
+    return check
 
 
 def content_digest(case: Case) -> str:

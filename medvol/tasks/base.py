@@ -205,9 +205,16 @@ def index_validation_cases(
 def _indexed(root: Path, runtime: Runtime, classes: list[int] | None, which: str) -> IndexReport:
     from medvol.data.cases import validate
 
-    report = validate(root, classes=classes)
+    report = validate(root, classes=classes, store=runtime.is_main)
     if not report.usable:
         raise MedvolError(root, f"no usable cases{which} (see `medvol index`)")
+    if runtime.is_main:
+        logger.info(
+            "checked %d case(s)%s, %d unchanged since the last check",
+            report.checked,
+            which,
+            report.reused,
+        )
     skipped = len(report.cases) - len(report.usable)
     if runtime.is_main and skipped:
         logger.warning(
@@ -295,10 +302,10 @@ def refuse_leaks(config: ExperimentConfig, train: list[Case], validation: IndexR
             "on one side",
         )
     # Equal content needs equal file sizes: only such training cases are hashed (DICOM folders: all,
-    # when the validation set has DICOM folders too).
+    # when the validation set has DICOM folders too); the validation cases' digests come from their check.
     val_sizes = {_file_sizes(case) for case in val_cases}
     candidates = [case for case in train if _file_sizes(case) in val_sizes]
-    val_by_content = {content_digest(case): case.case_id for case in val_cases} if candidates else {}
+    val_by_content = {validation.digests[case.case_id]: case.case_id for case in val_cases}
     copies = sorted(
         f"{case.case_id} = {val_by_content[digest]}"
         for case in candidates
@@ -401,7 +408,7 @@ def select_cases(
         root = config.data.root
         if split == "val" and config.data.split.method == "separate" and config.data.split.val_root:
             root = config.data.split.val_root  # the run validated on another folder or manifest
-        report = validate(root, classes=classes)
+        report = validate(root, classes=classes, only=set(wanted))
         source = f"split.json {split} ({root})"
     by_id = {case.case_id: case for case in report.usable}
     problems: dict[str, list[str]] = {}
