@@ -9,13 +9,16 @@ The path a DICOM folder takes:
    splits a series further when orientation or matrix size differ; one UID
    in several folders (copies of a series, or a series split across folders)
    is several series, and ``series_in_several_folders`` says so.
-3. ``load_series`` sorts slices along the slice normal, derives the slice step
-   from ImagePositionPatient (never SliceThickness), refuses duplicates,
-   missing slices and uneven spacing with a clear error, keeps gantry tilt as
-   an exact sheared affine (recorded in ``meta``), and reads the pixels with
-   SimpleITK/GDCM (rescale slope/intercept applied, every transfer syntax GDCM
-   decodes). Enhanced multi-frame files and Siemens mosaics are read with
-   pydicom (pylibjpeg decoders) and nibabel's mosaic geometry.
+3. ``stack_geometry`` sorts slices along the slice normal, derives the slice
+   step from ImagePositionPatient (never SliceThickness), refuses duplicates,
+   missing slices and uneven spacing with a clear error and keeps gantry tilt
+   as an exact sheared affine (recorded in ``meta``); ``read_stack_pixels``
+   reads the pixels with SimpleITK/GDCM (rescale slope/intercept applied,
+   every transfer syntax GDCM decodes).
+
+``medvol.io.dicom_volumes`` turns a series into volumes: it splits one that
+holds several (echoes, time points, ...), and reads enhanced multi-frame files
+and Siemens mosaics.
 
 Patient identifiers are never read into medvol's records.
 """
@@ -23,11 +26,9 @@ Patient identifiers are never read into medvol's records.
 from __future__ import annotations
 
 import os
-import warnings
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +39,10 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from medvol.errors import SeriesError, UnreadableFileError
+from medvol.io.dicom_labels import CLASSIC_TAGS, Labels, frame_labels, image_labels
 from medvol.io.discovery import list_files
-from medvol.io.geometry import affine_from_columns, lps_to_ras
+from medvol.io.geometry import affine_from_columns
 from medvol.logs import get_logger
-from medvol.volume import Volume
 
 logger = get_logger(__name__)
 
@@ -79,6 +80,7 @@ HEADER_TAGS = [
     "InstanceNumber",
     "SharedFunctionalGroupsSequence",
     "PerFrameFunctionalGroupsSequence",
+    *CLASSIC_TAGS,
 ]
 
 # As Tag objects once: pydicom resolves keywords on every call otherwise (~100 µs a file).
@@ -99,8 +101,11 @@ TILT_TOLERANCE_DEG = float(np.degrees(np.arcsin(ORTHOGONALITY_TOLERANCE)))
 class SliceHeader:
     """What medvol needs from one DICOM image file (no patient data).
 
-    For an enhanced multi-frame file, ``frame_positions`` holds one position
-    per frame and ``position`` the first frame's.
+    For an enhanced multi-frame file, ``frame_positions`` and ``frame_labels``
+    hold one entry per frame and ``position`` the first frame's position. One
+    frame of such a file (``medvol.io.dicom_volumes.frame_images``) is a
+    ``SliceHeader`` with ``frame`` set (1-based, as stored). ``labels`` say
+    what tells the image from others at its position (``medvol.io.dicom_labels``).
     """
 
     path: str
@@ -125,6 +130,29 @@ class SliceHeader:
     frame_positions: tuple[tuple[float, float, float], ...] | None = None
     patient_position: str = ""
     image_type: tuple[str, ...] = ()
+    labels: Labels = ()
+    frame_labels: tuple[Labels, ...] | None = None
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name, with the frame number for a frame (``IM_0027.dcm frame 3``)."""
+        name = Path(self.path).name
+        return name if self.frame is None else f"{name} frame {self.frame}"
+
+    @property
+    def frame_prefix(self) -> str:
+        """``"frame 3: "`` for a frame of a multi-frame file (errors name the file), else ``""``."""
+        return "" if self.frame is None else f"frame {self.frame}: "
+
+
+def pair_name(first: SliceHeader, second: SliceHeader, source: Path | None = None) -> str:
+    """Two images in words: ``frames 3 and 5 of IM.dcm`` (``frames 3 and 5`` when ``source``
+    is that file, which the error names already) or ``a.dcm and b.dcm``."""
+    if first.path == second.path and first.frame is not None and second.frame is not None:
+        frames = f"frames {first.frame} and {second.frame}"
+        return frames if source == Path(first.path) else f"{frames} of {Path(first.path).name}"
+    return f"{first.name} and {second.name}"
 
 
 @dataclass(frozen=True)
@@ -290,7 +318,7 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
     if "Rows" not in ds or "Columns" not in ds:
         return SkippedFile(str(path), "DICOM object without an image (no Rows/Columns)")
     image_type = _multi_value(ds.get("ImageType"))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _frame_count(path, ds)
     orientation, position, spacing, slope, intercept = _plane_geometry(ds)
     frame_positions = _frame_positions(ds) if frames > 1 else None
     if frame_positions:
@@ -320,7 +348,23 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
         frame_positions=frame_positions,
         patient_position=str(ds.get("PatientPosition", "") or "").strip(),
         image_type=image_type,
+        labels=image_labels(ds),
+        frame_labels=frame_labels(ds) if frames > 1 else None,
     )
+
+
+def _frame_count(path: Path, ds: Dataset) -> int:
+    """NumberOfFrames (1 when absent); a file that says it holds no frame is unreadable."""
+    value = ds.get("NumberOfFrames")
+    if value in (None, ""):
+        return 1
+    try:
+        frames = int(value)
+    except (TypeError, ValueError) as error:
+        raise UnreadableFileError(path, f"invalid NumberOfFrames {value!r}") from error
+    if frames < 1:
+        raise UnreadableFileError(path, f"NumberOfFrames is {frames}: the file holds no image")
+    return frames
 
 
 def _multi_value(value: Any) -> tuple[str, ...]:
@@ -562,89 +606,6 @@ def select_series(
     raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{_listing(folder, series)}")
 
 
-def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
-    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file.
-
-    An unreadable DICOM file in the chosen series' folder is an error (it may be
-    one of its slices); one in another folder is skipped with a warning.
-    """
-    path = Path(path)
-    if path.is_dir():
-        found, skipped = scan_folder(path, collect_errors=True)
-        corrupt = [item for item in skipped if item.corrupt]
-        if corrupt and not found:
-            raise UnreadableFileError(corrupt[0].path, corrupt[0].reason)
-        chosen = select_series(path, found, skipped, series)
-        for item in corrupt:
-            if Path(item.path).parent == chosen.folder:
-                raise UnreadableFileError(item.path, item.reason)
-    else:
-        header = read_header(path)
-        if isinstance(header, SkippedFile):
-            raise UnreadableFileError(path, header.reason)
-        chosen, skipped = DicomSeries(key=header.series_uid, headers=(header,)), []
-    for item in skipped:
-        logger.warning("skipped %s: %s", item.path, item.reason)
-    volume = load_series(chosen)
-    volume.meta["source_path"] = str(path)
-    volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
-    return volume
-
-
-def load_series(series: DicomSeries) -> Volume:
-    """Turn one series into a Volume with exact geometry, or refuse clearly."""
-    first = series.first
-    if first.samples_per_pixel != 1:
-        raise SeriesError(first.path, "colour (RGB) DICOM images are not supported as volumes")
-    if first.is_mosaic:
-        if len(series.headers) > 1:
-            raise SeriesError(
-                first.path,
-                f"a series of {len(series.headers)} mosaic files; load one file at a time",
-            )
-        array, affine, notes = _read_mosaic(first)
-    elif first.frames > 1:
-        array, affine, notes = _read_multiframe(first)
-    else:
-        ordered, affine, notes = stack_geometry(series.headers)
-        array = _read_stack_pixels(ordered)
-    meta: dict[str, Any] = {
-        # A mosaic or multi-frame file is a volume on its own: its path is the file.
-        "source_path": first.path if (first.is_mosaic or first.frames > 1) else str(Path(first.path).parent),
-        "format": "dicom",
-        "reader": f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}",
-        "modality": first.modality or None,
-        "series_uid": first.series_uid or None,
-        "series_number": first.series_number,
-        "series_description": first.series_description,
-        "transfer_syntax": first.transfer_syntax,
-        **_series_value(series.headers, "patient_position", lambda h: h.patient_position or None),
-        **_series_value(series.headers, "image_type", lambda h: list(h.image_type) or None),
-        "source_affine": affine.tolist(),
-        "source_shape": list(array.shape),
-        "files": len(series.headers),
-        **notes,
-    }
-    return Volume(array=array[np.newaxis], affine=affine, meta=meta)
-
-
-def _series_value(
-    headers: Sequence[SliceHeader], key: str, value: Callable[[SliceHeader], Any]
-) -> dict[str, Any]:
-    """``{key: value}`` when every slice has the same value (``None`` when none has one).
-
-    Slices that disagree give ``{key: None, key + "_per_slice": {value: slices}}``
-    (a list value written as DICOM shows it, ``ORIGINAL\\PRIMARY``), so no slice's
-    value is hidden behind another's.
-    """
-    values = [value(header) for header in headers]
-    shown = ["\\".join(v) if isinstance(v, list) else v for v in values]
-    if len(set(shown)) == 1:
-        return {key: values[0]}
-    counts = Counter("(none)" if v is None else str(v) for v in shown)
-    return {key: None, f"{key}_per_slice": dict(sorted(counts.items()))}
-
-
 def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Row direction (increasing column index), column direction and slice normal, LPS.
 
@@ -712,11 +673,14 @@ def stack_geometry(
     spacing = _pixel_spacing(first)
     for header in headers:
         if header.position is None:
-            raise SeriesError(header.path, "no ImagePositionPatient: the slice cannot be placed")
+            raise SeriesError(
+                header.path, f"{header.frame_prefix}no ImagePositionPatient: the slice cannot be placed"
+            )
         if not np.allclose(_pixel_spacing(header), spacing, atol=1e-4):
             raise SeriesError(
                 header.path,
-                f"PixelSpacing {header.pixel_spacing} differs from {first.path}'s {spacing}",
+                f"{header.frame_prefix}PixelSpacing {header.pixel_spacing} differs from "
+                f"{first.name}'s {spacing}",
             )
     positions = np.array([h.position for h in headers], dtype=np.float64)
     distance = positions @ normal
@@ -770,10 +734,8 @@ def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, fold
         i = int(duplicate[0])
         raise SeriesError(
             folder,
-            f"{duplicate.size} slice(s) share a position with another slice (e.g. "
-            f"{Path(ordered[i].path).name} and {Path(ordered[i + 1].path).name} at "
-            f"{distance[i]:.3f} mm along the normal): several acquisitions, echoes or "
-            "time points in one series are not supported yet; split the series",
+            f"{duplicate.size} image(s) share a position with another image (e.g. "
+            f"{pair_name(ordered[i], ordered[i + 1], folder)} at {distance[i]:.3f} mm along the normal)",
         )
     typical = float(np.median(gaps))
     tolerance = POSITION_TOLERANCE_MM + RELATIVE_SPACING_TOLERANCE * typical
@@ -781,7 +743,7 @@ def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, fold
     if not irregular.size:
         return
     i = int(irregular[0])
-    between = f"between {Path(ordered[i].path).name} and {Path(ordered[i + 1].path).name}"
+    between = f"between {pair_name(ordered[i], ordered[i + 1], folder)}"
     ratio = gaps[irregular] / typical
     if np.all(ratio > 1.5) and np.allclose(ratio, np.round(ratio), atol=0.05):
         missing = int(np.sum(np.round(ratio) - 1))
@@ -797,7 +759,7 @@ def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, fold
     )
 
 
-def _read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
+def read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
     """Decode sorted slices with SimpleITK/GDCM; returns ``(X, Y, Z)`` rescaled values.
 
     The array is a transposed view of SimpleITK's ``(Z, Y, X)`` buffer (Fortran
@@ -839,92 +801,3 @@ def _raise_for_bad_slice(ordered: Sequence[SliceHeader]) -> None:
             lines = [line for line in str(error).splitlines() if line.strip()]
             reason = lines[-1].strip() if lines else "decoding failed"
             raise UnreadableFileError(header.path, f"cannot decode pixel data ({reason})") from error
-
-
-def _read_dataset(header: SliceHeader) -> Dataset:
-    try:
-        dataset = pydicom.dcmread(header.path)
-        _ = dataset.pixel_array
-    except Exception as error:
-        raise UnreadableFileError(header.path, f"cannot decode pixel data ({error})") from error
-    return dataset
-
-
-def _read_multiframe(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """An enhanced (multi-frame) CT/MR volume: frames sorted along the normal."""
-    if header.frame_positions is None or len(header.frame_positions) != header.frames:
-        raise SeriesError(
-            header.path,
-            f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
-        )
-    # Each frame is named "file [frame N]" (N as stored, from 1) in errors.
-    frame_headers = [
-        replace(
-            header,
-            path=f"{header.path} [frame {index + 1}]",
-            position=position,
-            frames=1,
-            frame_positions=None,
-            instance_number=index,
-        )
-        for index, position in enumerate(header.frame_positions)
-    ]
-    ordered, affine, notes = stack_geometry(frame_headers, source=Path(header.path))
-    dataset = _read_dataset(header)
-    slopes, intercepts = _frame_rescale(dataset, header)
-    order = [int(frame.instance_number or 0) for frame in ordered]
-    # Rescale in float64, then float32 like the single-frame path (or the smallest int).
-    frames = dataset.pixel_array.astype(np.float64)[order]
-    frames = frames * slopes[order, None, None] + intercepts[order, None, None]
-    frames = frames.astype(np.float32) if _needs_float_values(slopes, intercepts) else _smallest_int(frames)
-    notes["multiframe"] = True
-    return frames.transpose(2, 1, 0), affine, notes
-
-
-def _frame_rescale(dataset: Dataset, header: SliceHeader) -> tuple[np.ndarray, np.ndarray]:
-    slopes = np.full(header.frames, header.rescale_slope)
-    intercepts = np.full(header.frames, header.rescale_intercept)
-    for index, item in enumerate(dataset.get("PerFrameFunctionalGroupsSequence", [])):
-        transform = item.get("PixelValueTransformationSequence")
-        if transform:
-            slopes[index] = float(transform[0].get("RescaleSlope", slopes[index]))
-            intercepts[index] = float(transform[0].get("RescaleIntercept", intercepts[index]))
-    return slopes, intercepts
-
-
-def _needs_float_values(slopes: np.ndarray, intercepts: np.ndarray) -> bool:
-    return bool(np.any(slopes != 1.0) or np.any(intercepts != np.round(intercepts)))
-
-
-def _smallest_int(array: np.ndarray) -> np.ndarray:
-    for dtype in (np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if array.min() >= info.min and array.max() <= info.max:
-            return array.astype(dtype)
-    return array.astype(np.int64)
-
-
-def _read_mosaic(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """A Siemens mosaic (many slices tiled in one image), with nibabel's CSA geometry."""
-    dataset = _read_dataset(header)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nibabel flags its DICOM readers as experimental
-        from nibabel.nicom import dicomwrappers
-
-        try:
-            wrapper = dicomwrappers.wrapper_from_data(dataset)
-            data = np.asarray(wrapper.get_data())  # (rows, columns, slices), rescaled
-            affine_lps = np.asarray(wrapper.affine, dtype=np.float64)
-        except Exception as error:
-            raise SeriesError(header.path, f"cannot unpack the Siemens mosaic ({error})") from error
-    # nibabel indexes (row, column, slice); medvol indexes (column, row, slice).
-    data = data.transpose(1, 0, 2)
-    affine_lps = affine_lps[:, [1, 0, 2, 3]]
-    if data.dtype.kind == "f" and np.array_equal(data, np.round(data)):
-        data = _smallest_int(data)
-    notes = {"mosaic": True, "slices_in_mosaic": int(data.shape[2])}
-    return (
-        np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="))),
-        lps_to_ras(affine_lps),
-        notes,
-    )
