@@ -6,7 +6,8 @@ The path a DICOM folder takes:
    parallel processes for large folders, and skips what is not an image
    (non-DICOM files, DICOMDIR, SR, SEG, RTSTRUCT, presentation states, ...).
 2. ``group_series`` groups the images of each folder by SeriesInstanceUID and
-   splits a series further when orientation or matrix size differ; one UID
+   splits a series further when orientation or matrix size differ (and keeps
+   Siemens mosaics apart from single slices); one UID
    in several folders (copies of a series, or a series split across folders)
    is several series, and ``series_in_several_folders`` says so.
 3. ``stack_geometry`` sorts slices along the slice normal, derives the slice
@@ -502,15 +503,17 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
 
     A series is the images of one UID in one folder: two copies of a series in
     sibling folders are two series (``series_in_several_folders`` lists them),
-    never one series whose slices all appear twice. Enhanced multi-frame files
-    and mosaics are volumes on their own and form a group each. Groups are
+    never one series whose slices all appear twice. An enhanced multi-frame file
+    forms a group on its own; the mosaics of one series form one group (each
+    mosaic one of its volumes), apart from any single slices. Groups are
     ordered by series number, then key, then folder; the key is the UID, with
     ``#2``, ``#3``... for further parts of one UID split within one folder.
     """
     groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
     for header in headers:
         orientation = None if header.orientation is None else tuple(np.round(header.orientation, 4))
-        own_volume = header.path if (header.frames > 1 or header.is_mosaic) else None
+        # A multi-frame file is a series on its own; the mosaics of a series are its volumes.
+        own_volume = header.path if header.frames > 1 else ("mosaic" if header.is_mosaic else None)
         folder = os.path.dirname(header.path)
         key = (header.series_uid, orientation, header.rows, header.columns, own_volume, folder)
         groups.setdefault(key, []).append(header)

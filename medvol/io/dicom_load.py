@@ -32,7 +32,14 @@ from medvol.io.dicom import (
     select_series,
     stack_geometry,
 )
-from medvol.io.dicom_volumes import VolumeGroup, choose_volume, frame_images, split_volumes, volume_listing
+from medvol.io.dicom_volumes import (
+    VolumeGroup,
+    choose_volume,
+    frame_images,
+    mosaic_volumes,
+    split_volumes,
+    volume_listing,
+)
 from medvol.io.geometry import lps_to_ras
 from medvol.logs import get_logger
 from medvol.volume import Volume, grid_difference
@@ -110,11 +117,7 @@ def series_volumes(series: DicomSeries) -> list[VolumeGroup]:
     if first.samples_per_pixel != 1:
         raise SeriesError(first.path, "colour (RGB) DICOM images are not supported as volumes")
     if first.is_mosaic:
-        if len(series.headers) > 1:
-            raise SeriesError(
-                first.path, f"a series of {len(series.headers)} mosaic files; load one file at a time"
-            )
-        return [VolumeGroup(number=1, images=(first,), labels=(), suffix="")]
+        return mosaic_volumes(series.headers)
     images = frame_images(first) if first.frames > 1 else list(series.headers)
     return split_volumes(images, _source(series))
 
@@ -122,14 +125,14 @@ def series_volumes(series: DicomSeries) -> list[VolumeGroup]:
 def load_groups(series: DicomSeries, groups: Sequence[VolumeGroup], count: int) -> list[Volume]:
     """Read the pixels and geometry of some of the ``count`` volumes of ``series``."""
     first = series.first
-    dataset = _read_dataset(first) if first.frames > 1 or first.is_mosaic else None
-    if dataset is not None and not first.is_mosaic:
+    dataset = _read_dataset(first) if first.frames > 1 else None
+    if dataset is not None:
         _check_frame_geometry(first, dataset)
     volumes = []
     for group in groups:
         if first.is_mosaic:
-            assert dataset is not None
-            array, affine, notes = _read_mosaic(first, dataset)
+            mosaic = group.images[0]
+            array, affine, notes = _read_mosaic(mosaic, _read_dataset(mosaic))
         elif dataset is not None:
             array, affine, notes = _read_frames(first, dataset, group.images)
         else:
@@ -168,9 +171,10 @@ def _note_source(volume: Volume, path: Path, skipped: Sequence[SkippedFile]) -> 
 
 
 def _source(series: DicomSeries) -> Path:
-    """What errors about a series name: the multi-frame or mosaic file, or the folder."""
+    """What errors about a series name: the multi-frame file, the one mosaic, or the folder."""
     first = series.first
-    return Path(first.path) if (first.frames > 1 or first.is_mosaic) else series.folder
+    one_file = first.frames > 1 or (first.is_mosaic and len(series.headers) == 1)
+    return Path(first.path) if one_file else series.folder
 
 
 def _series_meta(

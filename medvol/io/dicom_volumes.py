@@ -40,6 +40,7 @@ LABEL_TEXT = {
     "image_type": "image type {}",
     "stack": "stack {}",
     "dimension": "dimension index {}",
+    "instance": "instance {}",
 }
 
 # ImageType / FrameType values and the file-name part dcm2niix gives them (magnitude: none).
@@ -97,19 +98,26 @@ def frame_images(header: SliceHeader) -> list[SliceHeader]:
             header.path,
             f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
         )
-    return [
-        replace(
-            header,
-            position=position,
-            frames=1,
-            frame_positions=None,
-            frame_labels=None,
-            labels=() if labels is None else labels[index],
-            frame=index + 1,
-            instance_number=index,
+    frames = []
+    for index, position in enumerate(header.frame_positions):
+        own = () if labels is None else labels[index]
+        frame_type = dict(own).get("image_type")  # FrameType: the frame's own ImageType
+        frames.append(
+            replace(
+                header,
+                position=position,
+                frames=1,
+                frame_positions=None,
+                frame_labels=None,
+                labels=own,
+                frame=index + 1,
+                instance_number=index,
+                image_type=tuple(frame_type.split("\\"))
+                if isinstance(frame_type, str)
+                else header.image_type,
+            )
         )
-        for index, position in enumerate(header.frame_positions)
-    ]
+    return frames
 
 
 def split_volumes(images: Sequence[SliceHeader], source: Path) -> list[VolumeGroup]:
@@ -144,6 +152,29 @@ def split_volumes(images: Sequence[SliceHeader], source: Path) -> list[VolumeGro
         for number, indices in enumerate(members, 1)
     ]
     _check_same_positions(images, members, slots, volumes, source)
+    return _with_suffixes(volumes, keys)
+
+
+def mosaic_volumes(mosaics: Sequence[SliceHeader]) -> list[VolumeGroup]:
+    """The Siemens mosaics of one series, one volume each, ordered by the keys in which they
+    differ (``LABEL_KEYS`` order), then InstanceNumber."""
+    values = [dict(mosaic.labels) for mosaic in mosaics]
+    keys = tuple(key for key in LABEL_KEYS if len({v.get(key) for v in values}) > 1)
+
+    def order(index: int) -> tuple[object, ...]:
+        instance = mosaics[index].instance_number
+        return (
+            *(_sort_value(key, values[index].get(key)) for key in keys),
+            instance or 0,
+            mosaics[index].path,
+        )
+
+    volumes = []
+    for number, index in enumerate(sorted(range(len(mosaics)), key=order), 1):
+        labels = tuple((key, values[index][key]) for key in keys if key in values[index])
+        if len(mosaics) > 1 and not labels:
+            labels = (("instance", float(mosaics[index].instance_number or number)),)
+        volumes.append(VolumeGroup(number=number, images=(mosaics[index],), labels=labels, suffix=""))
     return _with_suffixes(volumes, keys)
 
 
