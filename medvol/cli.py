@@ -346,7 +346,10 @@ def run_convert(args: argparse.Namespace) -> int:
         volumes = [load(args.source, series=args.series, volume=args.volume, allow_nan=args.allow_nan)]
     else:
         volumes = load_volumes(args.source, series=args.series, allow_nan=args.allow_nan)
-    targets = [_volume_target(args.target, volume.meta.get("volume_suffix", "")) for volume in volumes]
+    if len(volumes) == 1:
+        targets = [args.target]
+    else:
+        targets = [_volume_target(args.target, volume.meta["volume_suffix"]) for volume in volumes]
     for target in targets:
         _check_convert_target(target, args.overwrite)
     for volume, target in zip(volumes, targets, strict=True):

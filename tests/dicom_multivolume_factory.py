@@ -195,7 +195,8 @@ def write_enhanced_mr_volumes(
 
     Each frame's FrameContentSequence gives StackID 1, its InStackPositionNumber
     (slice + 1), its TemporalPositionIndex (when the volume has a temporal
-    position) and DimensionIndexValues ``[stack, in-stack position, volume + 1]``;
+    position) and DimensionIndexValues ``[stack, in-stack position, rank]``, the
+    rank of the volume's temporal position, echo time or b-value (else its index);
     echo time, b-value and frame type live in their per-frame macros.
     """
     rng = random.Random(seed)
@@ -222,6 +223,15 @@ def write_enhanced_mr_volumes(
         pointers.append(("EffectiveEchoTime", "MREchoSequence"))
     elif volumes[0].b_value is not None:
         pointers.append(("DiffusionBValue", "MRDiffusionSequence"))
+    # DimensionIndexValues' third entry: the rank of the volume's value along that dimension.
+    by_dimension = {
+        "TemporalPositionIndex": [spec.temporal_position for spec in volumes],
+        "EffectiveEchoTime": [spec.echo_time for spec in volumes],
+        "DiffusionBValue": [spec.b_value for spec in volumes],
+    }.get(pointers[-1][0], list(range(len(volumes))))
+    if len(set(by_dimension)) < len(volumes):  # e.g. magnitude and field map at one echo time
+        by_dimension = list(range(len(volumes)))
+    rank = [sorted(set(by_dimension)).index(value) + 1 for value in by_dimension]
     indices = []
     for keyword, group in pointers:
         item = Dataset()
@@ -260,7 +270,7 @@ def write_enhanced_mr_volumes(
         content.InStackPositionNumber = k + 1
         if spec.temporal_position is not None:
             content.TemporalPositionIndex = spec.temporal_position
-        content.DimensionIndexValues = [1, k + 1, v + 1]
+        content.DimensionIndexValues = [1, k + 1, rank[v]]
         item.FrameContentSequence = DicomSequence([content])
         plane = Dataset()
         plane.ImagePositionPatient = [ds_text(p) for p in positions[k]]

@@ -39,7 +39,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-from medvol.errors import SeriesError, UnreadableFileError
+from medvol.errors import MedvolError, SeriesError, UnreadableFileError
 from medvol.io.dicom_labels import CLASSIC_TAGS, Labels, frame_labels, image_labels
 from medvol.io.discovery import list_files
 from medvol.io.geometry import affine_from_columns
@@ -147,6 +147,13 @@ class SliceHeader:
         return "" if self.frame is None else f"frame {self.frame}: "
 
 
+def image_name(image: SliceHeader, source: Path | None = None) -> str:
+    """An image in words: ``IM.dcm``, ``IM.dcm frame 3``, or ``frame 3`` when ``source`` is that file."""
+    if image.frame is not None and source == Path(image.path):
+        return f"frame {image.frame}"
+    return image.name
+
+
 def pair_name(first: SliceHeader, second: SliceHeader, source: Path | None = None) -> str:
     """Two images in words: ``frames 3 and 5 of IM.dcm`` (``frames 3 and 5`` when ``source``
     is that file, which the error names already) or ``a.dcm and b.dcm``."""
@@ -231,7 +238,7 @@ def read_header(path: str | Path) -> SliceHeader | SkippedFile:
             stop = handle.tell()
             pixel_element = handle.read(12)
         result = _header_from_dataset(path, dataset)
-    except SeriesError:
+    except MedvolError:
         raise
     except Exception as error:  # pydicom raises many types for corrupt files
         raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error

@@ -287,7 +287,7 @@ def _check_frame_geometry(header: SliceHeader, dataset: Dataset) -> None:
             if not np.allclose(orientation, header.orientation, atol=ORIENTATION_TOLERANCE):
                 raise SeriesError(
                     header.path,
-                    f"frame {index}: ImageOrientationPatient {orientation} differs from frame 1's "
+                    f"frame {index}: ImageOrientationPatient {orientation} differs from the file's "
                     f"{list(header.orientation)}; the per-frame functional groups disagree",
                 )
         measures = item.get("PixelMeasuresSequence")
@@ -296,7 +296,7 @@ def _check_frame_geometry(header: SliceHeader, dataset: Dataset) -> None:
             if not np.allclose(spacing, header.pixel_spacing, atol=1e-4):
                 raise SeriesError(
                     header.path,
-                    f"frame {index}: PixelSpacing {spacing} differs from frame 1's "
+                    f"frame {index}: PixelSpacing {spacing} differs from the file's "
                     f"{list(header.pixel_spacing)}; the per-frame functional groups disagree",
                 )
 

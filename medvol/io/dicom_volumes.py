@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from medvol.errors import SeriesError
-from medvol.io.dicom import POSITION_TOLERANCE_MM, SliceHeader, _unit_axes, pair_name
+from medvol.io.dicom import POSITION_TOLERANCE_MM, SliceHeader, _unit_axes, image_name, pair_name
 from medvol.io.dicom_labels import LABEL_KEYS, VOLUME_KEYS, Labels
 
 LABEL_TEXT = {
@@ -273,7 +273,8 @@ def _check_same_positions(
             raise SeriesError(
                 source,
                 f"volume {volume.number} ({volume.describe()}) has no image at {where:.3f} mm along the "
-                f"normal, where volume {other_volume.number} has {other.name}; {len(missing)} position(s) "
+                f"normal, where volume {other_volume.number} has {image_name(other, source)}; "
+                f"{len(missing)} position(s) "
                 "missing: the volumes do not hold the same slices",
             )
     reference = by_slot[0]
@@ -284,7 +285,8 @@ def _check_same_positions(
                 raise SeriesError(
                     source,
                     f"volume {volume.number} ({volume.describe()}) is not on volume 1's grid: "
-                    f"{image.name} lies {offset:.3f} mm from {reference[slot].name}",
+                    f"{image_name(image, source)} lies {offset:.3f} mm from "
+                    f"{image_name(reference[slot], source)}",
                 )
 
 
