@@ -9,6 +9,7 @@ multi-volume files, must fail with one line naming the file (and frame).
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,7 @@ from tests.dicom_multivolume_factory import (
     write_enhanced_mr_volumes,
     write_mr_volumes,
 )
+from tests.geometry_oracle import index_map, resample_by_index
 from tests.test_dicom_synthetic import (
     assert_same_voxels,
     dcm2niix_executable,
@@ -271,6 +273,17 @@ def _orientation_disagrees(root: Path) -> Path:
     return path
 
 
+def _dimension_disagrees(root: Path) -> Path:
+    """One frame's DimensionIndexValues name the other echo than its EffectiveEchoTime does."""
+    path = _enhanced_echoes(root / "dimension.dcm")
+    dataset = pydicom.dcmread(path)
+    content = dataset.PerFrameFunctionalGroupsSequence[4].FrameContentSequence[0]
+    stack, position, echo = content.DimensionIndexValues
+    content.DimensionIndexValues = [stack, position, 3 - echo]
+    dataset.save_as(path)
+    return path
+
+
 def _fewer_functional_groups(root: Path) -> Path:
     path = _enhanced_echoes(root / "groups.dcm")
     dataset = pydicom.dcmread(path)
@@ -291,6 +304,7 @@ BROKEN: list[tuple[str, Breaker, type[MedvolError], str]] = [
     ("truncated-multi-frame-pixels", _truncated_pixels, UnreadableFileError, "truncated"),
     ("frame-missing-from-one-echo", _frame_missing, SeriesError, "has no image at"),
     ("per-frame-groups-disagree", _orientation_disagrees, SeriesError, "frame 7: ImageOrientationPatient"),
+    ("dimension-index-disagrees", _dimension_disagrees, SeriesError, "DimensionIndexValues differ"),
     (
         "fewer-functional-groups-than-frames",
         _fewer_functional_groups,
@@ -366,3 +380,67 @@ def test_convert_writes_nothing_when_one_of_the_outputs_exists(
     result = run_cli("convert", classic_echoes[0].folder, tmp_path / "mte.nii.gz")
     assert result.returncode == 1 and "mte_e3.nii.gz: output exists" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mte_e3.nii.gz"]
+
+
+# --- 6. public samples: nibabel's test data (Siemens DWI mosaics, a Philips enhanced MPRAGE) ----
+
+NIBABEL_DICOM = Path(nib.__file__).parent / "nicom" / "tests" / "data"
+
+
+def public_sample(tmp_path: Path, *names: str) -> Path:
+    """Decompress nibabel's ``NAME.dcm.gz`` samples into one folder (skip when nibabel lacks them)."""
+    folder = tmp_path / "sample"
+    folder.mkdir()
+    for name in names:
+        source = NIBABEL_DICOM / f"{name}.dcm.gz"
+        if not source.is_file():
+            pytest.skip(f"nibabel's test data {source} is not installed")
+        (folder / f"{name}.dcm").write_bytes(gzip.decompress(source.read_bytes()))
+    return folder
+
+
+def grid_differences(volume: medvol.Volume, affine: np.ndarray, data: np.ndarray) -> tuple[float, float]:
+    """The largest voxel difference and world distance (mm, over the grid's corners) between
+    ``volume`` and a reference grid holding the same voxels in any axis order."""
+    mapping = index_map(volume.affine, affine, WORLD_TOLERANCE_MM)
+    ours = resample_by_index(volume.array[0], mapping, data.shape)
+    corners = np.array([[i, j, k, 1] for i in (0, 1) for j in (0, 1) for k in (0, 1)]).T
+    corners[:3] *= np.array(data.shape)[:, None] - 1
+    world = np.abs((affine @ corners) - (volume.affine @ (mapping @ corners)))[:3]
+    return float(np.abs(ours.astype(np.float64) - data).max()), float(world.max())
+
+
+def dcm2niix_arrays(source: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    """dcm2niix's one output for ``source``: affine and ``(X, Y, Z, T)`` values."""
+    out.mkdir()
+    result = subprocess.run(
+        [dcm2niix_executable(), "-z", "n", "-f", "out", "-o", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    image = nib.load(out / "out.nii")
+    assert isinstance(image, nib.Nifti1Image)
+    data = np.asarray(image.get_fdata(dtype=np.float64))
+    return image.affine, data[..., np.newaxis] if data.ndim == 3 else data
+
+
+def test_public_siemens_diffusion_mosaics_are_the_volumes_of_one_series(tmp_path: Path) -> None:
+    folder = public_sample(tmp_path, "siemens_dwi_0", "siemens_dwi_1000")
+    volumes = load_volumes(folder)
+    assert [v.meta["volume"] for v in volumes] == ["1 of 2: acquisition 1", "2 of 2: acquisition 2"]
+    affine, data = dcm2niix_arrays(folder, tmp_path / "dcm2niix")
+    assert data.shape[3] == 2
+    for t, volume in enumerate(volumes):
+        voxels, world = grid_differences(volume, affine, data[..., t])
+        assert voxels == 0 and world < WORLD_TOLERANCE_MM, (t, voxels, world)
+
+
+def test_public_philips_enhanced_file_is_one_volume_equal_to_dcm2niix(tmp_path: Path) -> None:
+    folder = public_sample(tmp_path, "philips_mprage")
+    volume = medvol.load(folder)
+    assert "volume" not in volume.meta and volume.shape == (256, 256, 176)
+    affine, data = dcm2niix_arrays(folder, tmp_path / "dcm2niix")
+    voxels, world = grid_differences(volume, affine, data[..., 0])
+    assert voxels == 0 and world < WORLD_TOLERANCE_MM, (voxels, world)

@@ -152,6 +152,7 @@ def split_volumes(images: Sequence[SliceHeader], source: Path) -> list[VolumeGro
         for number, indices in enumerate(members, 1)
     ]
     _check_same_positions(images, members, slots, volumes, source)
+    _check_dimension_indices(images, values, members, volumes, source)
     return _with_suffixes(volumes, keys)
 
 
@@ -288,6 +289,30 @@ def _check_same_positions(
                     f"{image_name(image, source)} lies {offset:.3f} mm from "
                     f"{image_name(reference[slot], source)}",
                 )
+
+
+def _check_dimension_indices(
+    images: Sequence[SliceHeader],
+    values: Sequence[dict[str, float | str]],
+    members: Sequence[list[int]],
+    volumes: Sequence[VolumeGroup],
+    source: Path,
+) -> None:
+    """The frames of one volume have the same DimensionIndexValues (besides stack and position)."""
+    if len(volumes) < 2:
+        return
+    for volume, indices in zip(volumes, members, strict=True):
+        first_with: dict[float | str | None, int] = {}
+        for index in indices:
+            first_with.setdefault(values[index].get("dimension"), index)
+        if len(first_with) > 1:
+            (a, one), (b, other) = list(first_with.items())[:2]
+            raise SeriesError(
+                source,
+                f"{pair_name(images[one], images[other], source)} are both in volume {volume.number} "
+                f"({volume.describe()}) but their DimensionIndexValues differ ({a} and {b}): the per-frame "
+                "functional groups disagree",
+            )
 
 
 def _position(image: SliceHeader) -> np.ndarray:
