@@ -321,9 +321,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.json and summaries:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     elif summaries:
-        for number, summary in enumerate(summaries, 1):
-            # A series of several volumes (echoes, time points...) is listed volume by volume.
-            title = f"{number} of {len(summaries)}" if len(summaries) > 1 else "image"
+        for title, summary in zip(_info_titles(volumes), summaries, strict=True):
             print(f"{path} ({title})")
             print(format_summary(summary))
     if not failures:
@@ -336,6 +334,22 @@ def run_info(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"  {failure.series}: {failure.error}", file=sys.stderr)
     return EXIT_ERROR
+
+
+def _info_titles(volumes: Sequence[Any]) -> list[str]:
+    """``series 2 of 3``, ``volume 1 of 2`` (a series of several volumes: echoes, time points...),
+    both, or ``image``."""
+    series_of: list[int] = []
+    for volume in volumes:
+        starts_series = volume.meta.get("volume_number", 1) == 1
+        series_of.append((series_of[-1] if series_of else 0) + starts_series)
+    titles = []
+    for volume, series in zip(volumes, series_of, strict=True):
+        parts = [f"series {series} of {series_of[-1]}"] if series_of[-1] > 1 else []
+        if volume.meta.get("volume_number") is not None:
+            parts.append(f"volume {volume.meta['volume_number']} of {volume.meta['volumes_in_series']}")
+        titles.append(", ".join(parts) or "image")
+    return titles
 
 
 def run_convert(args: argparse.Namespace) -> int:

@@ -189,7 +189,7 @@ def test_load_one_volume_or_all_as_channels(classic_echoes: list[SeriesTruth]) -
     assert stacked.array.shape == (3, *second.shape)
     np.testing.assert_array_equal(stacked.array[1], second.array[0].astype(stacked.array.dtype))
     np.testing.assert_array_equal(stacked.affine, second.affine)
-    assert stacked.meta["channels"][2] == "3 of 3: echo 3, TE 14.6 ms"
+    assert stacked.meta["channel_volumes"][2] == "3 of 3: echo 3, TE 14.6 ms"
     with pytest.raises(SeriesError, match="no volume 4; the volumes are"):
         medvol.load(folder, volume=4)
 
@@ -347,7 +347,7 @@ def test_info_lists_the_volumes_and_convert_writes_one_file_each(
     folder = classic_echoes[0].folder
     info = run_cli("info", folder)
     assert info.returncode == 0, info.stderr
-    assert "(2 of 3)" in info.stdout and "2 of 3: echo 2, TE 9.6 ms" in info.stdout
+    assert f"{folder} (volume 2 of 3)" in info.stdout and "2 of 3: echo 2, TE 9.6 ms" in info.stdout
     assert "volume_suffix      _e2" in info.stdout
 
     result = run_cli("convert", folder, tmp_path / "mte.nii.gz")

@@ -23,7 +23,7 @@ META_KEYS = (
     "series_description",
     "volume",
     "volume_suffix",
-    "channels",
+    "channel_volumes",
     "transfer_syntax",
     "gantry_tilt_deg",
     "slice_position_residual_mm",

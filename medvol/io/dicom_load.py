@@ -223,7 +223,9 @@ def _as_channels(volumes: list[Volume], source: Path) -> Volume:
         if difference is not None:
             raise SeriesError(source, f"{other.meta.get('volume')} is not on volume 1's grid ({difference})")
     meta = {key: value for key, value in reference.meta.items() if not key.startswith("volume")}
-    meta["channels"] = [v.meta.get("volume", "all images") for v in volumes]
+    if any(v.meta.get("image_type") != reference.meta.get("image_type") for v in volumes):
+        meta["image_type"] = None  # e.g. a magnitude and a field map: no one image type
+    meta["channel_volumes"] = [v.meta.get("volume", "all images") for v in volumes]
     arrays = [v.array for v in volumes]
     dtype = np.result_type(*arrays)
     return Volume(array=np.concatenate([a.astype(dtype) for a in arrays]), affine=reference.affine, meta=meta)
