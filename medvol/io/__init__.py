@@ -15,7 +15,8 @@ import numpy as np
 
 from medvol.errors import InvalidDataError, MedvolError, SeriesError, UnreadableFileError
 from medvol.io.atomic import atomic_path, full_suffix, missing_reason
-from medvol.io.dicom import is_dicom_file, scan_folder, select_series
+from medvol.io.dicom import scan_folder, select_series
+from medvol.io.dicom_headers import is_dicom_file
 from medvol.io.dicom_load import VolumeChoice, load_dicom, load_dicom_volumes, load_series_volumes
 from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
 from medvol.io.itk import load_itk, save_itk

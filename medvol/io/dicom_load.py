@@ -22,16 +22,8 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from medvol.errors import SeriesError, UnreadableFileError
-from medvol.io.dicom import (
-    DicomSeries,
-    SkippedFile,
-    SliceHeader,
-    read_header,
-    read_stack_pixels,
-    scan_folder,
-    select_series,
-    stack_geometry,
-)
+from medvol.io.dicom import DicomSeries, read_stack_pixels, scan_folder, select_series, stack_geometry
+from medvol.io.dicom_headers import SkippedFile, SliceHeader, read_header
 from medvol.io.dicom_volumes import (
     VolumeGroup,
     choose_volume,

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from medvol.errors import SeriesError
-from medvol.io.dicom import POSITION_TOLERANCE_MM, SliceHeader, _unit_axes, image_name, pair_name
+from medvol.io.dicom import POSITION_TOLERANCE_MM, _unit_axes
+from medvol.io.dicom_headers import SliceHeader, image_name, pair_name
 from medvol.io.dicom_labels import LABEL_KEYS, VOLUME_KEYS, Labels
 
 LABEL_TEXT = {
