@@ -146,7 +146,8 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
     sibling folders are two series (``series_in_several_folders`` lists them),
     never one series whose slices all appear twice. An enhanced multi-frame file
     forms a group on its own; the mosaics of one series form one group (each
-    mosaic one of its volumes), apart from any single slices. Groups are
+    mosaic one of its volumes; copies of one mosaic, which share an
+    InstanceNumber, a group each), apart from any single slices. Groups are
     ordered by series number, then key, then folder; the key is the UID, with
     ``#2``, ``#3``... for further parts of one UID split within one folder.
     """
@@ -158,6 +159,7 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
         folder = os.path.dirname(header.path)
         key = (header.series_uid, orientation, header.rows, header.columns, own_volume, folder)
         groups.setdefault(key, []).append(header)
+    groups = _copies_of_one_mosaic_apart(groups)
     parts: dict[tuple[str, str], int] = {}
     series = []
     for group_key in sorted(groups, key=lambda k: (_series_number(groups[k]), str(k))):
@@ -166,6 +168,23 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
         name = uid if parts[uid, folder] == 1 else f"{uid}#{parts[uid, folder]}"
         series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
     return series
+
+
+def _copies_of_one_mosaic_apart(
+    groups: dict[tuple[Any, ...], list[SliceHeader]],
+) -> dict[tuple[Any, ...], list[SliceHeader]]:
+    """Mosaics of one series that share an InstanceNumber are copies of one image (e.g. one
+    mosaic in several transfer syntaxes), not its volumes: each becomes a series of its own."""
+    result: dict[tuple[Any, ...], list[SliceHeader]] = {}
+    for key, members in groups.items():
+        instances = [header.instance_number for header in members]
+        if members[0].is_mosaic and len(set(instances)) < len(instances):
+            for header in members:
+                own_key = key[:-2] + (header.path, key[-1])
+                result[own_key] = [header]
+        else:
+            result[key] = members
+    return result
 
 
 def series_in_several_folders(series: Sequence[DicomSeries]) -> list[str]:
