@@ -180,7 +180,7 @@ def _copies_of_one_mosaic_apart(
         instances = [header.instance_number for header in members]
         if members[0].is_mosaic and len(set(instances)) < len(instances):
             for header in members:
-                own_key = key[:-2] + (header.path, key[-1])
+                own_key = (*key[:-2], header.path, key[-1])
                 result[own_key] = [header]
         else:
             result[key] = members
