@@ -444,3 +444,17 @@ def test_public_philips_enhanced_file_is_one_volume_equal_to_dcm2niix(tmp_path: 
     affine, data = dcm2niix_arrays(folder, tmp_path / "dcm2niix")
     voxels, world = grid_differences(volume, affine, data[..., 0])
     assert voxels == 0 and world < WORLD_TOLERANCE_MM, (voxels, world)
+
+
+def test_slice_timing_in_trigger_time_does_not_cut_a_dynamic_series_into_slivers(tmp_path: Path) -> None:
+    """TriggerTime differs per slice and per time point; AcquisitionNumber tells the volumes apart."""
+    specs = [VolumeSpec(acquisition_number=t + 1) for t in range(3)]
+    truths = write_mr_volumes(tmp_path / "fmri", OBLIQUE, specs, seed=12)
+    for t, truth in enumerate(truths):
+        for truth_slice in truth.slices:
+            dataset = pydicom.dcmread(truth_slice.path)
+            dataset.TriggerTime = str(2000 * t + 150 * truth_slice.index)
+            dataset.save_as(truth_slice.path)
+    volumes = load_volumes(truths[0].folder)
+    assert [v.meta["volume_suffix"] for v in volumes] == ["_a1", "_a2", "_a3"]
+    assert_volumes_match(volumes, truth_points(truths))

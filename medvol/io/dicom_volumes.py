@@ -6,9 +6,10 @@ into volumes:
 
 1. Images that differ in a key of ``VOLUME_KEYS`` (echo number or time,
    b-value, gradient, temporal position) are in different volumes.
-2. While two images of one group still share a position, the next key of
-   ``LABEL_KEYS`` that tells them apart (trigger time, acquisition number,
-   image type, stack, dimension index) splits the groups further.
+2. Where images of one group still share a position, the first further key
+   of ``LABEL_KEYS`` (trigger time, acquisition number, image type, stack,
+   dimension index) that alone gives volumes of the same positions splits
+   them; failing that, keys are added in that order while images collide.
 3. Every volume must then hold one image at each position, at the same
    positions as the others; a series that cannot be split so is refused with
    the frames (or files) that break it.
@@ -213,14 +214,37 @@ def _position_slots(images: Sequence[SliceHeader]) -> np.ndarray:
 
 
 def _split_keys(values: Sequence[dict[str, float | str]], slots: np.ndarray) -> tuple[str, ...]:
-    """The keys that split the images: every volume key that varies, then what separates collisions."""
+    """The keys that split the images: every volume key that varies, then what separates collisions.
+
+    The first further key (``LABEL_KEYS`` order) that alone gives volumes of the same
+    positions wins: a trigger time that changes from slice to slice does not cut a
+    dynamic series into slivers when its acquisition numbers tell the volumes apart.
+    Otherwise keys are added one by one while images still share a position.
+    """
     keys = [key for key in LABEL_KEYS if key in VOLUME_KEYS and len({v.get(key) for v in values}) > 1]
-    for key in LABEL_KEYS:
+    if not _collides(values, slots, keys):
+        return tuple(keys)
+    candidates = [
+        key for key in LABEL_KEYS if key not in keys and _varies_at_a_position(values, slots, keys, key)
+    ]
+    for key in candidates:
+        if _splits_evenly(values, slots, [*keys, key]):
+            return tuple(k for k in LABEL_KEYS if k in (*keys, key))
+    for key in candidates:
         if not _collides(values, slots, keys):
             break
-        if key not in keys and _varies_at_a_position(values, slots, keys, key):
+        if _varies_at_a_position(values, slots, keys, key):
             keys.append(key)
     return tuple(key for key in LABEL_KEYS if key in keys)
+
+
+def _splits_evenly(values: Sequence[dict[str, float | str]], slots: np.ndarray, keys: Sequence[str]) -> bool:
+    """Grouping by ``keys`` gives one image per position in each group, at the same positions."""
+    held: dict[tuple[float | str | None, ...], list[int]] = {}
+    for v, slot in zip(values, slots, strict=True):
+        held.setdefault(tuple(v.get(key) for key in keys), []).append(int(slot))
+    positions = [sorted(group) for group in held.values()]
+    return all(len(set(p)) == len(p) and p == positions[0] for p in positions)
 
 
 def _collides(values: Sequence[dict[str, float | str]], slots: np.ndarray, keys: Sequence[str]) -> bool:
