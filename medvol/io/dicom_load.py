@@ -133,6 +133,9 @@ def load_groups(series: DicomSeries, groups: Sequence[VolumeGroup], count: int) 
         meta = _series_meta(series, group.images, affine, array, notes)
         if group.labels:
             meta.update(_volume_meta(group, count))
+        image_type = dict(group.labels).get("image_type")
+        if isinstance(image_type, str):  # what tells the volumes apart: a frame's FrameType
+            meta["image_type"] = image_type.split("\\")
         volumes.append(Volume(array=array[np.newaxis], affine=affine, meta=meta))
     return volumes
 

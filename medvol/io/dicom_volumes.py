@@ -100,26 +100,19 @@ def frame_images(header: SliceHeader) -> list[SliceHeader]:
             header.path,
             f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
         )
-    frames = []
-    for index, position in enumerate(header.frame_positions):
-        own = () if labels is None else labels[index]
-        frame_type = dict(own).get("image_type")  # FrameType: the frame's own ImageType
-        frames.append(
-            replace(
-                header,
-                position=position,
-                frames=1,
-                frame_positions=None,
-                frame_labels=None,
-                labels=own,
-                frame=index + 1,
-                instance_number=index,
-                image_type=tuple(frame_type.split("\\"))
-                if isinstance(frame_type, str)
-                else header.image_type,
-            )
+    return [
+        replace(
+            header,
+            position=position,
+            frames=1,
+            frame_positions=None,
+            frame_labels=None,
+            labels=() if labels is None else labels[index],
+            frame=index + 1,
+            instance_number=index,
         )
-    return frames
+        for index, position in enumerate(header.frame_positions)
+    ]
 
 
 def split_volumes(images: Sequence[SliceHeader], source: Path) -> list[VolumeGroup]:
@@ -192,9 +185,11 @@ def choose_volume(volumes: Sequence[VolumeGroup], choice: int | str, source: Pat
 
 def volume_listing(volumes: Sequence[VolumeGroup]) -> str:
     """Numbered lines, one per volume: ``  2: echo 2, TE 9.6 ms (8 slices, suffix _e2)``."""
-    return "\n".join(
-        f"  {v.number}: {v.describe()} ({len(v.images)} slices, suffix {v.suffix})" for v in volumes
-    )
+    lines = []
+    for volume in volumes:
+        suffix = f"suffix {volume.suffix}" if volume.suffix else "no suffix"
+        lines.append(f"  {volume.number}: {volume.describe()} ({len(volume.images)} slices, {suffix})")
+    return "\n".join(lines)
 
 
 def _position_slots(images: Sequence[SliceHeader]) -> np.ndarray:
