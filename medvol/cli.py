@@ -114,6 +114,11 @@ def _add_info(verbs: Any, common: argparse.ArgumentParser) -> None:
     info.add_argument("path", type=Path, help="DICOM folder or file, NIfTI, NRRD or MetaImage")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--series", help="with a DICOM folder: describe only this series (number or UID)")
+    info.add_argument(
+        "--volume",
+        help="with a DICOM series of several volumes (echoes, time points...): describe only this one "
+        "(number as listed), or 'all' stacked as channels",
+    )
     info.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
     info.set_defaults(run=run_info)
 
@@ -123,6 +128,12 @@ def _add_convert(verbs: Any, common: argparse.ArgumentParser) -> None:
     convert.add_argument("source", type=Path, help="DICOM folder or file, NIfTI, NRRD or MetaImage")
     convert.add_argument("target", type=Path, help="output file: .nii, .nii.gz, .nrrd or .mha")
     convert.add_argument("--series", help="with a DICOM folder of several series: which one (number or UID)")
+    convert.add_argument(
+        "--volume",
+        help="with a DICOM series of several volumes (echoes, time points...): write only this one "
+        "(number as listed), or 'all' as one 4-D file; by default each volume goes to its own file, "
+        "TARGET with a suffix such as _e1, _e2",
+    )
     convert.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     convert.add_argument("--allow-nan", action="store_true", help="accept NaN/infinite voxels")
     convert.set_defaults(run=run_convert)
@@ -336,24 +347,25 @@ def run_info(args: argparse.Namespace) -> int:
 
     Exits non-zero when any series or file could not be read.
     """
-    from medvol.io import SeriesFailure, SomeSeriesFailedError, load, load_all
+    from medvol.io import SeriesFailure, SomeSeriesFailedError, load, load_all, load_volumes
     from medvol.io.describe import describe, format_summary
 
     path: Path = args.path
     failures: list[SeriesFailure] = []
-    if args.series is None:
+    if args.volume is not None:
+        volumes = [load(path, series=args.series, volume=args.volume, allow_nan=args.allow_nan)]
+    elif args.series is None:
         try:
             volumes = load_all(path, allow_nan=args.allow_nan)
         except SomeSeriesFailedError as error:
             volumes, failures = error.volumes, error.failures
     else:
-        volumes = [load(path, series=args.series, allow_nan=args.allow_nan)]
+        volumes = load_volumes(path, series=args.series, allow_nan=args.allow_nan)
     summaries = [describe(volume) for volume in volumes]
     if args.json and summaries:
         print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
     elif summaries:
-        for number, summary in enumerate(summaries, 1):
-            title = f"series {number} of {len(summaries)}" if len(summaries) > 1 else "image"
+        for title, summary in zip(_info_titles(volumes), summaries, strict=True):
             print(f"{path} ({title})")
             print(format_summary(summary))
     if not failures:
@@ -368,20 +380,68 @@ def run_info(args: argparse.Namespace) -> int:
     return EXIT_ERROR
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    from medvol.errors import MedvolError
-    from medvol.io import load, save
-    from medvol.io.atomic import remove_stale_temporaries
-    from medvol.io.sidecar import sidecar_fields, sidecar_path, written_by_medvol
+def _info_titles(volumes: Sequence[Any]) -> list[str]:
+    """``series 2 of 3``, ``volume 1 of 2`` (a series of several volumes: echoes, time points...),
+    both, or ``image``."""
+    series_of: list[int] = []
+    for volume in volumes:
+        starts_series = volume.meta.get("volume_number", 1) == 1
+        series_of.append((series_of[-1] if series_of else 0) + starts_series)
+    titles = []
+    for volume, series in zip(volumes, series_of, strict=True):
+        parts = [f"series {series} of {series_of[-1]}"] if series_of[-1] > 1 else []
+        if volume.meta.get("volume_number") is not None:
+            parts.append(f"volume {volume.meta['volume_number']} of {volume.meta['volumes_in_series']}")
+        titles.append(", ".join(parts) or "image")
+    return titles
 
-    target: Path = args.target
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Write the scan, or each volume of a DICOM series of several, after loading them all."""
+    from medvol.io import load, load_volumes
+
+    if args.volume is not None:
+        volumes = [load(args.source, series=args.series, volume=args.volume, allow_nan=args.allow_nan)]
+    else:
+        volumes = load_volumes(args.source, series=args.series, allow_nan=args.allow_nan)
+    if len(volumes) == 1:
+        targets = [args.target]
+    else:
+        targets = [_volume_target(args.target, volume.meta["volume_suffix"]) for volume in volumes]
+    for target in targets:
+        _check_convert_target(target, args.overwrite)
+    for volume, target in zip(volumes, targets, strict=True):
+        _write_converted(volume, target)
+    return 0
+
+
+def _volume_target(target: Path, suffix: str) -> Path:
+    """``scan.nii.gz`` with a volume's suffix: ``scan_e2.nii.gz`` (``scan.nii.gz`` for no suffix)."""
+    from medvol.io.atomic import full_suffix
+
+    extension = full_suffix(target)
+    return target.with_name(target.name[: len(target.name) - len(extension)] + suffix + extension)
+
+
+def _check_convert_target(target: Path, overwrite: bool) -> None:
+    """Refuse an existing output (or another program's sidecar) unless ``overwrite``."""
+    from medvol.errors import MedvolError
+    from medvol.io.sidecar import sidecar_path, written_by_medvol
+
     sidecar = sidecar_path(target)
-    if target.exists() and not args.overwrite:
+    if target.exists() and not overwrite:
         raise MedvolError(target, "output exists; pass --overwrite to replace it")
     # A sidecar medvol left without its file (a killed convert) is replaced; any other is the user's.
-    if sidecar.exists() and not args.overwrite and not written_by_medvol(sidecar):
+    if sidecar.exists() and not overwrite and not written_by_medvol(sidecar):
         raise MedvolError(sidecar, f"exists, and convert writes {target}'s sidecar there; pass --overwrite")
-    volume = load(args.source, series=args.series, allow_nan=args.allow_nan)
+
+
+def _write_converted(volume: Any, target: Path) -> None:
+    from medvol.io import save
+    from medvol.io.atomic import remove_stale_temporaries
+    from medvol.io.sidecar import sidecar_fields, sidecar_path
+
+    sidecar = sidecar_path(target)
     removed = remove_stale_temporaries(target) + remove_stale_temporaries(sidecar)
     if removed:
         print(f"removed {len(removed)} temporary file(s) of an earlier convert of {target} that was killed")
@@ -390,10 +450,11 @@ def run_convert(args: argparse.Namespace) -> int:
     if not fields and sidecar.is_file():
         sidecar.unlink()  # an earlier output's sidecar would describe the wrong scan
     spacing = [round(s, 4) for s in volume.spacing]
-    print(f"wrote {target}  shape {list(volume.shape)}  spacing {spacing} mm  {volume.orientation}")
+    shape = list(volume.shape) if volume.num_channels == 1 else [*volume.shape, volume.num_channels]
+    which = f"  volume {volume.meta['volume']}" if volume.meta.get("volume") else ""
+    print(f"wrote {target}  shape {shape}  spacing {spacing} mm  {volume.orientation}{which}")
     if fields:
         print(f"wrote {sidecar}  modality {fields.get('Modality', 'unknown')}")
-    return 0
 
 
 def run_index(args: argparse.Namespace) -> int:

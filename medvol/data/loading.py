@@ -51,7 +51,7 @@ def load_label(path: Path, series: str | None, image: Volume) -> Volume:
 
 
 def _is_dicom_seg(path: Path) -> bool:
-    from medvol.io.dicom import SkippedFile, is_dicom_file, read_header
+    from medvol.io.dicom_headers import SkippedFile, is_dicom_file, read_header
 
     if not is_dicom_file(path):
         return False

@@ -15,7 +15,9 @@ import numpy as np
 
 from medvol.errors import InvalidDataError, MedvolError, SeriesError, UnreadableFileError
 from medvol.io.atomic import atomic_path, full_suffix, missing_reason
-from medvol.io.dicom import is_dicom_file, load_dicom, load_series, scan_folder, select_series
+from medvol.io.dicom import scan_folder, select_series
+from medvol.io.dicom_headers import is_dicom_file
+from medvol.io.dicom_load import VolumeChoice, load_dicom, load_dicom_volumes, load_series_volumes
 from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
 from medvol.io.itk import load_itk, save_itk
 from medvol.io.nifti import load_nifti, save_nifti
@@ -32,6 +34,7 @@ __all__ = [
     "check_finite",
     "load",
     "load_all",
+    "load_volumes",
     "save",
 ]
 
@@ -64,7 +67,13 @@ class SomeSeriesFailedError(SeriesError):
         self.failures = failures
 
 
-def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool = False) -> Volume:
+def load(
+    path: str | Path,
+    *,
+    series: str | int | None = None,
+    volume: VolumeChoice = None,
+    allow_nan: bool = False,
+) -> Volume:
     """Load a scan from disk with its geometry.
 
     Args:
@@ -72,6 +81,11 @@ def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool =
             or MetaImage file.
         series: for a folder holding several DICOM series, which one: its
             1-based number in the listing the error shows, or its UID.
+        volume: for a DICOM series holding several volumes at the same
+            positions (echoes, time points, b-values...), which one: its
+            1-based number in the listing the error shows, or ``"all"`` to
+            stack them as channels ``(C, X, Y, Z)``. Without it such a series
+            is an error that lists its volumes.
         allow_nan: accept NaN/infinite voxels instead of raising.
 
     Returns:
@@ -85,25 +99,57 @@ def load(path: str | Path, *, series: str | int | None = None, allow_nan: bool =
         raise UnreadableFileError(path, missing_reason(path))
     suffix = full_suffix(path)
     if path.is_dir():
-        volume = load_dicom(path, series=series)
+        loaded = load_dicom(path, series=series, volume=volume)
     elif path.stat().st_size == 0:
         raise UnreadableFileError(path, "empty file (0 bytes)")
     elif suffix in NIFTI_SUFFIXES or suffix in ITK_READ_SUFFIXES:
-        volume = load_nifti(path) if suffix in NIFTI_SUFFIXES else load_itk(path)
-        volume.meta.update(read_sidecar(path))  # scan.json: modality, patient position, image type
+        if volume is not None:
+            raise UnreadableFileError(
+                path, "volume= chooses among the volumes of a DICOM series; this is not one"
+            )
+        loaded = load_nifti(path) if suffix in NIFTI_SUFFIXES else load_itk(path)
+        loaded.meta.update(read_sidecar(path))  # scan.json: modality, patient position, image type
     elif is_dicom_file(path):
-        volume = load_dicom(path)
+        loaded = load_dicom(path, volume=volume)
     else:
         raise UnreadableFileError(
             path, "unknown format: not a DICOM file, nor .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd"
         )
     if not allow_nan:
-        check_finite(volume)
-    return volume
+        check_finite(loaded)
+    return loaded
+
+
+def load_volumes(
+    path: str | Path, *, series: str | int | None = None, allow_nan: bool = False
+) -> list[Volume]:
+    """Every volume of one scan: each volume of a DICOM series (echoes, time points...), or the one.
+
+    Args:
+        path, series, allow_nan: as for ``load``.
+
+    Returns:
+        For a DICOM series, one ``Volume`` per volume in the documented order,
+        each with ``meta["volume"]`` saying which it is when there are several;
+        for any other scan, ``[load(path)]``.
+    """
+    path = Path(path)
+    scan_suffix = full_suffix(path) in NIFTI_SUFFIXES + ITK_READ_SUFFIXES
+    if path.is_dir() or (not scan_suffix and is_dicom_file(path)):
+        volumes = load_dicom_volumes(path, series=series)
+    else:
+        volumes = [load(path, series=series, allow_nan=allow_nan)]
+    if not allow_nan:
+        for loaded in volumes:
+            check_finite(loaded)
+    return volumes
 
 
 def load_all(path: str | Path, *, allow_nan: bool = False) -> list[Volume]:
-    """Every volume at ``path``: each DICOM series of a folder, or the one file.
+    """Every volume at ``path``: each volume of each DICOM series of a folder, or the one file.
+
+    A series holding several volumes (echoes, time points...) gives one
+    ``Volume`` per volume, in the documented order (``meta["volume"]``).
 
     Every series of a folder is tried, so one that cannot be read does not
     hide the others. A DICOM file that cannot be read fails, and so does every
@@ -141,14 +187,15 @@ def load_all(path: str | Path, *, allow_nan: bool = False) -> list[Volume]:
                     f"the unreadable DICOM file {unreadable_in[series.folder]} in this folder may be "
                     "one of this series' slices; repair or remove it",
                 )
-            volume = load_series(series)
-            volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
-            if not allow_nan:
-                check_finite(volume)
+            loaded = load_series_volumes(series)
+            for volume in loaded:
+                volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
+                if not allow_nan:
+                    check_finite(volume)
         except MedvolError as error:
             failures.append(SeriesFailure(series.describe(), error))
             continue
-        volumes.append(volume)
+        volumes.extend(loaded)
     if failures:
         raise SomeSeriesFailedError(path, volumes, failures)
     return volumes

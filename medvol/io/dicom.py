@@ -2,20 +2,24 @@
 
 The path a DICOM folder takes:
 
-1. ``scan_folder`` reads only headers (pydicom, ``stop_before_pixels``), in
+1. ``scan_folder`` reads only headers (``medvol.io.dicom_headers``), in
    parallel processes for large folders, and skips what is not an image
    (non-DICOM files, DICOMDIR, SR, SEG, RTSTRUCT, presentation states, ...).
 2. ``group_series`` groups the images of each folder by SeriesInstanceUID and
-   splits a series further when orientation or matrix size differ; one UID
+   splits a series further when orientation or matrix size differ (and keeps
+   Siemens mosaics apart from single slices); one UID
    in several folders (copies of a series, or a series split across folders)
    is several series, and ``series_in_several_folders`` says so.
-3. ``load_series`` sorts slices along the slice normal, derives the slice step
-   from ImagePositionPatient (never SliceThickness), refuses duplicates,
-   missing slices and uneven spacing with a clear error, keeps gantry tilt as
-   an exact sheared affine (recorded in ``meta``), and reads the pixels with
-   SimpleITK/GDCM (rescale slope/intercept applied, every transfer syntax GDCM
-   decodes). Enhanced multi-frame files and Siemens mosaics are read with
-   pydicom (pylibjpeg decoders) and nibabel's mosaic geometry.
+3. ``stack_geometry`` sorts slices along the slice normal, derives the slice
+   step from ImagePositionPatient (never SliceThickness), refuses duplicates,
+   missing slices and uneven spacing with a clear error and keeps gantry tilt
+   as an exact sheared affine (recorded in ``meta``); ``read_stack_pixels``
+   reads the pixels with SimpleITK/GDCM (rescale slope/intercept applied,
+   every transfer syntax GDCM decodes).
+
+``medvol.io.dicom_volumes`` splits a series that holds several volumes
+(echoes, time points, ...) and ``medvol.io.dicom_load`` reads them, enhanced
+multi-frame files and Siemens mosaics included.
 
 Patient identifiers are never read into medvol's records.
 """
@@ -23,66 +27,22 @@ Patient identifiers are never read into medvol's records.
 from __future__ import annotations
 
 import os
-import warnings
-from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pydicom
 import SimpleITK as sitk
-from pydicom.dataset import Dataset
-from pydicom.tag import Tag
 
 from medvol.errors import SeriesError, UnreadableFileError
+from medvol.io.dicom_headers import SkippedFile, SliceHeader, pair_name, read_header
 from medvol.io.discovery import list_files
-from medvol.io.geometry import affine_from_columns, lps_to_ras
+from medvol.io.geometry import affine_from_columns
 from medvol.logs import get_logger
-from medvol.volume import Volume
 
 logger = get_logger(__name__)
-
-# SOP classes that hold no image volume: DICOMDIR, SR, SEG, RT objects,
-# presentation states, key objects, encapsulated documents, raw data.
-NON_IMAGE_SOP_PREFIXES = (
-    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
-    "1.2.840.10008.5.1.4.1.1.88.",  # Structured reports and key object selection
-    "1.2.840.10008.5.1.4.1.1.11.",  # Presentation states
-    "1.2.840.10008.5.1.4.1.1.66",  # Raw data, registration, fiducials, segmentation
-    "1.2.840.10008.5.1.4.1.1.481.",  # RT structure sets, plans, doses, ...
-    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated PDF/CDA
-)
-
-# Header tags medvol reads: geometry, grouping and display only, never identifiers.
-HEADER_TAGS = [
-    "SOPClassUID",
-    "SeriesInstanceUID",
-    "SeriesNumber",
-    "SeriesDescription",
-    "Modality",
-    "ImageType",
-    "PatientPosition",
-    "Rows",
-    "Columns",
-    "NumberOfFrames",
-    "SamplesPerPixel",
-    "BitsAllocated",
-    "ImageOrientationPatient",
-    "ImagePositionPatient",
-    "PixelSpacing",
-    "SliceThickness",
-    "RescaleSlope",
-    "RescaleIntercept",
-    "InstanceNumber",
-    "SharedFunctionalGroupsSequence",
-    "PerFrameFunctionalGroupsSequence",
-]
-
-# As Tag objects once: pydicom resolves keywords on every call otherwise (~100 µs a file).
-HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in HEADER_TAGS]
 
 PARALLEL_SCAN_MIN_FILES = 256
 POSITION_TOLERANCE_MM = 1e-3
@@ -93,52 +53,6 @@ rounding, not gantry tilt: ITK's own limit (its NIfTI reader accepts direction c
 within 1e-4 of orthogonal, about 0.0057 degrees). dcm2niix is laxer (tilt below
 cos = 0.9999, about 0.81 degrees, is ignored without a note)."""
 TILT_TOLERANCE_DEG = float(np.degrees(np.arcsin(ORTHOGONALITY_TOLERANCE)))
-
-
-@dataclass(frozen=True)
-class SliceHeader:
-    """What medvol needs from one DICOM image file (no patient data).
-
-    For an enhanced multi-frame file, ``frame_positions`` holds one position
-    per frame and ``position`` the first frame's.
-    """
-
-    path: str
-    series_uid: str
-    series_number: int | None
-    series_description: str
-    modality: str
-    sop_class_uid: str
-    transfer_syntax: str
-    rows: int
-    columns: int
-    frames: int
-    samples_per_pixel: int
-    orientation: tuple[float, ...] | None
-    position: tuple[float, float, float] | None
-    pixel_spacing: tuple[float, float] | None
-    slice_thickness: float | None
-    rescale_slope: float
-    rescale_intercept: float
-    instance_number: int | None
-    is_mosaic: bool
-    frame_positions: tuple[tuple[float, float, float], ...] | None = None
-    patient_position: str = ""
-    image_type: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    """A file in a DICOM folder that is not part of any image series, and why.
-
-    ``corrupt`` marks a DICOM file that could not be read (only reported when a
-    scan is asked to collect errors instead of raising).
-    """
-
-    path: str
-    reason: str
-    corrupt: bool = False
-    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -166,235 +80,6 @@ class DicomSeries:
             f"series {number} '{h.series_description}' {h.modality} "
             f"{h.columns}x{h.rows}, {count} image(s), uid {self.key or '(empty)'}"
         )
-
-
-def is_dicom_file(path: Path) -> bool:
-    """True when the file has the DICOM preamble (``DICM`` at byte 128)."""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(128)
-            return handle.read(4) == b"DICM"
-    except OSError:
-        return False
-
-
-def read_header(path: str | Path) -> SliceHeader | SkippedFile:
-    """Read one file's header (no pixel data).
-
-    Returns:
-        A ``SliceHeader`` for an image, or ``SkippedFile`` for a file that is
-        not DICOM or holds no image.
-
-    Raises:
-        UnreadableFileError: an empty file, or a DICOM file whose header is
-            truncated or corrupt, or an image whose pixel data is missing or
-            (uncompressed) cut short.
-    """
-    path = Path(path)
-    size = path.stat().st_size
-    if size == 0:
-        raise UnreadableFileError(path, "empty file (0 bytes)")
-    if not is_dicom_file(path):
-        return SkippedFile(str(path), "not a DICOM file (no DICM preamble)")
-    try:
-        with open(path, "rb") as handle:
-            dataset = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=HEADER_TAG_NUMBERS)
-            # pydicom stops (and rewinds) at the pixel data element, if it finds one.
-            stop = handle.tell()
-            pixel_element = handle.read(12)
-        result = _header_from_dataset(path, dataset)
-    except SeriesError:
-        raise
-    except Exception as error:  # pydicom raises many types for corrupt files
-        raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error
-    _check_complete(path, dataset, result, size, stop, pixel_element)
-    return result
-
-
-def _check_complete(
-    path: Path,
-    ds: Dataset,
-    result: SliceHeader | SkippedFile,
-    size: int,
-    stop: int,
-    pixel_element: bytes,
-) -> None:
-    """Raise when a DICOM file ends before its header or pixel data does.
-
-    pydicom reads a truncated file without complaint (a cut header looks like
-    an object without an image, which would be skipped silently), so the end
-    of what was parsed is compared with the file size: a header element may
-    not run past the end of the file, an image must have a pixel data element,
-    and native (uncompressed) pixel data must be complete.
-
-    Args:
-        stop: the file offset where pydicom stopped reading (the start of the
-            pixel data element when there is one).
-        pixel_element: the (up to) 12 bytes of the file at ``stop``.
-    """
-    syntax = pydicom.uid.UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
-    known_syntax = syntax.is_transfer_syntax  # False when the file meta lacks it (or is cut)
-    if known_syntax and syntax.is_deflated:
-        return  # parsed from an inflated copy: file offsets do not apply
-    if stop > size:
-        raise UnreadableFileError(
-            path, f"truncated DICOM file: the header runs past the end of the file ({size} bytes)"
-        )
-    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    is_image = isinstance(result, SliceHeader) or (
-        bool(sop_class) and "Image Storage" in pydicom.uid.UID(sop_class).name
-    )
-    if isinstance(result, SkippedFile) and not is_image:
-        return
-    little = syntax.is_little_endian if known_syntax else True
-    implicit = syntax.is_implicit_VR if known_syntax else False
-    if len(pixel_element) < 8:
-        raise UnreadableFileError(
-            path, f"truncated DICOM file: the image has no pixel data (the file ends at {size} bytes)"
-        )
-    order = "<" if little else ">"
-    group, element = np.frombuffer(pixel_element[:4], dtype=f"{order}u2").tolist()
-    if group != 0x7FE0 or element not in (0x0008, 0x0009, 0x0010):
-        raise UnreadableFileError(path, "truncated or corrupt DICOM file: the image has no pixel data")
-    if implicit:
-        header_length, length = 8, int(np.frombuffer(pixel_element[4:8], dtype=f"{order}u4")[0])
-    elif pixel_element[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
-        if len(pixel_element) < 12:
-            raise UnreadableFileError(path, "truncated DICOM file: it ends inside the pixel data header")
-        header_length, length = 12, int(np.frombuffer(pixel_element[8:12], dtype=f"{order}u4")[0])
-    else:
-        header_length, length = 8, int(np.frombuffer(pixel_element[6:8], dtype=f"{order}u2")[0])
-    if length == 0xFFFFFFFF:
-        return  # encapsulated (compressed) frames: the decoder checks them
-    missing = stop + header_length + length - size
-    if missing > 0:
-        raise UnreadableFileError(
-            path,
-            f"truncated DICOM file: the pixel data ({length} bytes) is cut short, {missing} byte(s) missing",
-        )
-    if isinstance(result, SliceHeader) and element == 0x0010 and "BitsAllocated" in ds:
-        bits = int(ds.BitsAllocated)
-        expected = result.rows * result.columns * result.frames * result.samples_per_pixel * bits // 8
-        if length < expected:
-            raise UnreadableFileError(
-                path,
-                f"incomplete pixel data: {length} bytes where Rows×Columns×frames×samples×bits "
-                f"need {expected}",
-            )
-
-
-def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
-    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    if path.name.upper() == "DICOMDIR" or sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
-        name = pydicom.uid.UID(sop_class).name if sop_class else "DICOMDIR"
-        return SkippedFile(str(path), f"not an image ({name})", sop_class_uid=sop_class)
-    if "Rows" not in ds or "Columns" not in ds:
-        return SkippedFile(str(path), "DICOM object without an image (no Rows/Columns)")
-    image_type = _multi_value(ds.get("ImageType"))
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    orientation, position, spacing, slope, intercept = _plane_geometry(ds)
-    frame_positions = _frame_positions(ds) if frames > 1 else None
-    if frame_positions:
-        position = frame_positions[0]
-    series_number = ds.get("SeriesNumber")
-    instance_number = ds.get("InstanceNumber")
-    return SliceHeader(
-        path=str(path),
-        series_uid=str(ds.get("SeriesInstanceUID", "")),
-        series_number=None if series_number in (None, "") else int(series_number),
-        series_description=str(ds.get("SeriesDescription", "")),
-        modality=str(ds.get("Modality", "")),
-        sop_class_uid=sop_class,
-        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
-        rows=int(ds.Rows),
-        columns=int(ds.Columns),
-        frames=frames,
-        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
-        orientation=orientation,
-        position=position,
-        pixel_spacing=spacing,
-        slice_thickness=_float_or_none(ds.get("SliceThickness")),
-        rescale_slope=slope,
-        rescale_intercept=intercept,
-        instance_number=None if instance_number in (None, "") else int(instance_number),
-        is_mosaic="MOSAIC" in (value.upper() for value in image_type),
-        frame_positions=frame_positions,
-        patient_position=str(ds.get("PatientPosition", "") or "").strip(),
-        image_type=image_type,
-    )
-
-
-def _multi_value(value: Any) -> tuple[str, ...]:
-    """A multi-valued string element (e.g. ImageType) as a tuple, whether it holds one value or many."""
-    if value in (None, ""):
-        return ()
-    values = [value] if isinstance(value, str) else list(value)
-    return tuple(str(item).strip() for item in values)
-
-
-def _plane_geometry(
-    ds: Dataset,
-) -> tuple[
-    tuple[float, ...] | None,
-    tuple[float, float, float] | None,
-    tuple[float, float] | None,
-    float,
-    float,
-]:
-    """Orientation, position, pixel spacing and rescale, from the top level or
-    (enhanced multi-frame) the shared / first per-frame functional groups."""
-    sources: list[Dataset] = [ds]
-    for sequence_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        sequence = ds.get(sequence_name)
-        if sequence:
-            sources.append(sequence[0])
-
-    def find(macro: str | None, keyword: str) -> Any:
-        for source in sources:
-            holder = source
-            if macro is not None and source is not ds:
-                macro_sequence = source.get(macro)
-                if not macro_sequence:
-                    continue
-                holder = macro_sequence[0]
-            value = holder.get(keyword)
-            if value not in (None, ""):
-                return value
-        return None
-
-    orientation = find("PlaneOrientationSequence", "ImageOrientationPatient")
-    position = find("PlanePositionSequence", "ImagePositionPatient")
-    spacing = find("PixelMeasuresSequence", "PixelSpacing")
-    slope = find("PixelValueTransformationSequence", "RescaleSlope")
-    intercept = find("PixelValueTransformationSequence", "RescaleIntercept")
-    return (
-        None if orientation is None else tuple(float(v) for v in orientation),
-        None if position is None else (float(position[0]), float(position[1]), float(position[2])),
-        None if spacing is None else (float(spacing[0]), float(spacing[1])),
-        1.0 if slope is None else float(slope),
-        0.0 if intercept is None else float(intercept),
-    )
-
-
-def _frame_positions(ds: Dataset) -> tuple[tuple[float, float, float], ...] | None:
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
-    if not per_frame:
-        return None
-    positions = []
-    for item in per_frame:
-        plane = item.get("PlanePositionSequence")
-        if not plane or "ImagePositionPatient" not in plane[0]:
-            return None
-        p = plane[0].ImagePositionPatient
-        positions.append((float(p[0]), float(p[1]), float(p[2])))
-    return tuple(positions)
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 def _read_headers(paths: Sequence[Path], collect_errors: bool = False) -> list[SliceHeader | SkippedFile]:
@@ -459,18 +144,22 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
 
     A series is the images of one UID in one folder: two copies of a series in
     sibling folders are two series (``series_in_several_folders`` lists them),
-    never one series whose slices all appear twice. Enhanced multi-frame files
-    and mosaics are volumes on their own and form a group each. Groups are
+    never one series whose slices all appear twice. An enhanced multi-frame file
+    forms a group on its own; the mosaics of one series form one group (each
+    mosaic one of its volumes; copies of one mosaic, which share an
+    InstanceNumber, a group each), apart from any single slices. Groups are
     ordered by series number, then key, then folder; the key is the UID, with
     ``#2``, ``#3``... for further parts of one UID split within one folder.
     """
     groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
     for header in headers:
         orientation = None if header.orientation is None else tuple(np.round(header.orientation, 4))
-        own_volume = header.path if (header.frames > 1 or header.is_mosaic) else None
+        # A multi-frame file is a series on its own; the mosaics of a series are its volumes.
+        own_volume = header.path if header.frames > 1 else ("mosaic" if header.is_mosaic else None)
         folder = os.path.dirname(header.path)
         key = (header.series_uid, orientation, header.rows, header.columns, own_volume, folder)
         groups.setdefault(key, []).append(header)
+    groups = _copies_of_one_mosaic_apart(groups)
     parts: dict[tuple[str, str], int] = {}
     series = []
     for group_key in sorted(groups, key=lambda k: (_series_number(groups[k]), str(k))):
@@ -479,6 +168,23 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
         name = uid if parts[uid, folder] == 1 else f"{uid}#{parts[uid, folder]}"
         series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
     return series
+
+
+def _copies_of_one_mosaic_apart(
+    groups: dict[tuple[Any, ...], list[SliceHeader]],
+) -> dict[tuple[Any, ...], list[SliceHeader]]:
+    """Mosaics of one series that share an InstanceNumber are copies of one image (e.g. one
+    mosaic in several transfer syntaxes), not its volumes: each becomes a series of its own."""
+    result: dict[tuple[Any, ...], list[SliceHeader]] = {}
+    for key, members in groups.items():
+        instances = [header.instance_number for header in members]
+        if members[0].is_mosaic and len(set(instances)) < len(instances):
+            for header in members:
+                own_key = (*key[:-2], header.path, key[-1])
+                result[own_key] = [header]
+        else:
+            result[key] = members
+    return result
 
 
 def series_in_several_folders(series: Sequence[DicomSeries]) -> list[str]:
@@ -563,100 +269,6 @@ def select_series(
     raise SeriesError(folder, f"no series {choice!r}; the series found are:\n{_listing(folder, series)}")
 
 
-def load_dicom(path: str | Path, series: str | int | None = None) -> Volume:
-    """Load a DICOM folder (one series, or the one chosen) or a single DICOM file.
-
-    An unreadable DICOM file in the chosen series' folder is an error (it may be
-    one of its slices); one in another folder is skipped with a warning.
-    """
-    path = Path(path)
-    if path.is_dir():
-        found, skipped = scan_folder(path, collect_errors=True)
-        corrupt = [item for item in skipped if item.corrupt]
-        if corrupt and not found:
-            raise UnreadableFileError(corrupt[0].path, corrupt[0].reason)
-        chosen = select_series(path, found, skipped, series)
-        for item in corrupt:
-            if Path(item.path).parent == chosen.folder:
-                raise UnreadableFileError(item.path, item.reason)
-    else:
-        header = read_header(path)
-        if isinstance(header, SkippedFile):
-            raise UnreadableFileError(path, _why_not_a_volume(header))
-        chosen, skipped = DicomSeries(key=header.series_uid, headers=(header,)), []
-    for item in skipped:
-        logger.warning("skipped %s: %s", item.path, item.reason)
-    volume = load_series(chosen)
-    volume.meta["source_path"] = str(path)
-    volume.meta["skipped_files"] = [{"path": s.path, "reason": s.reason} for s in skipped]
-    return volume
-
-
-def _why_not_a_volume(skipped: SkippedFile) -> str:
-    from medvol.io.dicom_seg import is_segmentation_sop_class
-
-    if is_segmentation_sop_class(skipped.sop_class_uid):
-        return (
-            "a DICOM SEG holds the label map of an image series, not a volume: give it as that series' "
-            "label (a manifest's label column, or beside the series in a dataset folder)"
-        )
-    return skipped.reason
-
-
-def load_series(series: DicomSeries) -> Volume:
-    """Turn one series into a Volume with exact geometry, or refuse clearly."""
-    first = series.first
-    if first.samples_per_pixel != 1:
-        raise SeriesError(first.path, "colour (RGB) DICOM images are not supported as volumes")
-    if first.is_mosaic:
-        if len(series.headers) > 1:
-            raise SeriesError(
-                first.path,
-                f"a series of {len(series.headers)} mosaic files; load one file at a time",
-            )
-        array, affine, notes = _read_mosaic(first)
-    elif first.frames > 1:
-        array, affine, notes = _read_multiframe(first)
-    else:
-        ordered, affine, notes = stack_geometry(series.headers)
-        array = _read_stack_pixels(ordered)
-    meta: dict[str, Any] = {
-        # A mosaic or multi-frame file is a volume on its own: its path is the file.
-        "source_path": first.path if (first.is_mosaic or first.frames > 1) else str(Path(first.path).parent),
-        "format": "dicom",
-        "reader": f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}",
-        "modality": first.modality or None,
-        "series_uid": first.series_uid or None,
-        "series_number": first.series_number,
-        "series_description": first.series_description,
-        "transfer_syntax": first.transfer_syntax,
-        **_series_value(series.headers, "patient_position", lambda h: h.patient_position or None),
-        **_series_value(series.headers, "image_type", lambda h: list(h.image_type) or None),
-        "source_affine": affine.tolist(),
-        "source_shape": list(array.shape),
-        "files": len(series.headers),
-        **notes,
-    }
-    return Volume(array=array[np.newaxis], affine=affine, meta=meta)
-
-
-def _series_value(
-    headers: Sequence[SliceHeader], key: str, value: Callable[[SliceHeader], Any]
-) -> dict[str, Any]:
-    """``{key: value}`` when every slice has the same value (``None`` when none has one).
-
-    Slices that disagree give ``{key: None, key + "_per_slice": {value: slices}}``
-    (a list value written as DICOM shows it, ``ORIGINAL\\PRIMARY``), so no slice's
-    value is hidden behind another's.
-    """
-    values = [value(header) for header in headers]
-    shown = ["\\".join(v) if isinstance(v, list) else v for v in values]
-    if len(set(shown)) == 1:
-        return {key: values[0]}
-    counts = Counter("(none)" if v is None else str(v) for v in shown)
-    return {key: None, f"{key}_per_slice": dict(sorted(counts.items()))}
-
-
 def _unit_axes(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Row direction (increasing column index), column direction and slice normal, LPS.
 
@@ -724,11 +336,14 @@ def stack_geometry(
     spacing = _pixel_spacing(first)
     for header in headers:
         if header.position is None:
-            raise SeriesError(header.path, "no ImagePositionPatient: the slice cannot be placed")
+            raise SeriesError(
+                header.path, f"{header.frame_prefix}no ImagePositionPatient: the slice cannot be placed"
+            )
         if not np.allclose(_pixel_spacing(header), spacing, atol=1e-4):
             raise SeriesError(
                 header.path,
-                f"PixelSpacing {header.pixel_spacing} differs from {first.path}'s {spacing}",
+                f"{header.frame_prefix}PixelSpacing {header.pixel_spacing} differs from "
+                f"{first.name}'s {spacing}",
             )
     positions = np.array([h.position for h in headers], dtype=np.float64)
     distance = positions @ normal
@@ -782,10 +397,8 @@ def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, fold
         i = int(duplicate[0])
         raise SeriesError(
             folder,
-            f"{duplicate.size} slice(s) share a position with another slice (e.g. "
-            f"{Path(ordered[i].path).name} and {Path(ordered[i + 1].path).name} at "
-            f"{distance[i]:.3f} mm along the normal): several acquisitions, echoes or "
-            "time points in one series are not supported yet; split the series",
+            f"{duplicate.size} image(s) share a position with another image (e.g. "
+            f"{pair_name(ordered[i], ordered[i + 1], folder)} at {distance[i]:.3f} mm along the normal)",
         )
     typical = float(np.median(gaps))
     tolerance = POSITION_TOLERANCE_MM + RELATIVE_SPACING_TOLERANCE * typical
@@ -793,7 +406,7 @@ def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, fold
     if not irregular.size:
         return
     i = int(irregular[0])
-    between = f"between {Path(ordered[i].path).name} and {Path(ordered[i + 1].path).name}"
+    between = f"between {pair_name(ordered[i], ordered[i + 1], folder)}"
     ratio = gaps[irregular] / typical
     if np.all(ratio > 1.5) and np.allclose(ratio, np.round(ratio), atol=0.05):
         missing = int(np.sum(np.round(ratio) - 1))
@@ -809,7 +422,7 @@ def _check_slice_gaps(ordered: Sequence[SliceHeader], distance: np.ndarray, fold
     )
 
 
-def _read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
+def read_stack_pixels(ordered: Sequence[SliceHeader]) -> np.ndarray:
     """Decode sorted slices with SimpleITK/GDCM; returns ``(X, Y, Z)`` rescaled values.
 
     The array is a transposed view of SimpleITK's ``(Z, Y, X)`` buffer (Fortran
@@ -851,92 +464,3 @@ def _raise_for_bad_slice(ordered: Sequence[SliceHeader]) -> None:
             lines = [line for line in str(error).splitlines() if line.strip()]
             reason = lines[-1].strip() if lines else "decoding failed"
             raise UnreadableFileError(header.path, f"cannot decode pixel data ({reason})") from error
-
-
-def _read_dataset(header: SliceHeader) -> Dataset:
-    try:
-        dataset = pydicom.dcmread(header.path)
-        _ = dataset.pixel_array
-    except Exception as error:
-        raise UnreadableFileError(header.path, f"cannot decode pixel data ({error})") from error
-    return dataset
-
-
-def _read_multiframe(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """An enhanced (multi-frame) CT/MR volume: frames sorted along the normal."""
-    if header.frame_positions is None or len(header.frame_positions) != header.frames:
-        raise SeriesError(
-            header.path,
-            f"multi-frame file with {header.frames} frames but no per-frame PlanePositionSequence",
-        )
-    # Each frame is named "file [frame N]" (N as stored, from 1) in errors.
-    frame_headers = [
-        replace(
-            header,
-            path=f"{header.path} [frame {index + 1}]",
-            position=position,
-            frames=1,
-            frame_positions=None,
-            instance_number=index,
-        )
-        for index, position in enumerate(header.frame_positions)
-    ]
-    ordered, affine, notes = stack_geometry(frame_headers, source=Path(header.path))
-    dataset = _read_dataset(header)
-    slopes, intercepts = _frame_rescale(dataset, header)
-    order = [int(frame.instance_number or 0) for frame in ordered]
-    # Rescale in float64, then float32 like the single-frame path (or the smallest int).
-    frames = dataset.pixel_array.astype(np.float64)[order]
-    frames = frames * slopes[order, None, None] + intercepts[order, None, None]
-    frames = frames.astype(np.float32) if _needs_float_values(slopes, intercepts) else _smallest_int(frames)
-    notes["multiframe"] = True
-    return frames.transpose(2, 1, 0), affine, notes
-
-
-def _frame_rescale(dataset: Dataset, header: SliceHeader) -> tuple[np.ndarray, np.ndarray]:
-    slopes = np.full(header.frames, header.rescale_slope)
-    intercepts = np.full(header.frames, header.rescale_intercept)
-    for index, item in enumerate(dataset.get("PerFrameFunctionalGroupsSequence", [])):
-        transform = item.get("PixelValueTransformationSequence")
-        if transform:
-            slopes[index] = float(transform[0].get("RescaleSlope", slopes[index]))
-            intercepts[index] = float(transform[0].get("RescaleIntercept", intercepts[index]))
-    return slopes, intercepts
-
-
-def _needs_float_values(slopes: np.ndarray, intercepts: np.ndarray) -> bool:
-    return bool(np.any(slopes != 1.0) or np.any(intercepts != np.round(intercepts)))
-
-
-def _smallest_int(array: np.ndarray) -> np.ndarray:
-    for dtype in (np.int16, np.int32):
-        info = np.iinfo(dtype)
-        if array.min() >= info.min and array.max() <= info.max:
-            return array.astype(dtype)
-    return array.astype(np.int64)
-
-
-def _read_mosaic(header: SliceHeader) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """A Siemens mosaic (many slices tiled in one image), with nibabel's CSA geometry."""
-    dataset = _read_dataset(header)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # nibabel flags its DICOM readers as experimental
-        from nibabel.nicom import dicomwrappers
-
-        try:
-            wrapper = dicomwrappers.wrapper_from_data(dataset)
-            data = np.asarray(wrapper.get_data())  # (rows, columns, slices), rescaled
-            affine_lps = np.asarray(wrapper.affine, dtype=np.float64)
-        except Exception as error:
-            raise SeriesError(header.path, f"cannot unpack the Siemens mosaic ({error})") from error
-    # nibabel indexes (row, column, slice); medvol indexes (column, row, slice).
-    data = data.transpose(1, 0, 2)
-    affine_lps = affine_lps[:, [1, 0, 2, 3]]
-    if data.dtype.kind == "f" and np.array_equal(data, np.round(data)):
-        data = _smallest_int(data)
-    notes = {"mosaic": True, "slices_in_mosaic": int(data.shape[2])}
-    return (
-        np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="))),
-        lps_to_ras(affine_lps),
-        notes,
-    )

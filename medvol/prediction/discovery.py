@@ -76,7 +76,8 @@ def find_scans(in_dir: Path, exclude: Path | None = None) -> Found:
     Raises:
         MedvolError: ``in_dir`` is missing, not a folder, or holds no files.
     """
-    from medvol.io.dicom import SkippedFile, SliceHeader, group_series, scan_headers
+    from medvol.io.dicom import group_series, scan_headers
+    from medvol.io.dicom_headers import SkippedFile, SliceHeader
     from medvol.io.discovery import DICOM_SUFFIXES, SCAN_FILE_SUFFIXES, dicom_case_id, list_files
     from medvol.io.sidecar import sidecar_path
 

@@ -325,7 +325,7 @@ class Predictor:
     def load(self, scan: Scan) -> Volume:
         """The scan as ``medvol.load`` gives it (a DICOM series from its already-read headers)."""
         from medvol.io import check_finite, load
-        from medvol.io.dicom import load_series
+        from medvol.io.dicom_load import load_series
 
         if scan.series is None:
             return load(scan.path)

@@ -1,0 +1,386 @@
+"""DICOM headers: what medvol reads from one file (no pixel data, no patient data).
+
+``read_header`` reads one file's header with pydicom (``stop_before_pixels``)
+into a ``SliceHeader``, or a ``SkippedFile`` for a file that holds no image
+(non-DICOM files, DICOMDIR, SR, SEG, RTSTRUCT, presentation states, ...),
+and refuses a truncated or corrupt file with an error naming it.
+Patient identifiers are never read into medvol's records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+from medvol.errors import MedvolError, UnreadableFileError
+from medvol.io.dicom_labels import CLASSIC_TAGS, Labels, frame_labels, image_labels
+
+# SOP classes that hold no image volume: DICOMDIR, SR, SEG, RT objects,
+# presentation states, key objects, encapsulated documents, raw data.
+NON_IMAGE_SOP_PREFIXES = (
+    "1.2.840.10008.1.3.10",  # Media Storage Directory (DICOMDIR)
+    "1.2.840.10008.5.1.4.1.1.88.",  # Structured reports and key object selection
+    "1.2.840.10008.5.1.4.1.1.11.",  # Presentation states
+    "1.2.840.10008.5.1.4.1.1.66",  # Raw data, registration, fiducials, segmentation
+    "1.2.840.10008.5.1.4.1.1.481.",  # RT structure sets, plans, doses, ...
+    "1.2.840.10008.5.1.4.1.1.104.",  # Encapsulated PDF/CDA
+)
+
+# Header tags medvol reads: geometry, grouping and display only, never identifiers.
+HEADER_TAGS = [
+    "SOPClassUID",
+    "SeriesInstanceUID",
+    "SeriesNumber",
+    "SeriesDescription",
+    "Modality",
+    "ImageType",
+    "PatientPosition",
+    "Rows",
+    "Columns",
+    "NumberOfFrames",
+    "SamplesPerPixel",
+    "BitsAllocated",
+    "ImageOrientationPatient",
+    "ImagePositionPatient",
+    "PixelSpacing",
+    "SliceThickness",
+    "RescaleSlope",
+    "RescaleIntercept",
+    "InstanceNumber",
+    "SharedFunctionalGroupsSequence",
+    "PerFrameFunctionalGroupsSequence",
+    *CLASSIC_TAGS,
+]
+
+# As Tag objects once: pydicom resolves keywords on every call otherwise (~100 µs a file).
+HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in HEADER_TAGS]
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What medvol needs from one DICOM image file (no patient data).
+
+    For an enhanced multi-frame file, ``frame_positions`` and ``frame_labels``
+    hold one entry per frame and ``position`` the first frame's position. One
+    frame of such a file (``medvol.io.dicom_volumes.frame_images``) is a
+    ``SliceHeader`` with ``frame`` set (1-based, as stored). ``labels`` say
+    what tells the image from others at its position (``medvol.io.dicom_labels``).
+    """
+
+    path: str
+    series_uid: str
+    series_number: int | None
+    series_description: str
+    modality: str
+    sop_class_uid: str
+    transfer_syntax: str
+    rows: int
+    columns: int
+    frames: int
+    samples_per_pixel: int
+    orientation: tuple[float, ...] | None
+    position: tuple[float, float, float] | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    rescale_slope: float
+    rescale_intercept: float
+    instance_number: int | None
+    is_mosaic: bool
+    frame_positions: tuple[tuple[float, float, float], ...] | None = None
+    patient_position: str = ""
+    image_type: tuple[str, ...] = ()
+    labels: Labels = ()
+    frame_labels: tuple[Labels, ...] | None = None
+    frame: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The file's name, with the frame number for a frame (``IM_0027.dcm frame 3``)."""
+        name = Path(self.path).name
+        return name if self.frame is None else f"{name} frame {self.frame}"
+
+    @property
+    def frame_prefix(self) -> str:
+        """``"frame 3: "`` for a frame of a multi-frame file (errors name the file), else ``""``."""
+        return "" if self.frame is None else f"frame {self.frame}: "
+
+
+def image_name(image: SliceHeader, source: Path | None = None) -> str:
+    """An image in words: ``IM.dcm``, ``IM.dcm frame 3``, or ``frame 3`` when ``source`` is that file."""
+    if image.frame is not None and source == Path(image.path):
+        return f"frame {image.frame}"
+    return image.name
+
+
+def pair_name(first: SliceHeader, second: SliceHeader, source: Path | None = None) -> str:
+    """Two images in words: ``frames 3 and 5 of IM.dcm`` (``frames 3 and 5`` when ``source``
+    is that file, which the error names already) or ``a.dcm and b.dcm``."""
+    if first.path == second.path and first.frame is not None and second.frame is not None:
+        frames = f"frames {first.frame} and {second.frame}"
+        return frames if source == Path(first.path) else f"{frames} of {Path(first.path).name}"
+    return f"{first.name} and {second.name}"
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file in a DICOM folder that is not part of any image series, and why.
+
+    ``corrupt`` marks a DICOM file that could not be read (only reported when a
+    scan is asked to collect errors instead of raising).
+    """
+
+    path: str
+    reason: str
+    corrupt: bool = False
+    sop_class_uid: str = ""
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True when the file has the DICOM preamble (``DICM`` at byte 128)."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_header(path: str | Path) -> SliceHeader | SkippedFile:
+    """Read one file's header (no pixel data).
+
+    Returns:
+        A ``SliceHeader`` for an image, or ``SkippedFile`` for a file that is
+        not DICOM or holds no image.
+
+    Raises:
+        UnreadableFileError: an empty file, or a DICOM file whose header is
+            truncated or corrupt, or an image whose pixel data is missing or
+            (uncompressed) cut short.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise UnreadableFileError(path, "empty file (0 bytes)")
+    if not is_dicom_file(path):
+        return SkippedFile(str(path), "not a DICOM file (no DICM preamble)")
+    try:
+        with open(path, "rb") as handle:
+            dataset = pydicom.dcmread(handle, stop_before_pixels=True, specific_tags=HEADER_TAG_NUMBERS)
+            # pydicom stops (and rewinds) at the pixel data element, if it finds one.
+            stop = handle.tell()
+            pixel_element = handle.read(12)
+        result = _header_from_dataset(path, dataset)
+    except MedvolError:
+        raise
+    except Exception as error:  # pydicom raises many types for corrupt files
+        raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error
+    _check_complete(path, dataset, result, size, stop, pixel_element)
+    return result
+
+
+def _check_complete(
+    path: Path,
+    ds: Dataset,
+    result: SliceHeader | SkippedFile,
+    size: int,
+    stop: int,
+    pixel_element: bytes,
+) -> None:
+    """Raise when a DICOM file ends before its header or pixel data does.
+
+    pydicom reads a truncated file without complaint (a cut header looks like
+    an object without an image, which would be skipped silently), so the end
+    of what was parsed is compared with the file size: a header element may
+    not run past the end of the file, an image must have a pixel data element,
+    and native (uncompressed) pixel data must be complete.
+
+    Args:
+        stop: the file offset where pydicom stopped reading (the start of the
+            pixel data element when there is one).
+        pixel_element: the (up to) 12 bytes of the file at ``stop``.
+    """
+    syntax = pydicom.uid.UID(str(ds.file_meta.get("TransferSyntaxUID", "") or ""))
+    known_syntax = syntax.is_transfer_syntax  # False when the file meta lacks it (or is cut)
+    if known_syntax and syntax.is_deflated:
+        return  # parsed from an inflated copy: file offsets do not apply
+    if stop > size:
+        raise UnreadableFileError(
+            path, f"truncated DICOM file: the header runs past the end of the file ({size} bytes)"
+        )
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    is_image = isinstance(result, SliceHeader) or (
+        bool(sop_class) and "Image Storage" in pydicom.uid.UID(sop_class).name
+    )
+    if isinstance(result, SkippedFile) and not is_image:
+        return
+    little = syntax.is_little_endian if known_syntax else True
+    implicit = syntax.is_implicit_VR if known_syntax else False
+    if len(pixel_element) < 8:
+        raise UnreadableFileError(
+            path, f"truncated DICOM file: the image has no pixel data (the file ends at {size} bytes)"
+        )
+    order = "<" if little else ">"
+    group, element = np.frombuffer(pixel_element[:4], dtype=f"{order}u2").tolist()
+    if group != 0x7FE0 or element not in (0x0008, 0x0009, 0x0010):
+        raise UnreadableFileError(path, "truncated or corrupt DICOM file: the image has no pixel data")
+    if implicit:
+        header_length, length = 8, int(np.frombuffer(pixel_element[4:8], dtype=f"{order}u4")[0])
+    elif pixel_element[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
+        if len(pixel_element) < 12:
+            raise UnreadableFileError(path, "truncated DICOM file: it ends inside the pixel data header")
+        header_length, length = 12, int(np.frombuffer(pixel_element[8:12], dtype=f"{order}u4")[0])
+    else:
+        header_length, length = 8, int(np.frombuffer(pixel_element[6:8], dtype=f"{order}u2")[0])
+    if length == 0xFFFFFFFF:
+        return  # encapsulated (compressed) frames: the decoder checks them
+    missing = stop + header_length + length - size
+    if missing > 0:
+        raise UnreadableFileError(
+            path,
+            f"truncated DICOM file: the pixel data ({length} bytes) is cut short, {missing} byte(s) missing",
+        )
+    if isinstance(result, SliceHeader) and element == 0x0010 and "BitsAllocated" in ds:
+        bits = int(ds.BitsAllocated)
+        expected = result.rows * result.columns * result.frames * result.samples_per_pixel * bits // 8
+        if length < expected:
+            raise UnreadableFileError(
+                path,
+                f"incomplete pixel data: {length} bytes where Rows×Columns×frames×samples×bits "
+                f"need {expected}",
+            )
+
+
+def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
+    sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    if path.name.upper() == "DICOMDIR" or sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
+        name = pydicom.uid.UID(sop_class).name if sop_class else "DICOMDIR"
+        return SkippedFile(str(path), f"not an image ({name})", sop_class_uid=sop_class)
+    if "Rows" not in ds or "Columns" not in ds:
+        return SkippedFile(str(path), "DICOM object without an image (no Rows/Columns)")
+    image_type = _multi_value(ds.get("ImageType"))
+    frames = _frame_count(path, ds)
+    orientation, position, spacing, slope, intercept = _plane_geometry(ds)
+    frame_positions = _frame_positions(ds) if frames > 1 else None
+    if frame_positions:
+        position = frame_positions[0]
+    series_number = ds.get("SeriesNumber")
+    instance_number = ds.get("InstanceNumber")
+    return SliceHeader(
+        path=str(path),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        series_number=None if series_number in (None, "") else int(series_number),
+        series_description=str(ds.get("SeriesDescription", "")),
+        modality=str(ds.get("Modality", "")),
+        sop_class_uid=sop_class,
+        transfer_syntax=str(ds.file_meta.get("TransferSyntaxUID", "")),
+        rows=int(ds.Rows),
+        columns=int(ds.Columns),
+        frames=frames,
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        orientation=orientation,
+        position=position,
+        pixel_spacing=spacing,
+        slice_thickness=_float_or_none(ds.get("SliceThickness")),
+        rescale_slope=slope,
+        rescale_intercept=intercept,
+        instance_number=None if instance_number in (None, "") else int(instance_number),
+        is_mosaic="MOSAIC" in (value.upper() for value in image_type),
+        frame_positions=frame_positions,
+        patient_position=str(ds.get("PatientPosition", "") or "").strip(),
+        image_type=image_type,
+        labels=image_labels(ds),
+        frame_labels=frame_labels(ds) if frames > 1 else None,
+    )
+
+
+def _frame_count(path: Path, ds: Dataset) -> int:
+    """NumberOfFrames (1 when absent); a file that says it holds no frame is unreadable."""
+    value = ds.get("NumberOfFrames")
+    if value in (None, ""):
+        return 1
+    try:
+        frames = int(value)
+    except (TypeError, ValueError) as error:
+        raise UnreadableFileError(path, f"invalid NumberOfFrames {value!r}") from error
+    if frames < 1:
+        raise UnreadableFileError(path, f"NumberOfFrames is {frames}: the file holds no image")
+    return frames
+
+
+def _multi_value(value: Any) -> tuple[str, ...]:
+    """A multi-valued string element (e.g. ImageType) as a tuple, whether it holds one value or many."""
+    if value in (None, ""):
+        return ()
+    values = [value] if isinstance(value, str) else list(value)
+    return tuple(str(item).strip() for item in values)
+
+
+def _plane_geometry(
+    ds: Dataset,
+) -> tuple[
+    tuple[float, ...] | None,
+    tuple[float, float, float] | None,
+    tuple[float, float] | None,
+    float,
+    float,
+]:
+    """Orientation, position, pixel spacing and rescale, from the top level or
+    (enhanced multi-frame) the shared / first per-frame functional groups."""
+    sources: list[Dataset] = [ds]
+    for sequence_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        sequence = ds.get(sequence_name)
+        if sequence:
+            sources.append(sequence[0])
+
+    def find(macro: str | None, keyword: str) -> Any:
+        for source in sources:
+            holder = source
+            if macro is not None and source is not ds:
+                macro_sequence = source.get(macro)
+                if not macro_sequence:
+                    continue
+                holder = macro_sequence[0]
+            value = holder.get(keyword)
+            if value not in (None, ""):
+                return value
+        return None
+
+    orientation = find("PlaneOrientationSequence", "ImageOrientationPatient")
+    position = find("PlanePositionSequence", "ImagePositionPatient")
+    spacing = find("PixelMeasuresSequence", "PixelSpacing")
+    slope = find("PixelValueTransformationSequence", "RescaleSlope")
+    intercept = find("PixelValueTransformationSequence", "RescaleIntercept")
+    return (
+        None if orientation is None else tuple(float(v) for v in orientation),
+        None if position is None else (float(position[0]), float(position[1]), float(position[2])),
+        None if spacing is None else (float(spacing[0]), float(spacing[1])),
+        1.0 if slope is None else float(slope),
+        0.0 if intercept is None else float(intercept),
+    )
+
+
+def _frame_positions(ds: Dataset) -> tuple[tuple[float, float, float], ...] | None:
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not per_frame:
+        return None
+    positions = []
+    for item in per_frame:
+        plane = item.get("PlanePositionSequence")
+        if not plane or "ImagePositionPatient" not in plane[0]:
+            return None
+        p = plane[0].ImagePositionPatient
+        positions.append((float(p[0]), float(p[1]), float(p[2])))
+    return tuple(positions)
+
+
+def _float_or_none(value: Any) -> float | None:
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
