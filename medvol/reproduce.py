@@ -89,7 +89,9 @@ def load_study(name_or_path: str | Path) -> Study:
     except (OSError, yaml.YAMLError) as error:
         raise MedvolError(path, f"cannot read the study file ({error})") from error
     if not isinstance(data, dict):
-        raise MedvolError(path, "a study file must be a mapping (name, budgets, evaluate, metrics, published)")
+        raise MedvolError(
+            path, "a study file must be a mapping (name, budgets, evaluate, metrics, published)"
+        )
     missing = [key for key in ("name", "budgets", "evaluate", "metrics", "published") if key not in data]
     if missing:
         raise MedvolError(path, f"study file lacks {', '.join(missing)}")

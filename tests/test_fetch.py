@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ SAMPLE_NPZ = Path(medvol.__file__).parent / "samples" / "adrenalmnist3d.npz"
 
 
 @pytest.fixture
-def served() -> Served:
+def served() -> Iterator[Served]:
     with serve() as server:
         server.files["/file.bin"] = PAYLOAD
         yield server
@@ -113,7 +114,9 @@ def test_unreachable_or_missing_files_name_the_url_the_checksum_and_the_place(
         port = free.getsockname()[1]
     target = tmp_path / "data" / "demo" / "file.bin"
     for url in (f"http://127.0.0.1:{port}/file.bin", served.url("missing.bin")):
-        study = write_study(tmp_path / "study.yaml", [{"path": "demo/file.bin", "url": url, "md5": md5(PAYLOAD)}])
+        study = write_study(
+            tmp_path / "study.yaml", [{"path": "demo/file.bin", "url": url, "md5": md5(PAYLOAD)}]
+        )
         assert fetch(study, tmp_path / "data") == 1
         error = capsys.readouterr().err
         assert f"cannot download {url} (" in error
@@ -262,9 +265,10 @@ def test_reproduce_downloads_the_study_data_into_the_data_folder_and_trains_on_i
     assert not results["protocol_changed"]
     config = yaml.safe_load((Path(results["runs"][0]["run_dir"]) / "config.yaml").read_text())
     assert config["data"]["root"] == str(location)
-    assert f"Data: {location} (tiny/adrenal.npz, MD5 {md5(location.read_bytes())}, verified)" in (
-        out / "results.md"
-    ).read_text()
+    assert (
+        f"Data: {location} (tiny/adrenal.npz, MD5 {md5(location.read_bytes())}, verified)"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_a_data_root_set_on_the_command_line_is_used_as_given(tmp_path: Path, served: Served) -> None:
