@@ -194,6 +194,9 @@ def _remember(path: Path, md5: str, data_dir: Path) -> None:
 def download(url: str, target: Path, md5: str) -> None:
     """Stream ``url`` to ``target``'s ``.part`` file, resuming breaks; check its MD5; rename it into place.
 
+    A ``.part`` left by an earlier run is resumed; if the result has another
+    MD5 (that part was of another file), the whole file is downloaded again once.
+
     Raises:
         MedvolError: the server cannot be reached or refuses (naming the URL,
             the MD5 and where to put the file by hand), or the file received
@@ -204,18 +207,15 @@ def download(url: str, target: Path, md5: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise MedvolError(target.parent, f"cannot create the data folder ({error})") from error
-    logger.info("downloading %s to %s", url, target)
-    for attempt in range(1, ATTEMPTS + 1):
-        before = _size(part)
-        try:
-            _transfer(url, part)
-            break
-        except (OSError, http.client.HTTPException) as error:
-            received = _size(part) != before
-            if attempt == ATTEMPTS or not received or isinstance(error, urllib.error.HTTPError):
-                raise MedvolError(None, _cannot_download(url, target, md5, error)) from error
-            logger.warning("the download of %s broke (%s); resuming at byte %d", url, error, _size(part))
+    earlier = _size(part)
+    logger.info("downloading %s to %s%s", url, target, f" (resuming at byte {earlier})" if earlier else "")
+    _receive(url, part, target, md5)
     actual = file_md5(part)
+    if actual != md5 and earlier:
+        logger.warning("%s resumed from an earlier run has MD5 %s; downloading it whole again", part, actual)
+        part.unlink()
+        _receive(url, part, target, md5)
+        actual = file_md5(part)
     if actual != md5:
         part.unlink()
         raise MedvolError(
@@ -225,6 +225,20 @@ def download(url: str, target: Path, md5: str) -> None:
         )
     os.replace(part, target)
     logger.info("downloaded %s (MD5 %s verified)", target, md5)
+
+
+def _receive(url: str, part: Path, target: Path, md5: str) -> None:
+    """The rest of the file into ``part``: transfers resumed while each one receives bytes."""
+    for attempt in range(1, ATTEMPTS + 1):
+        before = _size(part)
+        try:
+            _transfer(url, part)
+            return
+        except (OSError, http.client.HTTPException) as error:
+            received = _size(part) != before
+            if attempt == ATTEMPTS or not received or isinstance(error, urllib.error.HTTPError):
+                raise MedvolError(None, _cannot_download(url, target, md5, error)) from error
+            logger.warning("the download of %s broke (%s); resuming at byte %d", url, error, _size(part))
 
 
 def _size(path: Path) -> int:

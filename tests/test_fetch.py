@@ -86,6 +86,17 @@ def test_the_partial_file_of_an_earlier_run_is_resumed(tmp_path: Path, served: S
     assert served.requests == [("/file.bin", "bytes=5000-")]
 
 
+def test_a_partial_file_of_another_version_is_replaced_by_a_whole_download(
+    tmp_path: Path, served: Served
+) -> None:
+    part = tmp_path / "data" / "demo" / "file.bin.part"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 7000)  # left by an earlier run of another file: resuming it gives another MD5
+    assert fetch(file_study(tmp_path, served), tmp_path / "data") == 0
+    assert (tmp_path / "data" / "demo" / "file.bin").read_bytes() == PAYLOAD
+    assert served.requests == [("/file.bin", "bytes=7000-"), ("/file.bin", None)]
+
+
 def test_a_server_without_ranges_sends_the_whole_file_again(tmp_path: Path, served: Served) -> None:
     served.ranges = False
     part = tmp_path / "data" / "demo" / "file.bin.part"
