@@ -15,7 +15,7 @@ Parts (every part times its baseline in the same run, interleaved):
    same outputs (checked voxel for voxel). Two models, each trained for one
    epoch on 4 cases by ``medvol train`` inside the benchmark (weights do not
    change the cost of inference): ``config_unet``, the UNet of
-   ``configs/hippocampus-unet-cpu.yaml`` (base 16 filters, 4 levels, patch
+   ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (base 16 filters, 4 levels, patch
    40×56×40), and ``small_unet`` (base 4, 3 levels, patch 32³), where loading
    and saving are a larger share of the work. ``medvol predict`` runs with
    its defaults: 2 I/O threads, torch on its own thread setting. Both are

@@ -27,7 +27,7 @@ Parts (every part times its baseline in the same run):
    input), bf16 autocast, both, and ``torch.compile`` (compile time, i.e. the
    first step minus a steady step, reported apart from the steady state). For
    the ResNet-18 above at the protocol width (28³, batch 32, real images), the
-   hippocampus UNet of ``configs/hippocampus-unet-cpu.yaml`` (40×56×40
+   hippocampus UNet of ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (40×56×40
    patches, batch 4, Dice + CE, random inputs) and the UNet with medvol's
    defaults (64³, batch 2). Dynamo is reset before each model, so every model
    compiles afresh. The first step's loss from identical weights and batch is

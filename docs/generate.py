@@ -524,7 +524,8 @@ def config_reference() -> tuple[str, set[str]]:
         "Unknown keys are errors that name the key and suggest the closest known one; "
         "`--set section.key=value` overrides any key (the value is read as YAML). "
         "The resolved config is saved in the run folder as `config.yaml`. Examples: "
-        "`configs/` in the repository, and the [training guide](training.md).",
+        "`configs/` and `medvol/studies/recipes/` in the repository, and the "
+        "[training guide](training.md).",
         "Types are given as YAML sees them: `path` is a string, relative to the directory "
         "`medvol` runs in; `[int, int, int]` is a list of three numbers; `null` is YAML's null.",
         *pydantic_sections(NOTES, used),

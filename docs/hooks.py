@@ -1,7 +1,7 @@
 """MkDocs hook: links from a page to repository files outside ``docs/``.
 
 A page may link to a file of the repository that is not documentation, e.g.
-``[the config](../configs/hippocampus-unet-cpu.yaml)`` from ``docs/training.md``
+``[the config](../medvol/studies/recipes/hippocampus-unet-cpu.yaml)`` from ``docs/training.md``
 (the link works when the Markdown is read on a code host). MkDocs cannot find such a
 target among the documentation files and warns, which ``--strict`` turns into a
 failure; its settings could only silence every missing-target warning, genuinely

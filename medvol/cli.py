@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 EXIT_ERROR = 1
+DATA_DIR_HELP = (
+    "folder of the studies' data (default: $MEDVOL_DATA, else the per-user cache folder, "
+    "~/.cache/medvol/data on Linux)"
+)
 
 
 class Terminated(KeyboardInterrupt):
@@ -103,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict(verbs, common)
     _add_report(verbs, common)
     _add_reproduce(verbs, common)
+    _add_fetch(verbs, common)
     _add_demo(verbs, common)
     return parser
 
@@ -321,7 +326,17 @@ def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a config key in every run (the table then says the protocol changed)",
     )
+    reproduce.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     reproduce.set_defaults(run=run_reproduce)
+
+
+def _add_fetch(verbs: Any, common: argparse.ArgumentParser) -> None:
+    fetch = verbs.add_parser(
+        "fetch", parents=[common], help="download and verify the data of studies (as reproduce does)"
+    )
+    fetch.add_argument("names", nargs="+", metavar="NAME", help="study name (see reproduce --list) or YAML")
+    fetch.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
+    fetch.set_defaults(run=run_fetch)
 
 
 def _add_demo(verbs: Any, common: argparse.ArgumentParser) -> None:
@@ -676,9 +691,25 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
     study = load_study(args.name)
     out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
-    results = reproduce(study, args.budget, args.seeds, out, args.overrides)
+    results = reproduce(study, args.budget, args.seeds, out, args.overrides, data_dir=args.data_dir)
     print(format_results(results))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from medvol.fetch import data_folder, fetch
+    from medvol.reproduce import load_study
+
+    data_dir = data_folder(args.data_dir)
+    studies = [load_study(name) for name in args.names]
+    for study in studies:
+        if not study.data:
+            print(f"{study.name}: the study lists no data to fetch")
+        for source in study.data:
+            item = fetch(source, data_dir)
+            checked = f"MD5 {source.md5} verified" if item.verified else "not verified (see the warning)"
+            print(f"{study.name}: {item.location}  {checked}")
     return 0
 
 

@@ -1,15 +1,23 @@
 """``medvol reproduce NAME``: a published table, re-run end to end with seeds and confidence intervals.
 
-A study is a YAML file in ``configs/studies/`` (or any path given as NAME)::
+A study is a YAML file in ``medvol/studies/`` (shipped with medvol; or any
+path given as NAME)::
 
     name: adrenalmnist3d
     description: one line
-    budgets: {cpu: ../adrenalmnist3d-resnet18-cpu.yaml, full: ../adrenalmnist3d-resnet18.yaml}
+    budgets: {cpu: recipes/adrenalmnist3d-resnet18-cpu.yaml, full: recipes/adrenalmnist3d-resnet18.yaml}
+    data:                                       # medvol.fetch: where the recipes' data comes from
+      - {path: adrenalmnist3d/adrenalmnist3d.npz, url: https://..., md5: bbd3...}
     evaluate: {split: test, checkpoint: best}   # what is scored once, after training
     metrics: [auc, accuracy]                    # the columns of the table
     published:
       source: citation of the published figures
       rows: [{method: ResNet-18+3D, auc: 0.827, accuracy: 0.721}, ...]
+
+A recipe's relative ``data.root`` names a path in the data folder
+(``medvol.fetch.data_folder``); the study's data there is downloaded and
+verified first (``medvol.fetch``). A ``data.root`` given with ``--set`` is used
+as given, and nothing is downloaded.
 
 For each seed ``0 .. K-1`` the budget's experiment config is trained with
 ``train.seed`` set (model selection uses validation data only, as the config
@@ -26,16 +34,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from medvol.engine.run_folder import RunFolder
 from medvol.errors import MedvolError
 from medvol.evaluation.summary import format_interval
+from medvol.fetch import Fetched, Source, data_folder, fetch, parse_sources
 from medvol.io.atomic import atomic_path, write_json
 
-STUDIES_DIR = Path(__file__).resolve().parents[1] / "configs" / "studies"
+if TYPE_CHECKING:
+    from medvol.config import ExperimentConfig
+
+STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 
 
 @dataclass(frozen=True)
@@ -51,15 +63,16 @@ class Study:
     checkpoint: str
     metrics: list[str]
     published: dict[str, Any]
+    data: list[Source]
 
 
 def available_studies() -> list[str]:
-    """Names of the studies shipped in ``configs/studies/``."""
+    """Names of the studies shipped with medvol (``medvol/studies/``)."""
     return sorted(path.stem for path in STUDIES_DIR.glob("*.yaml"))
 
 
 def load_study(name_or_path: str | Path) -> Study:
-    """A study by name (``configs/studies/NAME.yaml``) or by path.
+    """A study by name (``medvol/studies/NAME.yaml``) or by path.
 
     Raises:
         MedvolError: unknown name, unreadable file, or missing keys.
@@ -75,6 +88,10 @@ def load_study(name_or_path: str | Path) -> Study:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise MedvolError(path, f"cannot read the study file ({error})") from error
+    if not isinstance(data, dict):
+        raise MedvolError(
+            path, "a study file must be a mapping (name, budgets, evaluate, metrics, published)"
+        )
     missing = [key for key in ("name", "budgets", "evaluate", "metrics", "published") if key not in data]
     if missing:
         raise MedvolError(path, f"study file lacks {', '.join(missing)}")
@@ -89,6 +106,7 @@ def load_study(name_or_path: str | Path) -> Study:
         checkpoint=str(evaluate.get("checkpoint", "best")),
         metrics=[str(m) for m in data["metrics"]],
         published=dict(data["published"]),
+        data=parse_sources(data.get("data"), path),
     )
 
 
@@ -98,6 +116,7 @@ def reproduce(
     seeds: int,
     out: Path,
     overrides: list[str] | None = None,
+    data_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``seeds`` runs of a study's budget; write ``results.json`` and ``results.md``.
 
@@ -108,6 +127,7 @@ def reproduce(
         out: folder for the runs and the table.
         overrides: ``KEY=VALUE`` config overrides applied to every run; the
             table says that the protocol was changed.
+        data_dir: the data folder (default ``medvol.fetch.data_folder()``).
 
     Returns:
         The content of ``results.json``.
@@ -122,6 +142,7 @@ def reproduce(
     if seeds < 1:
         raise MedvolError(None, f"--seeds must be at least 1, got {seeds}")
     overrides = list(overrides or [])
+    data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
     summaries: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     for seed in range(seeds):
@@ -135,6 +156,8 @@ def reproduce(
                 f"tracking.name={name}",
             ],
         )
+        if data_root is not None:
+            config = _with_data_root(config, data_root)
         run = RunFolder(out / "runs" / name)
         run_dir = run.path
         _check_same_recipe(run, dump_config(config))
@@ -182,6 +205,7 @@ def reproduce(
             "cases": None if study.cases is None else str(study.cases),
             "checkpoint": study.checkpoint,
         },
+        "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
         "runs": runs,
         "over_seeds": {m: over_seeds.get(m) for m in study.metrics},
@@ -192,6 +216,42 @@ def reproduce(
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     return results
+
+
+def prepare_data(
+    study: Study, budget: str, overrides: list[str], data_dir: Path
+) -> tuple[Path | None, list[Fetched]]:
+    """The budget recipe's data in ``data_dir``, fetched and verified.
+
+    Returns:
+        The ``data.root`` to train on (``None``: the recipe's own, absolute or
+        set with ``--set``), and the study's data entries it uses.
+    """
+    from medvol.config import load_config
+
+    if any(override.partition("=")[0].strip() == "data.root" for override in overrides):
+        return None, []
+    root = load_config(study.budgets[budget], overrides).data.root
+    if root.is_absolute():
+        return None, []
+    used = [source for source in study.data if Path(source.path) in (root, *root.parents)]
+    return data_dir / root, [fetch(source, data_dir) for source in used]
+
+
+def _with_data_root(config: ExperimentConfig, root: Path) -> ExperimentConfig:
+    return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+
+
+def _data_entry(item: Fetched) -> dict[str, Any]:
+    source = item.source
+    return {
+        "path": source.path,
+        "url": source.url,
+        "md5": source.md5,
+        "archive": source.archive,
+        "location": str(item.location),
+        "verified": item.verified,
+    }
 
 
 def _check_same_recipe(run: RunFolder, config_text: str) -> None:
@@ -285,6 +345,10 @@ def format_results(results: dict[str, Any]) -> str:
         values = [f"{row[m]:.4f}" if m in row else "—" for m in metrics]
         lines.append(f"| {row['method']} (published) | " + " | ".join(values) + " |")
     lines += ["", f"Published figures: {results['published'].get('source', 'see the study file')}.", ""]
+    for data in results.get("data", []):
+        checked = "verified" if data["verified"] else "not verified: extracted without medvol"
+        what = f"archive {data['archive']}" if data["archive"] else data["path"]
+        lines += [f"Data: {data['location']} ({what}, MD5 {data['md5']}, {checked}).", ""]
     times = ", ".join(f"seed {r['seed']}: {r['train_seconds'] / 60:.1f} min" for r in results["runs"])
     lines += [f"Training time (sum of epoch times): {times}.", ""]
     return "\n".join(lines)

@@ -13,7 +13,12 @@ import yaml
 
 def write_adrenal_subset(shared_data: Path, path: Path, counts: Mapping[str, int]) -> Path:
     """An AdrenalMNIST3D 28³ ``.npz`` with the first ``counts[split] // 2`` cases of each class per split."""
-    arrays = dict(np.load(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz"))
+    return write_medmnist_subset(shared_data / "adrenalmnist3d" / "adrenalmnist3d.npz", path, counts)
+
+
+def write_medmnist_subset(source: Path, path: Path, counts: Mapping[str, int]) -> Path:
+    """A two-class MedMNIST ``.npz`` with the first ``counts[split] // 2`` cases of each class per split."""
+    arrays = dict(np.load(source))
     subset = {}
     for split, count in counts.items():
         labels = arrays[f"{split}_labels"][:, 0]

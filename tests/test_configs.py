@@ -1,4 +1,4 @@
-"""Every config shipped in configs/ (and every study's budgets) builds its model and loss and trains a step.
+"""Every config shipped (configs/ and the studies' recipes) builds its model and loss and trains a step.
 
 The options are passed to the real factories, so a misspelt or removed option, a
 ``num_classes`` that disagrees with the data, or a loss that cannot take the
@@ -15,15 +15,15 @@ import torch
 from medvol.config import ExperimentConfig, load_config
 from medvol.losses import create_loss
 from medvol.models import create_model
-from medvol.reproduce import load_study
+from medvol.reproduce import STUDIES_DIR, load_study
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
-STUDIES = sorted((CONFIG_DIR / "studies").glob("*.yaml"))
+CONFIGS = sorted([*CONFIG_DIR.glob("*.yaml"), *(STUDIES_DIR / "recipes").glob("*.yaml")])
+STUDIES = sorted(STUDIES_DIR.glob("*.yaml"))
 CLASSIFIER_INPUT = (16, 16, 16)  # the ResNets pool globally: a small grid costs least
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.name}" for p in CONFIGS])
 def test_shipped_config_builds_its_model_and_loss(path: Path) -> None:
     config = load_config(path)
     model = create_model(config.model.name, **config.model.options)
@@ -58,6 +58,16 @@ def test_study_budgets_are_shipped_configs(path: Path) -> None:
     assert {"cpu", "full"} <= set(study.budgets) and study.metrics
     for budget in study.budgets.values():
         assert budget in {p.resolve() for p in CONFIGS}, budget  # so the test above built it
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
+def test_study_recipes_name_data_the_study_fetches(path: Path) -> None:
+    """Each recipe's data.root is in the data folder, inside a data entry with its URL and MD5."""
+    study = load_study(path)
+    for budget in study.budgets.values():
+        root = load_config(budget).data.root
+        assert not root.is_absolute(), budget
+        assert any(Path(source.path) in (root, *root.parents) for source in study.data), (budget, root)
 
 
 def test_configs_exist() -> None:
