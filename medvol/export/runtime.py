@@ -131,8 +131,8 @@ def load_package(path: str | Path, threads: int | None = None, device: str = "au
 
 
 def with_onnxruntime(trained: TrainedModel, threads: int | None = None) -> TrainedModel:
-    """``trained`` with its network exported to ONNX (as ``medvol export`` does) and run by ONNX Runtime."""
-    from medvol.export.exporter import export_network
+    """``trained``, its network exported and checked as ``medvol export`` does, run by ONNX Runtime."""
+    from medvol.export.exporter import check_network, export_network
 
     import_onnxruntime()
     if trained.device.type != "cpu":
@@ -140,6 +140,7 @@ def with_onnxruntime(trained: TrainedModel, threads: int | None = None) -> Train
     with tempfile.TemporaryDirectory(prefix="medvol-onnx-") as folder:
         path = Path(folder) / "model.onnx"
         export_network(trained, path)
+        check_network(trained, path)
         session = open_session(path, threads)
     return dataclasses.replace(trained, model=OnnxNetwork(session), engine="onnxruntime")
 
