@@ -11,6 +11,7 @@ absent or whole.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -40,6 +41,7 @@ logger = get_logger(__name__)
 OPSET = 18
 """ONNX opset of exported networks (the lowest the torch.export-based exporter writes natively)."""
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+EXPORT_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 EXPORT_TOLERANCE = 1e-4
 """Largest |logit difference| between ONNX Runtime and torch accepted when exporting."""
 
@@ -66,6 +68,9 @@ def export_run(
     out = Path(out)
     if out.exists() and not overwrite:
         raise MedvolError(out, "already exists; choose another folder or pass --overwrite")
+    missing = [name for name in EXPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MedvolError(None, f"medvol export needs {', '.join(missing)}: pip install 'medvol[export]'")
     trained = load_trained(run_dir, checkpoint, device="cpu")
     temporary = out.with_name(f".{out.name}.tmp-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
@@ -107,9 +112,21 @@ def export_network(trained: TrainedModel, path: Path) -> None:
                 verbose=False,
             )
     except Exception as error:
-        raise MedvolError(trained.run_dir, f"torch could not export the network to ONNX ({error})") from error
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        problem = f"torch could not export the network to ONNX ({first_line})"
+        raise MedvolError(trained.run_dir, problem) from error
     assert program is not None
     proto = program.model_proto
+    name_axes(proto)
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as error:
+        raise MedvolError(path, f"the exported network fails onnx.checker ({error})") from error
+    onnx.save(proto, path)
+
+
+def name_axes(proto: Any) -> None:
+    """Name the dynamic axes of the network's input ``batch``, ``x``, ``y``, ``z``, and the output's batch."""
     names = ["batch", "channels", "x", "y", "z"]
     for dim, name in zip(proto.graph.input[0].type.tensor_type.shape.dim, names, strict=True):
         if dim.HasField("dim_param"):
@@ -117,11 +134,6 @@ def export_network(trained: TrainedModel, path: Path) -> None:
     output_batch = proto.graph.output[0].type.tensor_type.shape.dim[0]
     if output_batch.HasField("dim_param"):
         output_batch.dim_param = "batch"
-    try:
-        onnx.checker.check_model(proto, full_check=True)
-    except onnx.checker.ValidationError as error:
-        raise MedvolError(path, f"the exported network fails onnx.checker ({error})") from error
-    onnx.save(proto, path)
 
 
 @contextlib.contextmanager
