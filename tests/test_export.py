@@ -244,7 +244,7 @@ def test_export_refuses_to_overwrite_and_a_failed_export_leaves_nothing(
         export_run(segmenter, seg_package)
     with monkeypatch.context() as patch:
         patch.setattr("medvol.export.exporter.EXPORT_PACKAGES", ("onnx", "no_such_medvol_dependency"))
-        with pytest.raises(MedvolError, match=r"needs no_such_medvol_dependency: pip install 'medvol\[export\]'"):
+        with pytest.raises(MedvolError, match=r"needs no_such_medvol_dependency: pip install"):
             export_run(segmenter, tmp_path / "package")
     monkeypatch.setattr("medvol.export.exporter.EXPORT_TOLERANCE", -1.0)  # every check fails
     with pytest.raises(MedvolError, match="differ from torch's"):
