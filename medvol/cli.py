@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(verbs, common)
     _add_evaluate(verbs, common)
     _add_predict(verbs, common)
+    _add_export(verbs, common)
     _add_report(verbs, common)
     _add_reproduce(verbs, common)
     _add_fetch(verbs, common)
@@ -275,7 +276,9 @@ def _add_evaluate(verbs: Any, common: argparse.ArgumentParser) -> None:
 
 def _add_predict(verbs: Any, common: argparse.ArgumentParser) -> None:
     predict = verbs.add_parser("predict", parents=[common], help="run a trained model over a folder of scans")
-    predict.add_argument("run_dir", type=Path, help="run folder written by `medvol train`")
+    predict.add_argument(
+        "run_dir", type=Path, help="run folder written by `medvol train`, or model package (`medvol export`)"
+    )
     predict.add_argument(
         "in_dir", type=Path, help="folder of scans (DICOM series, NIfTI, NRRD, MHA), searched recursively"
     )
@@ -296,7 +299,24 @@ def _add_predict(verbs: Any, common: argparse.ArgumentParser) -> None:
     predict.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     predict.add_argument("--shard", default=None, metavar="I/N", help="take shard I of N (0-based)")
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    predict.add_argument(
+        "--engine",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="what runs the network (auto: torch for a run folder, ONNX Runtime for a model package)",
+    )
     predict.set_defaults(run=run_predict)
+
+
+def _add_export(verbs: Any, common: argparse.ArgumentParser) -> None:
+    export = verbs.add_parser(
+        "export", parents=[common], help="write a run's model package (ONNX network, spec, model card)"
+    )
+    export.add_argument("run_dir", type=Path, help="run folder written by `medvol train`")
+    export.add_argument("out", type=Path, help="package folder to write")
+    export.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing package folder")
+    export.set_defaults(run=run_export)
 
 
 def _add_report(verbs: Any, common: argparse.ArgumentParser) -> None:
@@ -665,10 +685,19 @@ def run_predict(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         device=args.device,
         shard=parse_shard(args.shard),
+        engine=args.engine,
     )
     outcome = predict(args.run_dir, args.in_dir, args.out_dir, options)
     print(summary(outcome, args.out_dir))
     return outcome.exit_code
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from medvol.export import export_run
+
+    out = export_run(args.run_dir, args.out, args.checkpoint, args.overwrite)
+    print(f"wrote {out} (model.onnx, model.json, config.yaml, MODEL_CARD.md)")
+    return 0
 
 
 def run_report(args: argparse.Namespace) -> int:

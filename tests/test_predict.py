@@ -412,7 +412,7 @@ def test_bad_folders_are_named(segmenter: Path, tmp_path: Path, capsys: pytest.C
     (tmp_path / "text").mkdir()
     (tmp_path / "text/readme.txt").write_text("no scans here")
     cases = [
-        ([str(tmp_path / "missing-run"), str(scans)], "missing-run: run folder not found"),
+        ([str(tmp_path / "missing-run"), str(scans)], "missing-run: run folder or model package not found"),
         ([str(no_checkpoint), str(scans)], "no-checkpoint: no checkpoint to load"),
         ([str(segmenter), str(tmp_path / "nope")], "nope: input folder not found"),
         ([str(segmenter), str(tmp_path / "empty")], "empty: empty input folder"),

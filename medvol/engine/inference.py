@@ -29,7 +29,7 @@ import itertools
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -51,6 +51,10 @@ if TYPE_CHECKING:
     from medvol.tasks import ModelInput, Task
 
 SLIDING_WINDOW_OVERLAP = 0.5
+SLIDING_WINDOW_BATCH = 4
+"""Windows per forward pass of the network."""
+
+Engine = Literal["torch", "onnxruntime"]
 
 
 @dataclass
@@ -61,13 +65,19 @@ class TrainedModel:
         run: the run folder it came from.
         config: the run's experiment config.
         task: the run's task (``medvol.tasks``): prepares every model input.
-        model: the network, eval mode, on ``device``.
+        model: the network, eval mode, on ``device``: any module mapping
+            images ``(B, C, X, Y, Z)`` float32 to logits (the one seam
+            between medvol and what executes the network).
         device: where inference runs.
         recipe: what inputs are prepared with: the grid scans are put on
             (``preprocess``), the fitted intensity normaliser (``normalizer``;
             ``None`` for MedMNIST arrays, ``uint8 / 255``) and what the model
             takes (``input_spec``).
         checkpoint: ``"best"`` or ``"last"``; ``epoch`` is the epoch it holds.
+        weights: the file the network came from (the checkpoint, or a model
+            package's ``model.onnx``).
+        engine: what runs the network: ``"torch"``, or ``"onnxruntime"``
+            (``model`` is then a ``medvol.export.OnnxNetwork``, always fp32).
         precision: the run's ``train.amp`` and ``train.channels_last``
             resolved for ``device`` and ``model`` (set on creation; with
             channels-last on, the model's weights are converted then).
@@ -81,9 +91,14 @@ class TrainedModel:
     recipe: InputRecipe
     checkpoint: Checkpoint
     epoch: int
+    weights: Path
+    engine: Engine = "torch"
     precision: Precision = field(init=False)
 
     def __post_init__(self) -> None:
+        if self.engine == "onnxruntime":
+            self.precision = Precision("none", False, "ONNX Runtime runs the exported fp32 network")
+            return
         amp, layout = self.config.train.amp, self.config.train.channels_last
         self.precision = resolve_precision(amp, layout, self.device, self.model, strict=False)
         self.precision.prepare_model(self.model)
@@ -164,6 +179,7 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
         ),
         checkpoint=chosen,
         epoch=int(state["progress"]["epoch"]),
+        weights=path,
     )
 
 
@@ -249,7 +265,7 @@ def predict_volume(
         logits = sliding_window_inference(
             padded,
             roi_size=patch_size,
-            sw_batch_size=4,
+            sw_batch_size=SLIDING_WINDOW_BATCH,
             predictor=model,
             overlap=SLIDING_WINDOW_OVERLAP,
             mode="gaussian",

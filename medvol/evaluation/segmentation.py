@@ -84,7 +84,7 @@ def evaluate_segmentation(
         "errors": errors,
         "tta": flip_tta,
         "empty_policy": policy.to_dict(),
-        "class_names": _class_names(config),
+        "class_names": class_names(config),
         "predictions": f"{evaluation.predictions.name}/",
         "overlap_with_training": sorted(set(accumulator.cases) & train_ids) if cases_path else [],
     }
@@ -145,7 +145,7 @@ def _mean_dice_interval(
     }
 
 
-def _class_names(config: ExperimentConfig) -> dict[str, str]:
+def class_names(config: ExperimentConfig) -> dict[str, str]:
     """Names of the foreground classes from the data's ``dataset.json``, else ``class N``."""
     names = {str(v): f"class {v}" for v in range(1, config.data.num_classes)}
     path = Path(config.data.root) / "dataset.json"

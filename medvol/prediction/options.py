@@ -24,6 +24,8 @@ class Options:
     workers: int = 2
     progress: bool | None = None  # None: a bar on a terminal, periodic lines elsewhere; False: nothing
     torch_threads: int | None = None  # None: torch's own setting (OMP_NUM_THREADS, else every core)
+    # what runs the network: "auto" is torch for a run folder, ONNX Runtime for a model package
+    engine: Literal["auto", "torch", "onnxruntime"] = "auto"
 
 
 @dataclass

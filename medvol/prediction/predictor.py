@@ -55,9 +55,11 @@ class Predictor:
     def check_arguments(self) -> None:
         """Refuse bad folders before loading anything."""
         if not self.run_dir.exists():
-            raise MedvolError(self.run_dir, "run folder not found")
+            raise MedvolError(self.run_dir, "run folder or model package not found")
         if not self.run_dir.is_dir():
-            raise MedvolError(self.run_dir, "not a run folder (written by `medvol train`)")
+            raise MedvolError(
+                self.run_dir, "not a run folder (`medvol train`) or model package (`medvol export`)"
+            )
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise MedvolError(self.out_dir, "output path exists and is not a folder")
         if self.in_dir.exists() and self.in_dir.resolve() == self.out_dir.resolve():
@@ -68,9 +70,24 @@ class Predictor:
             )
 
     def load_model(self) -> TrainedModel:
+        """The run's model or a package's (ONNX Runtime runs a package, or ``engine="onnxruntime"``)."""
         from medvol.engine.inference import load_trained
+        from medvol.export import is_package, load_package, with_onnxruntime
+        from medvol.export.runtime import check_device
 
-        trained = load_trained(self.run_dir, self.options.checkpoint, self.options.device)
+        options = self.options
+        if is_package(self.run_dir):
+            if options.engine == "torch":
+                raise MedvolError(
+                    self.run_dir, "a model package holds the ONNX network only; --engine torch needs the run"
+                )
+            trained = load_package(self.run_dir, options.torch_threads, options.device)
+        elif options.engine == "onnxruntime":
+            check_device(options.device)
+            trained = load_trained(self.run_dir, options.checkpoint, "cpu")
+            trained = with_onnxruntime(trained, options.torch_threads)
+        else:
+            trained = load_trained(self.run_dir, options.checkpoint, options.device)
         segmentation_only = {
             "--flip-tta": self.options.flip_tta,
             "--largest-component": self.options.largest_component,
@@ -87,15 +104,18 @@ class Predictor:
 
     def settings(self, trained: TrainedModel) -> dict[str, Any]:
         """What makes two runs' outputs interchangeable (checked before resuming)."""
-        return {
+        settings = {
             "run_dir": str(self.run_dir.resolve()),
             "task": trained.task.output,
             "checkpoint": trained.checkpoint,
             "checkpoint_epoch": trained.epoch,
-            "checkpoint_sha256": file_sha256(trained.run.checkpoint(trained.checkpoint))[:16],
+            "checkpoint_sha256": file_sha256(trained.weights)[:16],
             "flip_tta": self.options.flip_tta,
             "largest_component": self.options.largest_component,
         }
+        if trained.engine != "torch":  # absent for torch, as in output folders of earlier medvol versions
+            settings["engine"] = trained.engine
+        return settings
 
     def check_previous(self, settings: dict[str, Any]) -> None:
         """Refuse to mix outputs of another model or other settings into OUT_DIR."""
