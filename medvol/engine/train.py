@@ -189,6 +189,11 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 if runtime.is_main:
                     logger.info("early stop: no improvement in %d validations", progress.stale_validations)
                 break
+    except RuntimeError as error:
+        lost = distributed.lost_peer(runtime, error)
+        if lost is None:
+            raise
+        raise lost from error
     finally:
         if tracker is not None:
             tracker.close()
