@@ -159,6 +159,11 @@ def test_a_run_is_read_back_from_the_server(
     assert sorted(Path(a.path).name for a in client.list_artifacts(found.info.run_id, "report")) == report
     assert artefact("report/report.html") == (run_dir / "report" / "report.html").read_bytes()
 
+    # --resume reopens the same MLflow run: still one run of that name, finished again.
+    assert main(["train", str(config_path), "--resume"]) == 0
+    (again,) = client.search_runs([found.info.experiment_id], "attributes.run_name = 'shared'")
+    assert (again.info.run_id, again.info.status) == (found.info.run_id, "FINISHED")
+
     capsys.readouterr()
     assert main(["runs", str(runs), "--json"]) == 0
     from_folder = json.loads(capsys.readouterr().out)
