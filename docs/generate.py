@@ -129,7 +129,10 @@ NOTES: dict[str, str] = {
     "tracking.name": "Name of the run folder; an existing one is only continued with `--resume`.",
     "tracking.tensorboard": "Write TensorBoard logs to `tensorboard/` in the run folder.",
     "tracking.mlflow": 'Also log to MLflow (`pip install "medvol[mlflow]"`).',
-    "tracking.mlflow_uri": "MLflow tracking URI; `null`: `mlflow.db` (SQLite) in the run folder.",
+    "tracking.mlflow_uri": (
+        "MLflow tracking URI; a server (`http://host:5000`) also gets the run's files; "
+        "`null`: `mlflow.db` (SQLite) in the run folder."
+    ),
 }
 
 

@@ -240,6 +240,11 @@ def _add_runs(verbs: Any, common: argparse.ArgumentParser) -> None:
         "runs", parents=[common], help="compare runs: settings and best metrics side by side"
     )
     runs.add_argument("folder", type=Path, nargs="?", default=Path("runs"), help="folder of run folders")
+    runs.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="list the runs of this MLflow tracking server (e.g. http://host:5000) instead of a folder",
+    )
     runs.add_argument("--json", action="store_true", help="machine-readable output")
     runs.set_defaults(run=run_runs)
 
@@ -636,9 +641,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_runs(args: argparse.Namespace) -> int:
-    from medvol.engine.runs import format_runs, list_runs
+    from medvol.engine.runs import format_runs, list_mlflow_runs, list_runs
 
-    rows = list_runs(args.folder)
+    rows = list_mlflow_runs(args.mlflow) if args.mlflow else list_runs(args.folder)
     print(json.dumps(rows, indent=2) if args.json else format_runs(rows))
     return 0
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from medvol.engine.distributed import Launch, launch_environment
 from medvol.errors import MedvolError
@@ -42,3 +43,23 @@ def test_start_refuses_a_bad_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("WORLD_SIZE", "many")
     with pytest.raises(MedvolError, match="WORLD_SIZE='many' is not an integer"):
         distributed.start("cpu")
+
+
+def test_a_lost_peer_is_told_in_one_line_and_other_errors_are_not() -> None:
+    from medvol.engine.distributed import Runtime, lost_peer
+
+    two = Runtime(device=torch.device("cpu"), rank=1, world_size=2, local_rank=0)
+    gloo = RuntimeError(
+        "[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+        "[10.213.0.2]:61664. This is typically caused by a remote worker crashing. Check the logs."
+    )
+    error = lost_peer(two, gloo)
+    assert error is not None
+    assert str(error) == (
+        "rank 1 of 2: another process of this torchrun job stopped (Connection closed by peer "
+        "[10.213.0.2]:61664); rerun the same command with --resume on every node to continue from "
+        "the last checkpoint"
+    )
+    assert lost_peer(two, RuntimeError("shapes cannot be multiplied")) is None
+    one = Runtime(device=torch.device("cpu"), rank=0, world_size=1, local_rank=0)
+    assert lost_peer(one, gloo) is None

@@ -10,6 +10,7 @@ reads them; medvol reads no other environment variables.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -135,3 +136,24 @@ def broadcast_flag(runtime: Runtime, flag: bool) -> bool:
     value = [flag]
     dist.broadcast_object_list(value, src=0)
     return bool(value[0])
+
+
+def lost_peer(runtime: Runtime, error: BaseException) -> MedvolError | None:
+    """The clear error for a collective that failed because another process of the job went away.
+
+    gloo and NCCL raise ``RuntimeError`` (``torch.distributed.DistError``) when a peer
+    dies or its node is lost; the others must then stop too, and every node resumes
+    from the last checkpoint. None for any other error (it is not a lost peer).
+    """
+    text = str(error)
+    if not runtime.distributed or not (
+        isinstance(error, dist.DistError) or "gloo" in text or "NCCL" in text or "Connection closed" in text
+    ):
+        return None
+    reason = re.sub(r"^\[[^\]]*\]\s*", "", text.strip()).split(". ")[0].splitlines()[0]
+    return MedvolError(
+        None,
+        f"rank {runtime.rank} of {runtime.world_size}: another process of this torchrun job stopped "
+        f"({reason}); rerun the same command with --resume on every node to continue from the last "
+        "checkpoint",
+    )

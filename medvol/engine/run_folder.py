@@ -13,6 +13,7 @@
       metrics.jsonl          one JSON line per epoch
       checkpoints/best.pt    selected on validation; checkpoints/last.pt the latest epoch
       tensorboard/, mlflow.db, cache/
+      mlflow-run.json        the MLflow store and run that mirror this run (tracking.mlflow)
       evaluation-NAME/       one medvol evaluate (EvaluationFolder)
       reproduce-NAME/        medvol reproduce's evaluation of the run
       report/                medvol report's output
@@ -156,6 +157,7 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints"
         self.tensorboard = self.path / "tensorboard"
         self.mlflow_db = self.path / "mlflow.db"
+        self.mlflow_run = self.path / "mlflow-run.json"
         self.cache = self.path / "cache"
         self.report = self.path / "report"
 

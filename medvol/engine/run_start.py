@@ -113,6 +113,7 @@ def clear_failed_start(run: RunFolder) -> None:
         run.metrics,
         run.tensorboard,
         run.mlflow_db,
+        run.mlflow_run,
         run.checkpoints,
     ]
     others = sorted(p.name for p in run.path.iterdir() if p not in (*written, run.cache))

@@ -53,6 +53,55 @@ def list_runs(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def list_mlflow_runs(uri: str) -> list[dict[str, Any]]:
+    """One row per run of the tracking store at ``uri`` (experiment ``medvol``), as ``list_runs`` gives.
+
+    The settings come from the run's parameters (the resolved config, flattened),
+    ``epochs_done`` and ``best`` from its per-epoch metrics.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from medvol.engine.tracking import MLFLOW_EXPERIMENT, server_problem
+
+    problem = server_problem(uri)
+    if problem is not None:
+        raise MedvolError(None, f"MLflow at {uri}: {problem}")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+    if experiment is None:
+        return []
+    rows = []
+    for found in client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"]):
+        params, run_id = found.data.params, found.info.run_id
+        row: dict[str, Any] = {"run": found.info.run_name}
+        if "train.metric" not in params:
+            rows.append({**row, "problem": f"MLflow run {run_id} has no medvol parameters"})
+            continue
+        for name, (section, key) in KEY_SETTINGS:
+            row[name] = _param_value(params.get(f"{section}.{key}"))
+        row["epochs_done"] = len({m.step for m in client.get_metric_history(run_id, "lr")})
+        scored = {m.step: m.value for m in client.get_metric_history(run_id, f"val_{params['train.metric']}")}
+        if scored:
+            pick = max if params.get("train.metric_mode") == "max" else min
+            best_epoch = pick(sorted(scored), key=lambda step: scored[step])
+            row["best"] = round(scored[best_epoch], 4)
+            row["best_epoch"] = best_epoch + 1
+        rows.append(row)
+    return rows
+
+
+def _param_value(text: str | None) -> Any:
+    """An MLflow parameter (always text) back as the config value: int, float, bool, None or text."""
+    if text is None:
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False, "None": None}.get(text, text)
+
+
 def format_runs(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of ``list_runs`` rows; the runs that could not be read are listed below it."""
     if not rows:

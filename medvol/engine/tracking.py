@@ -2,9 +2,17 @@
 
 ``MetricsLogger`` appends each epoch to the run's ``metrics.jsonl`` and mirrors
 it to TensorBoard (``tensorboard/``) and, optionally, MLflow
-(``tracking.mlflow: true``, package ``mlflow``); ``environment`` records what
+(``tracking.mlflow: true``, package ``mlflow-skinny``); ``environment`` records what
 lets someone rerun the experiment. Which files a run folder holds is
 ``medvol.engine.run_folder``'s to say. Only the main rank writes.
+
+MLflow is a mirror, never the record: ``MlflowRun`` sends the resolved config
+(parameters), each epoch's metrics and, for a tracking server
+(``tracking.mlflow_uri: http://...``), the run's files (config, environment,
+evaluation summaries, report) to one MLflow run, and remembers which one in
+``mlflow-run.json`` so that ``--resume``, ``medvol evaluate`` and ``medvol
+report`` add to the same run. A tracking server that is down or fails costs
+the mirror, never the run: one warning, and the run folder keeps everything.
 """
 
 from __future__ import annotations
@@ -12,12 +20,14 @@ from __future__ import annotations
 import json
 import platform
 import subprocess
+import time
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from medvol.engine.run_folder import RunFolder
-from medvol.io.atomic import atomic_path
+from medvol.io.atomic import atomic_path, write_json
 from medvol.logs import get_logger
 
 logger = get_logger(__name__)
@@ -67,22 +77,22 @@ class MetricsLogger:
     def __init__(self, run: RunFolder, tensorboard: bool, mlflow_uri: str | None, run_name: str) -> None:
         self.path = run.metrics
         self.writer = None
-        self.mlflow: Any = None
+        self.mlflow: MlflowRun | None = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(run.tensorboard))
         if mlflow_uri is not None:
-            import mlflow
-
-            mlflow.set_tracking_uri(mlflow_uri)
-            mlflow.set_experiment("medvol")
-            mlflow.start_run(run_name=run_name)
-            self.mlflow = mlflow
+            self.mlflow = MlflowRun.start(run, mlflow_uri, run_name)
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.mlflow is not None:
             self.mlflow.log_params(params)
+
+    def log_files(self, paths: Iterable[Path], folder: str | None = None) -> None:
+        """Send files to a shared MLflow store (under ``folder``); nothing for a run's own mlflow.db."""
+        if self.mlflow is not None:
+            self.mlflow.log_files(paths, folder)
 
     def log(self, record: dict[str, Any]) -> None:
         """Record one epoch: ``{"epoch": int, <name>: float, ...}``."""
@@ -95,13 +105,165 @@ class MetricsLogger:
                 self.writer.add_scalar(name, value, epoch)
             self.writer.flush()
         if self.mlflow is not None:
-            self.mlflow.log_metrics(scalars, step=epoch)
+            self.mlflow.log_metrics(scalars, epoch)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.mlflow is not None:
-            self.mlflow.end_run()
+            self.mlflow.end()
+
+
+MLFLOW_EXPERIMENT = "medvol"
+SERVER_TIMEOUT_S = 5.0
+
+
+def server_problem(uri: str) -> str | None:
+    """Why the MLflow tracking server at an http(s) ``uri`` cannot be used now; None when it answers.
+
+    Asks the server's ``/health`` once, waiting at most ``SERVER_TIMEOUT_S``; other
+    URIs (a local ``sqlite:///`` file, ``databricks``) are not checked here.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        answer = requests.get(uri.rstrip("/") + "/health", timeout=SERVER_TIMEOUT_S)
+    except requests.Timeout:
+        return f"no answer within {SERVER_TIMEOUT_S:g} s"
+    except requests.RequestException:
+        return "cannot connect"
+    return None if answer.ok else f"/health answered HTTP {answer.status_code}"
+
+
+class MlflowRun:
+    """The MLflow run that mirrors one run folder; every call is best-effort (module docstring)."""
+
+    def __init__(self, run: RunFolder, uri: str, run_id: str, client: Any) -> None:
+        self.run, self.uri, self.run_id = run, uri, run_id
+        self.client: Any = client
+        self.shared = is_server(uri)
+
+    @classmethod
+    def start(cls, run: RunFolder, uri: str, name: str) -> MlflowRun | None:
+        """Start (or, after ``--resume``, reopen) the MLflow run of ``run``; None when the store is down."""
+        problem = server_problem(uri)
+        if problem is None:
+            try:
+                from mlflow.tracking import MlflowClient
+
+                client = MlflowClient(tracking_uri=uri)
+                run_id = _recorded_run_id(run, uri)
+                if run_id is None:
+                    experiment = client.get_experiment_by_name(MLFLOW_EXPERIMENT)
+                    experiment_id = (
+                        experiment.experiment_id
+                        if experiment is not None
+                        else client.create_experiment(MLFLOW_EXPERIMENT)
+                    )
+                    run_id = client.create_run(experiment_id, run_name=name).info.run_id
+                else:
+                    client.update_run(run_id, status="RUNNING")
+            except Exception as error:  # any failure of the store costs the mirror only
+                problem = _one_line(error)
+            else:
+                write_json(run.mlflow_run, {"tracking_uri": uri, "run_id": run_id})
+                return cls(run, uri, run_id, client)
+        logger.warning(
+            "MLflow at %s not used: %s; training goes on and %s keeps the whole record",
+            uri,
+            problem,
+            run.path,
+        )
+        return None
+
+    @classmethod
+    def send_files(cls, run_dir: Path, paths: Iterable[Path], folder: str | None = None) -> None:
+        """Add files to the tracking server's run that training recorded in ``mlflow-run.json``, if any."""
+        run = RunFolder(run_dir)
+        try:
+            recorded = json.loads(run.mlflow_run.read_text())
+            uri, run_id = str(recorded["tracking_uri"]), str(recorded["run_id"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        if not is_server(uri):
+            return
+        problem = server_problem(uri)
+        if problem is not None:
+            logger.warning("MLflow at %s not used: %s; %s is not sent there", uri, problem, folder or "")
+            return
+        from mlflow.tracking import MlflowClient
+
+        cls(run, uri, run_id, MlflowClient(tracking_uri=uri)).log_files(paths, folder)
+
+    def _call(self, what: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """``client.METHOD(run_id, *args, **kwargs)``; on failure one warning, then MLflow is left alone."""
+        if self.client is None:
+            return
+        try:
+            getattr(self.client, method)(self.run_id, *args, **kwargs)
+        except Exception as error:  # the server's failure costs the mirror, never the run
+            logger.warning(
+                "MLflow at %s failed while %s (%s); nothing more is sent there, %s keeps the whole record",
+                self.uri,
+                what,
+                _one_line(error),
+                self.run.path,
+            )
+            self.client = None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(key, str(value)) for key, value in params.items()]
+        for start in range(0, len(items), 100):  # MLflow takes at most 100 parameters per request
+            self._call("logging parameters", "log_batch", params=items[start : start + 100])
+
+    def log_metrics(self, scalars: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for key, value in scalars.items()]
+        self._call("logging metrics", "log_batch", metrics=metrics)
+
+    def log_files(self, paths: Iterable[Path], folder: str | None = None) -> None:
+        """Files as artefacts of a tracking server's run; none for a database file (they are in the run)."""
+        if not self.shared:
+            return
+        for path in paths:
+            if path.exists():
+                method = "log_artifacts" if path.is_dir() else "log_artifact"
+                self._call(f"sending {path.name}", method, str(path), folder)
+
+    def end(self) -> None:
+        self._call("closing the run", "set_terminated")
+
+
+def is_server(uri: str) -> bool:
+    """A tracking server (``http(s)://``, ``databricks``), which gets the run's files as artefacts."""
+    return uri.startswith(("http://", "https://", "databricks"))
+
+
+def local_mlflow_uri(run: RunFolder) -> str:
+    """The store of ``tracking.mlflow: true`` without ``tracking.mlflow_uri``: the run's ``mlflow.db``."""
+    return f"sqlite:///{run.mlflow_db.resolve()}"
+
+
+def _recorded_run_id(run: RunFolder, uri: str) -> str | None:
+    """The MLflow run id in ``mlflow-run.json`` when it was recorded for the store at ``uri``."""
+    try:
+        recorded = json.loads(run.mlflow_run.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(recorded, dict) and recorded.get("tracking_uri") == uri:
+        return str(recorded.get("run_id"))
+    return None
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

@@ -45,7 +45,13 @@ from medvol.engine.initial_weights import InitialWeights, load_initial_weights
 from medvol.engine.precision import Precision, resolve_amp, resolve_precision
 from medvol.engine.run_folder import RunFolder
 from medvol.engine.run_start import check_resumed_config, flatten, prepare_run_folder
-from medvol.engine.tracking import MetricsLogger, environment, read_metrics, rewrite_metrics
+from medvol.engine.tracking import (
+    MetricsLogger,
+    environment,
+    local_mlflow_uri,
+    read_metrics,
+    rewrite_metrics,
+)
 from medvol.engine.validation import validation_epoch
 from medvol.errors import MedvolError
 from medvol.logs import get_logger
@@ -134,6 +140,7 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     )
     if tracker is not None and not resume:
         tracker.log_params(flatten(config.model_dump(mode="json")))
+        tracker.log_files([run.config, run.environment, run.split, run.input_spec])
     sampler: DistributedSampler[Any] = DistributedSampler(
         data.train,
         num_replicas=runtime.world_size,
@@ -189,6 +196,11 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
                 if runtime.is_main:
                     logger.info("early stop: no improvement in %d validations", progress.stale_validations)
                 break
+    except RuntimeError as error:
+        lost = distributed.lost_peer(runtime, error)
+        if lost is None:
+            raise
+        raise lost from error
     finally:
         if tracker is not None:
             tracker.close()
@@ -267,7 +279,7 @@ def _write_run_files(
 def _mlflow_uri(config: ExperimentConfig, run: RunFolder) -> str | None:
     if not config.tracking.mlflow:
         return None
-    return config.tracking.mlflow_uri or f"sqlite:///{run.mlflow_db.resolve()}"
+    return config.tracking.mlflow_uri or local_mlflow_uri(run)
 
 
 def _loader(

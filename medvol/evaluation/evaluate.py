@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from medvol.engine.run_folder import Checkpoint, EvaluationFolder, RunFolder
+from medvol.engine.tracking import MlflowRun
 from medvol.errors import MedvolError
 from medvol.io.atomic import json_safe, write_json
 from medvol.metrics import DEFAULT_EMPTY_POLICY, EmptyPolicy
@@ -134,7 +135,9 @@ def evaluate_run(
             f"(e.g. {', '.join(overlap[:3])}); their scores are not held-out results"
         )
     summary = json_safe(summary)
-    write_json(EvaluationFolder(out_dir).summary, summary, allow_nan=False)
+    folder = EvaluationFolder(out_dir)
+    write_json(folder.summary, summary, allow_nan=False)
+    MlflowRun.send_files(run.path, [folder.summary, folder.cases], out_dir.name)
     return Evaluation(out_dir, summary, notices)
 
 

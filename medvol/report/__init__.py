@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
+from medvol.engine.tracking import MlflowRun
 from medvol.errors import MedvolError
 from medvol.io.atomic import atomic_path
 from medvol.report.card import limitations, model_card
@@ -66,6 +67,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fmt: Format
         text, path = render_markdown(blocks), out_dir / "report.md"
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+    MlflowRun.send_files(run.run_dir, [out_dir], "report")
     return path
 
 

@@ -250,4 +250,7 @@ def _draw_masks(axis: Axes, slices: OverlaySlices, names: dict[str, str]) -> Non
         name = names.get(str(value), f"class {value}")
         handles.append(Patch(color=colour, alpha=0.45, label=f"{name}: prediction"))
         handles.append(Line2D([], [], color=colour, linewidth=1.2, label=f"{name}: ground truth"))
-    axis.legend(handles=handles, fontsize=7, loc="lower right")  # clear of the edge letters
+    if handles:  # below the slice, so it hides no pixel and no edge letter
+        axis.legend(
+            handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncols=2, frameon=False
+        )

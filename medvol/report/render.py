@@ -47,15 +47,20 @@ Block = Heading | Paragraph | Bullets | Table | Image
 
 CSS = """
 body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem;
-       color: #222; line-height: 1.45; }
+       color: #222; line-height: 1.45; overflow-wrap: break-word; }
 table { border-collapse: collapse; margin: 0.8rem 0; font-size: 0.92rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
 figure { margin: 1rem 0; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
+figure img { max-width: 100%; height: auto; box-sizing: border-box; border: 1px solid #ddd; }
 figcaption { font-size: 0.9rem; color: #555; }
-code { background: #f4f4f4; padding: 0 0.2rem; }
+code { background: #f4f4f4; padding: 0 0.2rem; overflow-wrap: anywhere; }  /* long paths wrap */
 h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.2rem; }
+@media print {
+  body { max-width: none; margin: 0; }
+  figure, tr { break-inside: avoid; }
+  h2, h3 { break-after: avoid; }
+}
 """
 
 
