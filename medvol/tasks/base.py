@@ -21,6 +21,7 @@ from medvol.logs import get_logger
 
 if TYPE_CHECKING:
     from medvol.augment import Augmenter
+    from medvol.augment.batched import BatchAugmenter
     from medvol.config import ExperimentConfig
     from medvol.data.cases import Case, IndexReport
     from medvol.data.dataset import ArrayClassificationDataset, FileClassificationDataset, SegmentationDataset
@@ -220,10 +221,27 @@ def _indexed(root: Path, runtime: Runtime, classes: list[int] | None, which: str
 
 
 def training_augmenter(config: ExperimentConfig) -> Augmenter | None:
-    """The training augmenter (``augment``; ``null``: none), seeded with ``train.seed``."""
+    """The per-sample training augmenter, seeded with ``train.seed``: every stage of ``augment``
+    with ``augment.where: sample``, only the k-space artefacts with ``where: batch`` (the rest is
+    ``training_batch_augmenter``'s); ``None`` when it has nothing to do."""
     from medvol.augment import build_augmenter
+    from medvol.augment.batched import sample_only_config
 
-    return None if config.augment is None else build_augmenter(config.augment, seed=config.train.seed)
+    augment = config.augment
+    if augment is not None and augment.where == "batch":
+        augment = sample_only_config(augment)
+    return None if augment is None else build_augmenter(augment, seed=config.train.seed)
+
+
+def training_batch_augmenter(config: ExperimentConfig) -> BatchAugmenter | None:
+    """The augmenter the training loop applies to each batch on the device (``augment.where:
+    batch``); reseeded every epoch with ``worker_seed(train.seed, rank, 0, epoch)``."""
+    from medvol.augment.batched import BatchAugmenter
+
+    augment = config.augment
+    if augment is None or augment.where != "batch":
+        return None
+    return BatchAugmenter(augment, seed=config.train.seed)
 
 
 def choose_fold(
