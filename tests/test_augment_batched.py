@@ -60,7 +60,8 @@ def labels(image: np.ndarray) -> np.ndarray:
 def resample(image: np.ndarray, matrix: np.ndarray, mode: str) -> np.ndarray:
     """The batched path's resampling of one ``(C, X, Y, Z)`` volume by ``matrix``."""
     grid = sampling_grid(torch.tensor(matrix[None], dtype=torch.float32), SHAPE)
-    return F.grid_sample(torch.tensor(image)[None].float(), grid, mode, "zeros", align_corners=False)[0].numpy()
+    volume = torch.tensor(image)[None].float()
+    return F.grid_sample(volume, grid, mode, "zeros", align_corners=False)[0].numpy()
 
 
 def random_params(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -165,7 +166,8 @@ def test_translation_rotation_and_flip_move_an_object_where_they_must() -> None:
     np.testing.assert_array_equal(where(spatial_matrix(zero, no_shear, translate, one)), voxels - translate)
     a, b, z = (voxels - centre).T
     rotated = np.stack([b, -a, z], axis=1) + centre
-    np.testing.assert_array_equal(where(spatial_matrix(np.array([0, 0, np.pi / 2]), no_shear, zero, one)), rotated)
+    quarter_turn_z = spatial_matrix(np.array([0, 0, np.pi / 2]), no_shear, zero, one)
+    np.testing.assert_array_equal(where(quarter_turn_z), rotated)
     flipped = np.stack([a, -b, z], axis=1) + centre
     np.testing.assert_array_equal(where(np.diag([1.0, -1.0, 1.0, 1.0])), flipped)
 
@@ -235,7 +237,9 @@ def test_spatial_draws_respect_the_config() -> None:
     ("stage", "prob", "factor_range"),
     [("brightness", 0.3, (0.75, 1.25)), ("contrast", 0.6, (0.8, 1.2))],
 )
-def test_intensity_draws_respect_the_config(stage: str, prob: float, factor_range: tuple[float, float]) -> None:
+def test_intensity_draws_respect_the_config(
+    stage: str, prob: float, factor_range: tuple[float, float]
+) -> None:
     spread = factor_range[1] - 1.0
     config = dataclasses.replace(NOTHING, **{f"{stage}_prob": prob, f"{stage}_range": spread})
     n = 2000

@@ -62,7 +62,8 @@ def sample_only_config(config: AugmentConfig) -> AugmentConfig | None:
     """The per-sample part of ``config`` in batch mode: the k-space artefacts only (``None``: none on)."""
     batched = [f.name for f in dataclasses.fields(config) if f.name.endswith("_prob")]
     kept = {f"{name}_prob" for name in SAMPLE_ONLY}
-    part = dataclasses.replace(config, **{name: 0.0 for name in batched if name not in kept})
+    off: dict[str, Any] = {name: 0.0 for name in batched if name not in kept}
+    part = dataclasses.replace(config, **off)
     return part if any(getattr(part, name) > 0 for name in kept) else None
 
 
@@ -70,12 +71,13 @@ def spatial_matrix(
     rotate_rad: np.ndarray, shear: np.ndarray, translate_vox: np.ndarray, scale: np.ndarray
 ) -> np.ndarray:
     """MONAI ``AffineGrid``'s 4×4 matrix: rotate @ shear @ translate @ scale (output → input, voxels)."""
-    return (
+    matrix = (
         create_rotate(3, rotate_rad.tolist())
         @ create_shear(3, shear.tolist())
         @ create_translate(3, translate_vox.tolist())
         @ create_scale(3, scale.tolist())
     )
+    return np.asarray(matrix)
 
 
 class BatchAugmenter:
@@ -158,8 +160,9 @@ class BatchAugmenter:
         moved = np.flatnonzero(p["flip"].any(1) | p["affine"] | p["elastic"])
         if not len(moved):
             return image, label
-        matrices = np.stack([self._matrix(p, i) for i in moved])
-        shape = tuple(image.shape[2:])
+        matrices = np.stack([self._matrix(p, int(i)) for i in moved])
+        x, y, z = image.shape[2:]
+        shape = (x, y, z)
         displacement = None
         if p["elastic"][moved].any():
             generator = self._generator("elastic", image.device)
@@ -303,7 +306,9 @@ def gaussian_blur(
     out = image.reshape(1, n * channels, *image.shape[2:])
     for axis in range(3):
         kernels = [
-            gaussian_1d(float(s), truncated=truncate, approx=approx, normalize=approx == "sampled")
+            gaussian_1d(
+                torch.tensor(float(s)), truncated=truncate, approx=approx, normalize=approx == "sampled"
+            )
             for s in sigma[:, axis]
         ]
         radius = max(len(k) // 2 for k in kernels)

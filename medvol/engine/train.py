@@ -37,10 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from medvol.config import ExperimentConfig, dump_config
-from medvol.engine import distributed
 from medvol.augment import worker_seed
 from medvol.augment.batched import BatchAugmenter
+from medvol.config import ExperimentConfig, dump_config
+from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from medvol.engine.distributed import Runtime
 from medvol.engine.precision import Precision, resolve_amp, resolve_precision
