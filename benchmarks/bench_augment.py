@@ -10,10 +10,10 @@ Cases, each the recipe's own model, batch size, optimiser, precision and augment
   batch 32, flips on every axis + affine in 80% of the samples), all 1,188
   training cases (``--quick``: 256).
 - ``demo-resnet10``: the demo's AdrenalMNIST3D ResNet-10 (``medvol.demo.classifier_config``:
-  affine in 30%, the default intensity stages), on the full file (``--quick``: 256).
+  affine in 30%, the default intensity stages), on the same cases.
 - ``hippocampus-cpu``: ``configs/hippocampus-unet-cpu.yaml`` (UNet, 40×56×40 patches,
-  batch 4, 2 workers, affine 30% + the default intensity stages), fold 0 (208
-  training cases; ``--quick``: 24 cases).
+  batch 4, 2 workers, affine 30% + the default intensity stages), fold 0 of the
+  first 60 clean pairs (``--quick``: 12).
 
 Per case, interleaved (sample, batch, monai, then the reverse order on the next
 repeat, so drift hits all three alike):
@@ -71,6 +71,7 @@ from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset  #
 log = make_log("bench_augment")
 DATA = ROOT.parent / "shared" / "data"
 MODES = ("sample", "batch", "monai")
+SIZES = {"adrenal": 384, "hippocampus": 60}  # --adrenal-cases, --hippocampus-cases
 
 
 def adrenal_cpu(work: Path, quick: bool) -> dict[str, Any]:
@@ -87,13 +88,11 @@ def demo_resnet10(work: Path, quick: bool) -> dict[str, Any]:
 
 def hippocampus_cpu(work: Path, quick: bool) -> dict[str, Any]:
     config = yaml.safe_load((ROOT / "configs" / "hippocampus-unet-cpu.yaml").read_text())
-    root = DATA / "msd-hippocampus"
-    if quick:
-        ids = sorted(p.name[len("hippocampus_") : -len(".nii.gz")] for p in (root / "labels").iterdir())
-        usable = [i for i in ids if i not in ("010", "281")][:30]
-        root = copy_hippocampus_pairs(DATA, work / "hippocampus", usable)
-        config["data"]["split"] = {"method": "nnunet", "fold": 0}
-    config["data"]["root"] = str(root)
+    # The first 60 clean pairs (--quick: 12), fold 0: throughput does not depend on the case count.
+    labels = (DATA / "msd-hippocampus" / "labels").iterdir()
+    ids = sorted(p.name[len("hippocampus_") : -len(".nii.gz")] for p in labels)
+    usable = [i for i in ids if i not in ("010", "281")][: 12 if quick else SIZES["hippocampus"]]
+    config["data"]["root"] = str(copy_hippocampus_pairs(DATA, work / "hippocampus", usable))
     config["data"]["cache_dir"] = str(work / "cache")  # built in the first run, shared by the others
     return config
 
@@ -106,11 +105,11 @@ CASES: dict[str, Callable[[Path, bool], dict[str, Any]]] = {
 
 
 def adrenal_file(work: Path, quick: bool) -> Path:
-    full = DATA / "adrenalmnist3d" / "adrenalmnist3d.npz"
-    if not quick:
-        return full
-    path = work / "adrenal-256.npz"
-    return path if path.is_file() else write_adrenal_subset(DATA, path, {"train": 256, "val": 64, "test": 8})
+    """The first cases of each class: 384 training (``--quick``: 64), 64 validation."""
+    train = 64 if quick else SIZES["adrenal"]
+    path = work / f"adrenal-{train}.npz"
+    counts = {"train": train, "val": 64, "test": 8}
+    return path if path.is_file() else write_adrenal_subset(DATA, path, counts)
 
 
 def with_run(config: dict[str, Any], work: Path, name: str, epochs: int, where: str | None) -> dict[str, Any]:
@@ -154,16 +153,13 @@ def monai_transforms(augment: AugmentConfig, label_maps: bool) -> Any:
                 padding_mode="zeros",
             )
         )
-    sigma = c.blur_sigma_vox
+    sigma, b, k = c.blur_sigma_vox, c.brightness_range, c.contrast_range
     optional = [
         (c.bias_prob, lambda: T.RandBiasFieldd("image", prob=c.bias_prob, coeff_range=c.bias_coeff_range)),
         (c.blur_prob, lambda: T.RandGaussianSmoothd("image", sigma, sigma, sigma, prob=c.blur_prob)),
         (c.noise_prob, lambda: T.RandGaussianNoised("image", prob=c.noise_prob, std=c.noise_std)),
-        (c.brightness_prob, lambda: T.RandScaleIntensityd("image", c.brightness_range, c.brightness_prob)),
-        (
-            c.contrast_prob,
-            lambda: T.RandScaleIntensityFixedMeand("image", c.contrast_prob, factors=c.contrast_range),
-        ),
+        (c.brightness_prob, lambda: T.RandScaleIntensityd("image", factors=b, prob=c.brightness_prob)),
+        (c.contrast_prob, lambda: T.RandScaleIntensityFixedMeand("image", prob=c.contrast_prob, factors=k)),
         (c.gamma_prob, lambda: T.RandAdjustContrastd("image", prob=c.gamma_prob, gamma=c.gamma_range)),
     ]
     steps += [make() for prob, make in optional if prob > 0]
@@ -261,9 +257,9 @@ def augment_cost(config: dict[str, Any], repeats: int = 5) -> dict[str, float]:
 
 def measure(name: str, work: Path, quick: bool, repeats: int, epochs: int) -> dict[str, Any]:
     base = CASES[name](work, quick)
-    # A first run of the per-sample trainer for one epoch: builds caches, warms up everything.
-    log(f"{name}: warm-up run")
-    run_medvol(with_run(base, work, f"{name}-warmup", 1, "sample"))
+    if base["data"]["task"] == "segmentation":  # builds the cache the timed runs share
+        log(f"{name}: warm-up run")
+        run_medvol(with_run(base, work, f"{name}-warmup", 1, "sample"))
     cost = augment_cost(with_run(base, work, f"{name}-cost", 1, "batch"))
     log(f"{name}: augmentation alone {cost}")
     timed: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
@@ -307,10 +303,13 @@ def main() -> int:
     parser.add_argument("--case", choices=sorted(CASES), action="append")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--epochs", type=int, help="per run, the first discarded (default 2)")
+    parser.add_argument("--adrenal-cases", type=int, default=SIZES["adrenal"], help="training cases")
+    parser.add_argument("--hippocampus-cases", type=int, default=SIZES["hippocampus"], help="clean pairs")
     args = parser.parse_args()
+    SIZES.update(adrenal=args.adrenal_cases, hippocampus=args.hippocampus_cases)
     repeats = args.repeats or (1 if args.quick else 2)
     epochs = args.epochs or 2
-    report: dict[str, Any] = {"environment": environment(), "quick": args.quick, "cases": {}}
+    report: dict[str, Any] = {"environment": environment(), "quick": args.quick, "sizes": SIZES, "cases": {}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-augment-") as folder:
         for name in args.case or list(CASES):
