@@ -29,6 +29,7 @@ from medvol.augment.batched import (
     elastic_displacement,
     gamma,
     gaussian_blur,
+    resolve_where,
     sample_only_config,
     sampling_grid,
     spatial_matrix,
@@ -325,6 +326,16 @@ def test_batch_mode_leaves_only_the_k_space_artefacts_per_sample() -> None:
     )
     with pytest.raises(MedvolError, match="where must be"):
         AugmentConfig(where="gpu")  # type: ignore[arg-type]
+
+
+def test_auto_augments_per_batch_on_a_gpu_or_without_loader_workers() -> None:
+    auto, cpu, cuda = AugmentConfig(), torch.device("cpu"), torch.device("cuda")
+    assert auto.where == "auto"
+    assert resolve_where(auto, cpu, num_workers=0) == "batch"
+    assert resolve_where(auto, cpu, num_workers=2) == "sample"
+    assert resolve_where(auto, cuda, num_workers=2) == "batch"
+    for where in ("batch", "sample"):
+        assert resolve_where(dataclasses.replace(auto, where=where), cpu, 2) == where
 
 
 def test_batched_and_per_sample_paths_draw_alike_on_average() -> None:

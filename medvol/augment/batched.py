@@ -47,7 +47,13 @@ from monai.transforms.utils import create_rotate, create_scale, create_shear, cr
 
 from medvol.augment.pipeline import STAGES, AugmentConfig, Seed, spawn_seed
 
-__all__ = ["SAMPLE_ONLY", "BatchAugmenter", "sample_only_config", "spatial_matrix"]
+__all__ = [
+    "SAMPLE_ONLY",
+    "BatchAugmenter",
+    "resolve_where",
+    "sample_only_config",
+    "spatial_matrix",
+]
 
 #: Stages that only the per-sample path implements (k-space artefacts).
 SAMPLE_ONLY = ("motion", "ghosting", "spike", "gibbs")
@@ -65,6 +71,14 @@ def sample_only_config(config: AugmentConfig) -> AugmentConfig | None:
     off: dict[str, Any] = {name: 0.0 for name in batched if name not in kept}
     part = dataclasses.replace(config, **off)
     return part if any(getattr(part, name) > 0 for name in kept) else None
+
+
+def resolve_where(config: AugmentConfig, device: torch.device, num_workers: int) -> str:
+    """``config.where`` with ``auto`` decided: ``batch`` on a GPU or without loader workers, else
+    ``sample`` (on a CPU, loader workers already augment in parallel with the model)."""
+    if config.where != "auto":
+        return config.where
+    return "batch" if device.type != "cpu" or num_workers == 0 else "sample"
 
 
 def spatial_matrix(

@@ -139,7 +139,10 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
         drop_last=True,
     )
     loader = _loader(data.train, config, sampler, runtime)
-    augment = training_batch_augmenter(config)
+    augment = training_batch_augmenter(config, runtime)
+    if runtime.is_main and config.augment is not None:
+        where = "per batch on the training device" if augment else "per sample in the data loader"
+        logger.info("augmentation: %s (augment.where: %s)", where, config.augment.where)
     autocast = precision.autocast(runtime.device)
     scaler = torch.amp.GradScaler(enabled=precision.amp == "fp16")
 

@@ -220,26 +220,27 @@ def _indexed(root: Path, runtime: Runtime, classes: list[int] | None, which: str
     return report
 
 
-def training_augmenter(config: ExperimentConfig) -> Augmenter | None:
+def training_augmenter(config: ExperimentConfig, runtime: Runtime) -> Augmenter | None:
     """The per-sample training augmenter, seeded with ``train.seed``: every stage of ``augment``
-    with ``augment.where: sample``, only the k-space artefacts with ``where: batch`` (the rest is
+    where it runs per sample, only the k-space artefacts where it runs per batch (the rest is
     ``training_batch_augmenter``'s); ``None`` when it has nothing to do."""
     from medvol.augment import build_augmenter
-    from medvol.augment.batched import sample_only_config
+    from medvol.augment.batched import resolve_where, sample_only_config
 
     augment = config.augment
-    if augment is not None and augment.where == "batch":
+    if augment is not None and resolve_where(augment, runtime.device, config.data.num_workers) == "batch":
         augment = sample_only_config(augment)
     return None if augment is None else build_augmenter(augment, seed=config.train.seed)
 
 
-def training_batch_augmenter(config: ExperimentConfig) -> BatchAugmenter | None:
-    """The augmenter the training loop applies to each batch on the device (``augment.where:
-    batch``); reseeded every epoch with ``worker_seed(train.seed, rank, 0, epoch)``."""
-    from medvol.augment.batched import BatchAugmenter
+def training_batch_augmenter(config: ExperimentConfig, runtime: Runtime) -> BatchAugmenter | None:
+    """The augmenter the training loop applies to each batch on the device (``augment.where``
+    ``batch``, or ``auto`` resolved to it); reseeded every epoch with
+    ``worker_seed(train.seed, rank, 0, epoch)``."""
+    from medvol.augment.batched import BatchAugmenter, resolve_where
 
     augment = config.augment
-    if augment is None or augment.where != "batch":
+    if augment is None or resolve_where(augment, runtime.device, config.data.num_workers) != "batch":
         return None
     return BatchAugmenter(augment, seed=config.train.seed)
 
