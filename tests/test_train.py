@@ -99,11 +99,19 @@ def test_classifier_learns_and_writes_a_complete_run(adrenal_subset: Path, tmp_p
     assert json.loads((run_dir / "split.json").read_text())["test"] == "not used in training"
 
 
-def test_killed_run_resumes_to_the_same_weights(adrenal_subset: Path, tmp_path: Path) -> None:
-    reference = exact(classifier_config(adrenal_subset, tmp_path / "runs", "whole", epochs=3))
+@pytest.mark.parametrize("where", ["batch", "sample"])
+def test_killed_run_resumes_to_the_same_weights(adrenal_subset: Path, tmp_path: Path, where: str) -> None:
+    """With augmentation either way (``augment.where``): the resumed run draws what the whole one did."""
+
+    def augmented(name: str) -> dict[str, Any]:
+        config = exact(classifier_config(adrenal_subset, tmp_path / "runs", name, epochs=3))
+        config["augment"] = {"flip_axes": [0, 1, 2], "affine_prob": 0.5, "noise_prob": 0.3, "where": where}
+        return config
+
+    reference = augmented("whole")
     assert main(["train", str(write_config(tmp_path / "whole.yaml", reference))]) == 0
 
-    killed = exact(classifier_config(adrenal_subset, tmp_path / "runs", "killed", epochs=3))
+    killed = augmented("killed")
     path = write_config(tmp_path / "killed.yaml", killed)
     process = subprocess.Popen([sys.executable, "-m", "medvol", "train", str(path)], start_new_session=True)
     metrics_path = tmp_path / "runs" / "killed" / "metrics.jsonl"

@@ -37,7 +37,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 from monai.transforms import (
@@ -122,6 +122,17 @@ class AugmentConfig:
         contrast_range: largest relative change: factor in [1 − c, 1 + c].
         gamma_prob: probability of a gamma change (on the min–max rescaled image).
         gamma_range: range of gamma.
+        where: where the training loop augments. ``batch``: each batch at once
+            on the training device, after it is moved there
+            (``medvol.augment.batched``: one resampling per batch for every
+            spatial stage, intensity stages as tensor operations; the k-space
+            MR artefacts stay per sample and run first, in the data loader).
+            ``sample``: every stage per sample in the data loader
+            (numpy/MONAI). ``auto`` (default): ``batch`` on a GPU or when
+            ``data.num_workers`` is 0, ``sample`` on a CPU with loader
+            workers, which already augment in parallel with the model
+            (measured in ``docs/benchmarks-training.md``). Same stages,
+            distributions and seeding either way; only the random numbers differ.
     """
 
     flip_axes: tuple[int, ...] = ()
@@ -157,6 +168,7 @@ class AugmentConfig:
     contrast_range: float = 0.25
     gamma_prob: float = 0.15
     gamma_range: Range = (0.7, 1.5)
+    where: Literal["auto", "batch", "sample"] = "auto"
 
     def __post_init__(self) -> None:
         problems = []
@@ -168,6 +180,8 @@ class AugmentConfig:
                 problems.append(f"{f.name} must be a number ≥ 0, got {value!r}")
             elif isinstance(f.default, tuple) and len(f.default) == 2 and not _is_range(value):
                 problems.append(f"{f.name} must be two numbers [low, high] with low ≤ high, got {value!r}")
+        if self.where not in ("auto", "batch", "sample"):
+            problems.append(f"where must be 'auto', 'batch' or 'sample', got {self.where!r}")
         if not (isinstance(self.flip_axes, tuple) and all(a in (0, 1, 2) for a in self.flip_axes)):
             problems.append(f"flip_axes must list voxel axes among 0, 1, 2, got {self.flip_axes!r}")
         if self.spike_log_intensity is not None and not _is_range(self.spike_log_intensity):

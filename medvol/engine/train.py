@@ -37,6 +37,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from medvol.augment import worker_seed
+from medvol.augment.batched import BatchAugmenter
 from medvol.config import ExperimentConfig, dump_config
 from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -58,6 +60,7 @@ from medvol.logs import get_logger
 from medvol.losses import create_loss
 from medvol.models import create_model
 from medvol.tasks import TaskData, task_for
+from medvol.tasks.base import training_batch_augmenter
 
 logger = get_logger(__name__)
 
@@ -150,6 +153,10 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
         drop_last=True,
     )
     loader = _loader(data.train, config, sampler, runtime)
+    augment = training_batch_augmenter(config, runtime)
+    if runtime.is_main and config.augment is not None:
+        where = "per batch on the training device" if augment else "per sample in the data loader"
+        logger.info("augmentation: %s (augment.where: %s)", where, config.augment.where)
     autocast = precision.autocast(runtime.device)
     scaler = torch.amp.GradScaler(enabled=precision.amp == "fp16")
 
@@ -159,11 +166,13 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             started = time.perf_counter()
             sampler.set_epoch(epoch)
             data.train.set_epoch(epoch)
+            if augment is not None:
+                augment.reseed(worker_seed(config.train.seed, runtime.rank, 0, epoch))
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 **_train_one_epoch(
-                    trained, loader, loss_fn, optimizer, scaler, precision, config, runtime, epoch
+                    trained, loader, augment, loss_fn, optimizer, scaler, precision, config, runtime, epoch
                 ),
             }
             schedule.step()
@@ -332,6 +341,7 @@ def _restore_epoch_times(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def _train_one_epoch(
     model: nn.Module,
     loader: DataLoader[Any],
+    augment: BatchAugmenter | None,
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -340,7 +350,7 @@ def _train_one_epoch(
     runtime: Runtime,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass over this rank's training share.
+    """One pass over this rank's training share; ``augment`` augments each batch on the device.
 
     Returns:
         ``train_loss`` (mean over all ranks' batches), ``samples_per_s`` (all
@@ -361,8 +371,12 @@ def _train_one_epoch(
     for batch in bar:
         waited += time.perf_counter() - ready
         images = batch["image"].to(runtime.device, non_blocking=True)
-        images = precision.prepare_input(images)
         targets = batch["label"].to(runtime.device, non_blocking=True)
+        if augment is not None:
+            maps = targets.ndim == images.ndim  # label maps move with the image; class indices do not
+            images, moved = augment(images, targets if maps else None)
+            targets = moved if moved is not None else targets
+        images = precision.prepare_input(images)
         optimizer.zero_grad(set_to_none=True)
         with autocast:
             outputs = model(images)

@@ -21,6 +21,7 @@ from medvol.logs import get_logger
 
 if TYPE_CHECKING:
     from medvol.augment import Augmenter
+    from medvol.augment.batched import BatchAugmenter
     from medvol.config import ExperimentConfig
     from medvol.data.cases import Case, IndexReport
     from medvol.data.dataset import ArrayClassificationDataset, FileClassificationDataset, SegmentationDataset
@@ -226,11 +227,29 @@ def _indexed(root: Path, runtime: Runtime, classes: list[int] | None, which: str
     return report
 
 
-def training_augmenter(config: ExperimentConfig) -> Augmenter | None:
-    """The training augmenter (``augment``; ``null``: none), seeded with ``train.seed``."""
+def training_augmenter(config: ExperimentConfig, runtime: Runtime) -> Augmenter | None:
+    """The per-sample training augmenter, seeded with ``train.seed``: every stage of ``augment``
+    where it runs per sample, only the k-space artefacts where it runs per batch (the rest is
+    ``training_batch_augmenter``'s); ``None`` when it has nothing to do."""
     from medvol.augment import build_augmenter
+    from medvol.augment.batched import resolve_where, sample_only_config
 
-    return None if config.augment is None else build_augmenter(config.augment, seed=config.train.seed)
+    augment = config.augment
+    if augment is not None and resolve_where(augment, runtime.device, config.data.num_workers) == "batch":
+        augment = sample_only_config(augment)
+    return None if augment is None else build_augmenter(augment, seed=config.train.seed)
+
+
+def training_batch_augmenter(config: ExperimentConfig, runtime: Runtime) -> BatchAugmenter | None:
+    """The augmenter the training loop applies to each batch on the device (``augment.where``
+    ``batch``, or ``auto`` resolved to it); reseeded every epoch with
+    ``worker_seed(train.seed, rank, 0, epoch)``."""
+    from medvol.augment.batched import BatchAugmenter, resolve_where
+
+    augment = config.augment
+    if augment is None or resolve_where(augment, runtime.device, config.data.num_workers) != "batch":
+        return None
+    return BatchAugmenter(augment, seed=config.train.seed)
 
 
 def choose_fold(

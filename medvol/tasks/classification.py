@@ -156,7 +156,7 @@ class ScanClassificationTask(ClassificationTask):
                         else "the validation AUC is undefined (NaN) and cannot select the checkpoint",
                     )
         return TaskData(
-            train=dataset(train_cases, training_augmenter(config)),
+            train=dataset(train_cases, training_augmenter(config, runtime)),
             val=dataset(val_cases, None),
             split=split_record(config, fold, report, validation),
             fingerprint={
@@ -233,7 +233,7 @@ class MedMNISTTask(ClassificationTask):
         shape = tuple(int(n) for n in train.images.shape[1:])
         return TaskData(
             train=ArrayClassificationDataset(
-                train.images, train.labels, training_augmenter(config), seed, runtime.rank, "train"
+                train.images, train.labels, training_augmenter(config, runtime), seed, runtime.rank, "train"
             ),
             val=ArrayClassificationDataset(val.images, val.labels, None, seed, runtime.rank, "val"),
             split={

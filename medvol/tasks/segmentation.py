@@ -58,7 +58,7 @@ class SegmentationTask(Task):
         fitted = fit_normalizer(config.normalizer(), train_cases, preprocess)
         cache = VolumeCache(config.data.cache_dir or run.cache)
         seed, rank = config.train.seed, runtime.rank
-        patch, augmenter = config.data.patch_size, training_augmenter(config)
+        patch, augmenter = config.data.patch_size, training_augmenter(config, runtime)
         fingerprint = report.summary()
         if validation is not None:
             fingerprint["validation"] = validation.summary()
