@@ -517,7 +517,12 @@ def run_index(args: argparse.Namespace) -> int:
     # With --json, stdout is the report alone: no plain progress lines (a terminal's bar is on stderr).
     progress = None if not args.json or sys.stderr.isatty() else False
     report = validate(
-        args.root, args.classes, args.pair and tuple(args.pair), pairing, recheck=args.recheck, progress=progress
+        args.root,
+        args.classes,
+        args.pair and tuple(args.pair),
+        pairing,
+        recheck=args.recheck,
+        progress=progress,
     )
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
