@@ -10,6 +10,7 @@ multi-volume files, must fail with one line naming the file (and frame).
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -371,6 +372,24 @@ def test_info_lists_the_volumes_and_convert_writes_one_file_each(
     data = np.asarray(image.dataobj)
     for e, volume in enumerate(reloaded):
         np.testing.assert_array_equal(data[..., e], volume.array[0])
+
+
+def test_each_echo_file_says_its_echo_in_the_sidecar_as_dcm2niix_does(
+    classic_echoes: list[SeriesTruth], tmp_path: Path
+) -> None:
+    folder = classic_echoes[0].folder
+    assert run_cli("convert", folder, tmp_path / "medvol" / "mte.nii.gz").returncode == 0
+    dcm2niix_volumes(folder, tmp_path / "dcm2niix")
+    for echo in (1, 2, 3):
+        ours = json.loads((tmp_path / "medvol" / f"mte_e{echo}.json").read_text())
+        theirs = json.loads((tmp_path / "dcm2niix" / f"out_e{echo}.json").read_text())
+        assert ours["EchoNumber"] == theirs["EchoNumber"] == echo
+        assert ours["EchoTime"] == pytest.approx(theirs["EchoTime"]) == (4.6 + 5 * (echo - 1)) / 1000
+        reloaded = medvol.load(tmp_path / "medvol" / f"mte_e{echo}.nii.gz")
+        assert reloaded.meta["echo_time"] == pytest.approx(4.6 + 5 * (echo - 1))  # back in ms
+    # Stacked as channels, the volume has no one echo: the sidecar names none.
+    assert run_cli("convert", folder, tmp_path / "all.nii.gz", "--volume", "all").returncode == 0
+    assert "EchoTime" not in json.loads((tmp_path / "all.json").read_text())
 
 
 def test_convert_writes_nothing_when_one_of_the_outputs_exists(

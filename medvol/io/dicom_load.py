@@ -203,6 +203,8 @@ def _series_meta(
         "transfer_syntax": first.transfer_syntax,
         **_series_value(images, "patient_position", lambda h: h.patient_position or None),
         **_series_value(images, "image_type", lambda h: list(h.image_type) or None),
+        **_series_value(images, "echo_number", lambda h: dict(h.labels).get("echo")),
+        **_series_value(images, "echo_time", lambda h: dict(h.labels).get("echo_time")),  # ms
         "source_affine": affine.tolist(),
         "source_shape": list(array.shape),
         "files": len({image.path for image in images}),
@@ -229,8 +231,9 @@ def _as_channels(volumes: list[Volume], source: Path) -> Volume:
         if difference is not None:
             raise SeriesError(source, f"{other.meta.get('volume')} is not on volume 1's grid ({difference})")
     meta = {key: value for key, value in reference.meta.items() if not key.startswith("volume")}
-    if any(v.meta.get("image_type") != reference.meta.get("image_type") for v in volumes):
-        meta["image_type"] = None  # e.g. a magnitude and a field map: no one image type
+    for key in ("image_type", "echo_number", "echo_time"):
+        if any(v.meta.get(key) != reference.meta.get(key) for v in volumes):
+            meta[key] = None  # e.g. a magnitude and a field map: no one image type; echoes: no one TE
     meta["channel_volumes"] = [v.meta.get("volume", "all images") for v in volumes]
     arrays = [v.array for v in volumes]
     dtype = np.result_type(*arrays)
