@@ -113,6 +113,8 @@ class Predictor:
             "flip_tta": self.options.flip_tta,
             "largest_component": self.options.largest_component,
         }
+        if self.options.volume is not None:  # absent without one, as in earlier output folders
+            settings["volume"] = self.options.volume
         if trained.engine != "torch":  # absent for torch, as in output folders of earlier medvol versions
             settings["engine"] = trained.engine
         return settings
@@ -348,11 +350,17 @@ class Predictor:
         from medvol.io.dicom_load import load_series
 
         if scan.series is None:
-            return load(scan.path)
-        volume = load_series(scan.series)
+            return load(scan.path, volume=self._volume_for(scan.path))
+        volume = load_series(scan.series, volume=self.options.volume)
         volume.meta["source_path"] = str(scan.path)
         check_finite(volume)
         return volume
+
+    def _volume_for(self, path: Path) -> str | None:
+        """``--volume`` for a DICOM file (a multi-frame file of several volumes); none for other formats."""
+        from medvol.io.dicom_headers import is_dicom_file
+
+        return self.options.volume if self.options.volume is not None and is_dicom_file(path) else None
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
