@@ -74,5 +74,5 @@ def write_clip_file(
         splits[f"{name}_images"], splits[f"{name}_labels"] = clips, labels[:, np.newaxis]
     path = Path(path)
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
-        np.savez_compressed(handle, **splits)
+        np.savez_compressed(handle, allow_pickle=False, **splits)
     return path
