@@ -19,6 +19,9 @@ third is a unit step standing for one frame, and ``meta`` notes:
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +35,20 @@ from medvol.io.geometry import affine_from_columns
 
 GREY = ("MONOCHROME1", "MONOCHROME2")
 COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_RCT", "YBR_ICT", "YBR_PARTIAL_420")
+MESSAGE_LENGTH = 400
+"""Decoder messages are cut to this many characters, to keep errors to one line."""
 ULTRASOUND_CM = 3
 """PhysicalUnitsX/YDirection code for centimetres in a SequenceOfUltrasoundRegions item."""
 
 PLANAR_MIN_PIXELS = 1024
 """Fewer pixels than this tell nothing about the layout of colour samples."""
 INTERLEAVED_PHASE_RATIO = 2.0
-"""How much more one of the three sample-to-sample steps must differ than the others for the
-samples to be read as interleaved R,G,B triples."""
-PLANE_SMOOTHNESS_RATIO = 0.5
+"""How much larger one of the three sample-to-sample steps must be than another (or all of them
+than the step to the third next sample) for the samples to be read as interleaved R,G,B triples."""
+LAYOUT_CHUNKS = 16
+LAYOUT_MAJORITY = 0.8
+LAYOUT_MIN_CHANGES = 0.05
+PLANE_SMOOTHNESS_RATIO = 0.6
 """How much smaller the step to the next sample must be than the step to the third next for the
 samples to be read as planes (neighbouring pixels of one colour)."""
 
@@ -89,10 +97,12 @@ def decode_frames(dataset: Dataset, header: SliceHeader) -> np.ndarray:
     native = syntax is not None and not syntax.is_compressed
     try:
         # Native data is decoded as stored, to check its layout before any colour conversion.
-        array, decoded = get_decoder(syntax).as_array(dataset, as_rgb=not native)  # type: ignore[arg-type]
+        # pydicom logs each plugin's failure with a traceback; the error below says it in one line.
+        with _quiet(logging.getLogger("pydicom.pixels.decoders.base")):
+            array, decoded = get_decoder(syntax).as_array(dataset, as_rgb=not native)  # type: ignore[arg-type]
     except Exception as error:  # pydicom and its plugins raise many types for bad data
         lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-        reason = lines[0] if lines else type(error).__name__
+        reason = " ".join(lines)[:MESSAGE_LENGTH] if lines else type(error).__name__
         raise UnreadableFileError(header.path, f"cannot decode pixel data ({reason})") from error
     samples = int(decoded.get("samples_per_pixel", header.samples_per_pixel))
     array = array.reshape(-1, header.rows, header.columns, samples)
@@ -110,6 +120,17 @@ def decode_frames(dataset: Dataset, header: SliceHeader) -> np.ndarray:
     elif photometric not in ("RGB", *GREY):
         raise UnreadableFileError(header.path, f"cannot convert {photometric} pixel data to RGB")
     return array
+
+
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """Silence ``logger`` (its errors are reported otherwise) for the duration of the block."""
+    disabled = logger.disabled
+    logger.disabled = True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
 
 
 def check_planar_configuration(array: np.ndarray, header: SliceHeader) -> None:
@@ -146,16 +167,34 @@ def check_planar_configuration(array: np.ndarray, header: SliceHeader) -> None:
 
 
 def _sample_layout(stream: np.ndarray) -> int | None:
-    """0 (interleaved), 1 (planar) or ``None`` (cannot tell) for the samples of one frame in file order."""
-    steps = np.abs(np.diff(stream))
-    count = steps.size - steps.size % 3
-    phases = steps[:count].reshape(-1, 3).mean(axis=0)
-    third = float(np.abs(stream[3:] - stream[:-3]).mean())
-    if third == 0.0:
+    """0 (interleaved), 1 (planar) or ``None`` (cannot tell) for the samples of one frame in file order.
+
+    The stream is cut into ``LAYOUT_CHUNKS`` parts and each part votes; a layout
+    needs ``LAYOUT_MAJORITY`` of the parts that show any change, so a few strong
+    edges cannot decide alone.
+    """
+    usable = stream.size - stream.size % (3 * LAYOUT_CHUNKS)
+    votes = [_chunk_layout(chunk) for chunk in stream[:usable].reshape(LAYOUT_CHUNKS, -1)]
+    informative = [vote for vote in votes if vote != -1]
+    if len(informative) < LAYOUT_CHUNKS // 2:
         return None
-    if phases.max() >= INTERLEAVED_PHASE_RATIO * phases.min() and phases.max() > 0:
+    for layout in (0, 1):
+        if informative.count(layout) >= LAYOUT_MAJORITY * len(informative):
+            return layout
+    return None
+
+
+def _chunk_layout(samples: np.ndarray) -> int | None:
+    """The layout one part of the stream shows: 0, 1, ``None`` (neither) or -1 (too few changes:
+    fewer than ``LAYOUT_MIN_CHANGES`` of its steps, e.g. a flat background or a few stripes)."""
+    steps = np.abs(np.diff(samples))
+    if np.count_nonzero(steps) < LAYOUT_MIN_CHANGES * steps.size:
+        return -1
+    third = float(np.abs(samples[3:] - samples[:-3]).mean())
+    phases = steps[: steps.size - steps.size % 3].reshape(-1, 3).mean(axis=0)
+    if phases.max() >= INTERLEAVED_PHASE_RATIO * phases.min() or steps.mean() >= INTERLEAVED_PHASE_RATIO * third:
         return 0
-    if phases.max() <= 1.1 * phases.min() and steps.mean() <= PLANE_SMOOTHNESS_RATIO * third:
+    if phases.max() <= 1.25 * phases.min() and steps.mean() <= PLANE_SMOOTHNESS_RATIO * third:
         return 1
     return None
 

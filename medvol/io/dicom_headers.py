@@ -285,7 +285,9 @@ def _check_complete(
     group, element = np.frombuffer(pixel_element[:4], dtype=f"{order}u2").tolist()
     if group != 0x7FE0 or element not in (0x0008, 0x0009, 0x0010):
         raise UnreadableFileError(path, "truncated or corrupt DICOM file: the image has no pixel data")
-    if implicit:
+    if implicit or pixel_element[4:8] == b"\xff\xff\xff\xff":
+        # (an undefined length right after the tag: encapsulated data written without its VR, which
+        # some writers do even in explicit VR files, and pydicom reads)
         header_length, length = 8, int(np.frombuffer(pixel_element[4:8], dtype=f"{order}u4")[0])
     elif pixel_element[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
         if len(pixel_element) < 12:
