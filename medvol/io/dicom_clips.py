@@ -192,7 +192,10 @@ def _chunk_layout(samples: np.ndarray) -> int | None:
         return -1
     third = float(np.abs(samples[3:] - samples[:-3]).mean())
     phases = steps[: steps.size - steps.size % 3].reshape(-1, 3).mean(axis=0)
-    if phases.max() >= INTERLEAVED_PHASE_RATIO * phases.min() or steps.mean() >= INTERLEAVED_PHASE_RATIO * third:
+    if (
+        phases.max() >= INTERLEAVED_PHASE_RATIO * phases.min()
+        or steps.mean() >= INTERLEAVED_PHASE_RATIO * third
+    ):
         return 0
     if phases.max() <= 1.25 * phases.min() and steps.mean() <= PLANE_SMOOTHNESS_RATIO * third:
         return 1
