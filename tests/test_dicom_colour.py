@@ -31,6 +31,7 @@ from pydicom.uid import JPEGBaseline8Bit
 import medvol
 from medvol.errors import MedvolError, SeriesError, UnreadableFileError
 from medvol.io import load_all
+from medvol.io.dicom_clips import PLANAR_MIN_PIXELS, _sample_layout
 from tests.dicom_factory import IDENTIFIERS, base_dataset, write
 from tests.test_dicom_synthetic import dcm2niix_executable
 
@@ -446,3 +447,27 @@ def test_broken_colour_input_is_refused_in_one_line(tmp_path: Path, case: str, m
     assert result.stderr.strip().count("\n") == 0 and str(path) in result.stderr
     assert not target.exists() and not (tmp_path / "out.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.dcm"]
+
+
+def test_layout_check_never_claims_the_wrong_layout() -> None:
+    """pydicom's colour files, each frame re-laid both ways: the check may abstain, never be wrong."""
+    folder = pydicom_file("SC_rgb_rle.dcm").parent
+    recognised = {0: 0, 1: 0}
+    files = 0
+    for path in sorted(folder.glob("*.dcm")):
+        try:
+            ds = pydicom.dcmread(path)
+            if ds.get("SamplesPerPixel") != 3:
+                continue
+            image = ds.pixel_array
+        except Exception:  # pydicom's corrupt-on-purpose files
+            continue
+        image = image[0] if image.ndim == 4 else image
+        if image.shape[0] * image.shape[1] < PLANAR_MIN_PIXELS:
+            continue
+        files += 1
+        for layout, stream in ((0, image.reshape(-1)), (1, image.transpose(2, 0, 1).reshape(-1))):
+            found = _sample_layout(stream.astype(np.float64))
+            assert found in (None, layout), f"{path.name}: layout {layout} read as {found}"
+            recognised[layout] += found == layout
+    assert files >= 25 and recognised[0] >= 20 and recognised[1] >= 3, (files, recognised)
