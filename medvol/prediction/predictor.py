@@ -6,9 +6,11 @@ from a segmenter, a table from a classifier.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -181,8 +183,6 @@ class Predictor:
     # -- running
 
     def run(self) -> Outcome:
-        import torch
-
         from medvol.version import __version__
 
         self.check_arguments()
@@ -222,7 +222,7 @@ class Predictor:
                 "dicom_seg": self.options.dicom_seg,
                 "overwrite": self.options.overwrite,
                 "device": str(trained.device),
-                "torch_threads": threads or torch.get_num_threads(),
+                "torch_threads": threads or getattr(trained.network, "threads", None),
                 "io_threads": self.options.workers,
             },
             "naming": output_naming(trained.task.output, self.suffix),
@@ -232,18 +232,14 @@ class Predictor:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.manifest_path, manifest)
         status = "interrupted"
-        previous_threads = torch.get_num_threads()
-        with self.claims:
+        with self.claims, _torch_threads(trained.engine == "torch", threads):
             try:
-                if threads:
-                    torch.set_num_threads(threads)
                 if trained.task.output == "classification":
                     manifest["classifier_input"] = classify_scans(self, trained, scans, outcome)
                 else:
                     segment_scans(self, trained, scans, outcome)
                 status = "finished"
             finally:
-                torch.set_num_threads(previous_threads)
                 self.write_errors(outcome)
                 manifest.update(
                     status=status,
@@ -353,6 +349,22 @@ class Predictor:
         volume.meta["source_path"] = str(scan.path)
         check_finite(volume)
         return volume
+
+
+@contextlib.contextmanager
+def _torch_threads(torch_engine: bool, threads: int | None) -> Iterator[None]:
+    """torch on ``threads`` CPU threads meanwhile (ONNX Runtime's threads are set on its session)."""
+    if not (torch_engine and threads):
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _is_inside(path: Path, folder: Path) -> bool:
