@@ -296,7 +296,7 @@ def reproduce(
         "labels": study.labels,
         "environment": _environment(Path(runs[0]["run_dir"])),
     }
-    write_json(out / "results.json", json_safe(results))
+    write_json(out / "results.json", json_safe(results), allow_nan=False)
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     if publish is not None:
