@@ -239,37 +239,12 @@ def reproduce(
             )
         else:
             print(f"[{study.name} seed {seed}] already evaluated: {evaluation_dir}", flush=True)
-        summary = evaluation.read_summary()
-        entry: dict[str, Any] = {
-            "seed": seed,
-            "run_dir": str(run_dir),
-            "folder": f"runs/{name}",
-            "evaluations": [evaluation_dir.name],
-            "train_seconds": _train_seconds(run_dir),
-            "session_seconds": 0.0,
-            "epoch": summary.get("epoch"),
-            "metrics": {m: _seed_metric(summary, m) for m in study.metrics},
-        }
-        if _chooses_threshold(study, summary):
-            chosen = threshold_on_validation(run, summary, evaluation)
-            entry["evaluations"].append(run.reproduction("val").path.name)
-            entry["val_threshold"] = chosen["val_threshold"]
-            entry["metrics"].update(chosen["metrics"])
+        entry = _seed_entry(study, seed, run, evaluation)
         entry["session_seconds"] = round(time.perf_counter() - started, 1)
         runs.append(entry)
         folders.append((seed, run))
         (out / "configs").mkdir(parents=True, exist_ok=True)
         (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
-    sources = [f"seed {run['seed']}" for run in runs]
-    columns = [m for m in runs[0]["metrics"] if all(m in run["metrics"] for run in runs)]
-    over_seeds = {
-        m: over_runs(
-            [_number(run["metrics"][m]["estimate"]) for run in runs],
-            sources,
-            AT_VALIDATION_THRESHOLD.get(m, m),
-        )
-        for m in columns
-    }
     results = {
         "study": study.name,
         "description": study.description,
@@ -286,7 +261,7 @@ def reproduce(
         "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
         "runs": runs,
-        "over_seeds": over_seeds,
+        "over_seeds": _over_seeds(runs),
         "intervals": "mean over seeds with its Student-t interval, clipped to the metric's range "
         "(clipped: true, marked † in the table); min and max over seeds; each seed with a "
         "percentile bootstrap interval over cases",
@@ -302,6 +277,40 @@ def reproduce(
     if publish is not None:
         publish_results(out, results, publish)
     return results
+
+
+def _seed_entry(study: Study, seed: int, run: RunFolder, evaluation: EvaluationFolder) -> dict[str, Any]:
+    """One seed's line of ``results.json``: its metrics, and its validation threshold if it has one."""
+    summary = evaluation.read_summary()
+    entry: dict[str, Any] = {
+        "seed": seed,
+        "run_dir": str(run.path),
+        "folder": f"runs/{run.name}",
+        "evaluations": [evaluation.path.name],
+        "train_seconds": _train_seconds(run.path),
+        "epoch": summary.get("epoch"),
+        "metrics": {m: _seed_metric(summary, m) for m in study.metrics},
+    }
+    if _chooses_threshold(study, summary):
+        chosen = threshold_on_validation(run, summary, evaluation)
+        entry["evaluations"].append(run.reproduction("val").path.name)
+        entry["val_threshold"] = chosen["val_threshold"]
+        entry["metrics"].update(chosen["metrics"])
+    return entry
+
+
+def _over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each column over the seeds (:func:`medvol.evaluation.aggregate.over_runs`)."""
+    sources = [f"seed {run['seed']}" for run in runs]
+    columns = [m for m in runs[0]["metrics"] if all(m in run["metrics"] for run in runs)]
+    return {
+        m: over_runs(
+            [_number(run["metrics"][m]["estimate"]) for run in runs],
+            sources,
+            AT_VALIDATION_THRESHOLD.get(m, m),
+        )
+        for m in columns
+    }
 
 
 def _chooses_threshold(study: Study, summary: dict[str, Any]) -> bool:
