@@ -422,7 +422,7 @@ def record_test_evaluations(out: Path, runs: list[tuple[int, RunFolder]], recipe
         ``seeds`` listing one seed per evaluation.
     """
     path = out / TEST_LEDGER
-    entries: list[dict[str, Any]] = json.loads(path.read_text())["evaluations"] if path.is_file() else []
+    entries = _read_test_evaluations(path)
     seen = {(e["run"], e["folder"], e["created"]) for e in entries}
     for seed, run in runs:
         for folder in (run.reproduction("test"), run.evaluation("test")):
@@ -457,6 +457,21 @@ def record_test_evaluations(out: Path, runs: list[tuple[int, RunFolder]], recipe
         "record": TEST_LEDGER,
         "by_recipe": [{"recipe": r, "fingerprint": f, "seeds": sorted(s)} for (r, f), s in groups.items()],
     }
+
+
+def _read_test_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The entries of ``test-evaluations.json`` (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())["evaluations"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MedvolError(
+            path, f"cannot read the record of test evaluations ({error}); restore it"
+        ) from error
+    if not isinstance(entries, list):
+        raise MedvolError(path, "the record of test evaluations must list them under 'evaluations'")
+    return entries
 
 
 def publish_results(out: Path, results: dict[str, Any], target: Path) -> list[Path]:

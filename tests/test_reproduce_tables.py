@@ -17,7 +17,7 @@ from medvol.evaluation.classification import (
     scores_at_threshold,
 )
 from medvol.metrics import balanced_accuracy, mean_ci
-from medvol.reproduce import format_results, load_study
+from medvol.reproduce import format_results, load_study, record_test_evaluations
 
 # Six validation cases, by decreasing class-1 probability:
 #   p      0.8  0.6  0.4  0.35  0.2  0.1
@@ -189,3 +189,19 @@ def test_every_published_row_must_cite_its_source(tmp_path: Path) -> None:
         load_study(study)
     study.write_text(study.read_text().replace("auc: 0.8}", "auc: 0.8, source: p}"))
     assert load_study(study).published["rows"][0]["source"] == "p"
+
+
+def test_a_damaged_record_of_test_evaluations_is_named_not_overwritten(tmp_path: Path) -> None:
+    record = tmp_path / "test-evaluations.json"
+    record.write_text('{"split": "test", "evaluations": [')
+    with pytest.raises(
+        MedvolError, match=r"test-evaluations\.json: cannot read the record of test evaluations"
+    ):
+        record_test_evaluations(tmp_path, [], "recipe.yaml")
+    assert record.read_text() == '{"split": "test", "evaluations": ['
+    record.unlink()
+    assert record_test_evaluations(tmp_path, [], "recipe.yaml") == {
+        "count": 0,
+        "record": "test-evaluations.json",
+        "by_recipe": [],
+    }
