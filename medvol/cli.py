@@ -382,6 +382,13 @@ def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="override a config key in every run (the table then says the protocol changed)",
     )
     reproduce.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
+    reproduce.add_argument(
+        "--publish",
+        type=Path,
+        metavar="DIR",
+        help="also copy results.json, the record of test evaluations, each seed's config and each "
+        "evaluation's summary.json and cases.csv to DIR (e.g. docs/results/NAME-BUDGET)",
+    )
     reproduce.set_defaults(run=run_reproduce)
 
 
@@ -771,9 +778,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
     study = load_study(args.name)
     out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
-    results = reproduce(study, args.budget, args.seeds, out, args.overrides, data_dir=args.data_dir)
+    results = reproduce(
+        study, args.budget, args.seeds, out, args.overrides, data_dir=args.data_dir, publish=args.publish
+    )
     print(format_results(results))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    if args.publish is not None:
+        print(f"copied the results and each evaluation's summary.json and cases.csv to {args.publish}")
     return 0
 
 
