@@ -391,6 +391,25 @@ class ExperimentConfig(Section):
             raise _located(problems)
         return self
 
+    @model_validator(mode="after")
+    def _mixing_fits_the_task(self) -> ExperimentConfig:
+        from medvol.augment.mixing import MIXES
+
+        mix = "none" if self.augment is None else self.augment.mix
+        wanted = MIXES.get(mix)
+        task = "segmentation" if self.data.task == "segmentation" else "classification"
+        if wanted is not None and wanted != task:
+            others = [name for name, kind in MIXES.items() if kind == task]
+            raise _located(
+                [
+                    (
+                        ("augment", "mix"),
+                        f"{mix} is for {wanted}; data.task {self.data.task} takes {' or '.join(others)}",
+                    )
+                ]
+            )
+        return self
+
     @model_serializer(mode="wrap")
     def _as_written(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data: dict[str, Any] = handler(self)
