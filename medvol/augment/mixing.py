@@ -151,8 +151,8 @@ class BatchMixer:
             start = np.array([self._rng.integers(0, n - s + 1) for n, s in zip(shape, size, strict=True)])
             if partner[i] < 0:
                 continue
-            box = tuple(slice(a, a + s) for a, s in zip(start, size, strict=True))
-            out[i][(slice(None), *box)] = image[int(partner[i])][(slice(None), *box)]
+            box = (slice(None), *(slice(a, a + s) for a, s in zip(start, size, strict=True)))
+            out[i][box] = image[int(partner[i])][box]
             weight[i] = 1.0 - float(np.prod(size)) / float(np.prod(shape))
         self.last = Mixed(partner, weight)
         return out
