@@ -78,8 +78,16 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
     return nn.GroupNorm(1, channels)
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Conv3d:
-    return nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
+def _conv(in_channels: int, out_channels: int, kernel: int, stride: int = 1, dilation: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(
+        in_channels,
+        out_channels,
+        kernel,
+        stride=stride,
+        padding=dilation * (kernel // 2),
+        dilation=dilation,
+        bias=False,
+    )
 
 
 class BasicBlock(nn.Module):
@@ -90,12 +98,12 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: str) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int, norm: str, dilation: int = 1) -> None:
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = _conv(in_channels, width, 3, stride)
+        self.conv1 = _conv(in_channels, width, 3, stride, dilation)
         self.norm1 = norm_layer(norm, width)
-        self.conv2 = _conv(width, out_channels, 3)
+        self.conv2 = _conv(width, out_channels, 3, dilation=dilation)
         self.norm2 = norm_layer(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm)
@@ -114,12 +122,12 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: str) -> None:
+    def __init__(self, in_channels: int, width: int, stride: int, norm: str, dilation: int = 1) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = _conv(in_channels, width, 1)
         self.norm1 = norm_layer(norm, width)
-        self.conv2 = _conv(width, width, 3, stride)
+        self.conv2 = _conv(width, width, 3, stride, dilation)
         self.norm2 = norm_layer(norm, width)
         self.conv3 = _conv(width, out_channels, 1)
         self.norm3 = norm_layer(norm, out_channels)
@@ -155,6 +163,11 @@ class ResNet3d(nn.Module):
         dropout: probability of dropping a pooled feature before the final linear layer.
         norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"layer"``; used in the
             stem and in every block (see :func:`norm_layer`).
+        dilated: MedicalNet's encoder (Chen et al., Med3D): the last two stages
+            keep the grid (stride 1) and dilate their 3×3×3 convolutions by 2 and
+            4, so the features are at 1/8 of the input (with the default stem)
+            instead of 1/32. Use it with MedicalNet's weights (``model.init``),
+            which were trained so.
 
     Input ``(B, C, X, Y, Z)``; output logits ``(B, K)``. Every stage after the
     first halves the grid (rounding up), so any input of at least one voxel per
@@ -172,6 +185,7 @@ class ResNet3d(nn.Module):
         widths: int | Sequence[int] = 64,
         dropout: float = 0.0,
         norm: str = "batch",
+        dilated: bool = False,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -202,9 +216,10 @@ class ResNet3d(nn.Module):
         channels = stage_widths[0]
         for index, (width, count) in enumerate(zip(stage_widths, blocks, strict=True)):
             layers: list[nn.Module] = []
+            dilation = 2 ** (index - 1) if dilated and index >= 2 else 1
             for position in range(count):
-                stride = 2 if index > 0 and position == 0 else 1
-                layers.append(block(channels, width, stride, norm))
+                stride = 2 if index > 0 and position == 0 and dilation == 1 else 1
+                layers.append(block(channels, width, stride, norm, dilation))
                 channels = width * block.expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
