@@ -170,6 +170,7 @@ def train_cell(config: dict[str, Any], work: Path, threads: int) -> dict[str, An
     """``medvol train`` one run; its final validation metrics, wall and CPU seconds."""
     before, started = cpu_seconds(), time.perf_counter()
     name = config["tracking"]["name"]
+    (work / "configs").mkdir(parents=True, exist_ok=True)
     run_dir = run_training(config, work / "configs" / f"{name}.yaml", threads)
     return {
         "name": name,
@@ -336,7 +337,7 @@ def adrenal(
         return path
 
     def classifier(path: Path, name: str, seed: int, steps: int, arm: str) -> dict[str, Any]:
-        options: dict[str, Any] = {"widths": settings.adrenal_width}
+        options: dict[str, Any] = {"widths": settings.adrenal_width, "stem_stride": 1}  # the 28³ stem
         if arm.startswith("medicalnet"):  # MedicalNet's network: 7³ stem, max-pool, widths 64, dilated
             options = {"widths": 64, "stem_kernel": 7, "stem_stride": 2, "stem_pool": True, "dilated": True}
         widths = options.pop("widths")
