@@ -34,6 +34,10 @@ optimizer steps in every arm of a task, validated once at the end:
 - ``synthetic`` (segmentation): the baseline's cases plus
   ``hippo_synthetic_per_case`` labels-to-image variants of each
   (``medvol synthesize``), mixed in;
+- ``synthetic-pretrain`` (segmentation): a run on
+  ``hippo_synthetic_pretrain_per_case`` labels-to-image variants of each
+  case only (no real image), then the baseline from ``model.init`` on its
+  last checkpoint;
 - ``genesis``: ``medvol pretrain`` on the unlabelled pool (restoration of
   Models-Genesis distortions), then the baseline from ``model.init``;
 - ``medicalnet`` (classification, only with ``--medicalnet PATH``): a
@@ -82,7 +86,7 @@ class Settings:
     hippo_sizes: tuple[int, ...] = (5, 10, 20)
     hippo_selection: int = 20
     hippo_unlabelled: int | None = None  # pretrain on the first N unlabelled cases only (None: all)
-    hippo_arms: tuple[str, ...] = ("baseline", "carvemix", "synthetic", "genesis")
+    hippo_arms: tuple[str, ...] = ("baseline", "carvemix", "synthetic", "synthetic-pretrain", "genesis")
     hippo_steps: int = 1500
     hippo_pretrain_steps: int = 1500
     hippo_batch: int = 2
@@ -91,6 +95,7 @@ class Settings:
     hippo_levels: int = 4
     hippo_lr: float = 3e-3
     hippo_synthetic_per_case: int = 1
+    hippo_synthetic_pretrain_per_case: int = 5
     carve_prob: float = 0.5
     # AdrenalMNIST3D
     adrenal_fractions: tuple[float, ...] = (0.05, 0.10, 0.25)
@@ -241,6 +246,16 @@ def hippocampus(settings: Settings, data_root: Path, work: Path, threads: int) -
         split = save_folds([{"train": ids, "val": selection}], work / "splits" / f"{name}.json")
         return {"root": root, "split": {"method": "file", "file": str(split), "fold": 0}, "cases": len(ids)}
 
+    def synthetic_pairs(pool: list[str], per_case: int, seed: int) -> list[tuple[Path, Path]]:
+        """``per_case`` labels-to-image variants of each pool case (``medvol synthesize``): (image, label)."""
+        out = work / "synthetic" / f"x{per_case}-seed{seed}"
+        cases = [(usable[c].images, usable[c].label) for c in pool]
+        report = synthesize_cases(cases, per_case, out, seed, "labels-to-image")  # type: ignore[arg-type]
+        if report.errors:
+            raise RuntimeError(f"synthesis failed: {report.errors}")
+        names = [f"{c}_syn{k:03d}.nii.gz" for c in pool for k in range(per_case)]
+        return [(out / "images" / n, out / "labels" / n) for n in names]
+
     def segmenter(data: dict[str, Any], name: str, seed: int, steps: int) -> dict[str, Any]:
         config = demo.hippocampus_segmenter(
             data["root"],
@@ -274,29 +289,25 @@ def hippocampus(settings: Settings, data_root: Path, work: Path, threads: int) -
                 name = f"hippo-{size}-{arm}-seed{seed}"
                 extra: list[tuple[Path, Path]] = []
                 if arm == "synthetic":
-                    out = work / "synthetic" / f"seed{seed}"
-                    cases = [(usable[c].images, usable[c].label) for c in pool]
-                    report = synthesize_cases(
-                        cases,  # type: ignore[arg-type]
-                        settings.hippo_synthetic_per_case,
-                        out,
-                        seed,
-                        "labels-to-image",
+                    extra = synthetic_pairs(pool, settings.hippo_synthetic_per_case, seed)
+                if arm == "synthetic-pretrain":  # trained on synthetic pairs only, then fine-tuned
+                    synthetic = folder(
+                        f"{name}-synthetic",
+                        [],
+                        synthetic_pairs(pool, settings.hippo_synthetic_pretrain_per_case, seed),
                     )
-                    if report.errors:
-                        raise RuntimeError(f"synthesis failed: {report.errors}")
-                    prefixes = tuple(f"{c}_syn" for c in pool)
-                    extra = [
-                        (image, out / "labels" / image.name)
-                        for image in sorted((out / "images").glob("*.nii.gz"))
-                        if image.name.startswith(prefixes)
-                    ]
+                    first = train_cell(
+                        segmenter(synthetic, f"{name}-synthetic", seed, settings.hippo_steps), work, threads
+                    )
+                    pretraining.append({"seed": seed, "size": size, **first})
                 data = folder(name, pool, extra)
                 config = segmenter(data, name, seed, settings.hippo_steps)
                 if arm == "carvemix":
                     config["augment"] = {"mix": "carvemix", "mix_prob": settings.carve_prob}
                 if arm == "genesis":
                     config["model"]["init"] = str(checkpoint)
+                if arm == "synthetic-pretrain":
+                    config["model"]["init"] = str(work / "runs" / first["name"] / "checkpoints" / "last.pt")
                 runs.append({"size": size, "arm": arm, "seed": seed, **train_cell(config, work, threads)})
                 log(f"{name}: selection Dice {runs[-1]['final']['val_dice']:.4f}")
     return {
