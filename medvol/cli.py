@@ -74,12 +74,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if isinstance(error, MedvolError):
             print(f"medvol: error: {error}", file=sys.stderr)
+        elif _missing_training_package(error):
+            print(f"medvol: error: {_missing_training_package(error)}", file=sys.stderr)
         else:
             print(
                 f"medvol: unexpected error: {type(error).__name__}: {error} (rerun with --debug)",
                 file=sys.stderr,
             )
         return EXIT_ERROR
+
+
+TRAINING_PACKAGES = ("torch", "monai", "tensorboard")
+"""What ``medvol[train]`` adds; predicting from a model package (``medvol[infer]``) needs none of them."""
+
+
+def _missing_training_package(error: BaseException) -> str | None:
+    """What to install, when ``error`` is the import of a training package that is not installed."""
+    name = (getattr(error, "name", None) or "").split(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or name not in TRAINING_PACKAGES:
+        return None
+    return (
+        f"this needs {name}, which is not installed: pip install 'medvol[train]' "
+        "(predicting from a model package of `medvol export` needs only 'medvol[infer]')"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,6 +206,13 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read every file again, ignoring what earlier checks stored (by default a case whose files "
         "kept their size and modification time is not read again)",
+    )
+    index.add_argument(
+        "--volume",
+        type=_volume_choice,
+        help="with DICOM series of several volumes (echoes, time points...): use this one for every case "
+        "(its number as `medvol info` lists them), or 'all' to take every volume as a channel; written to "
+        "the manifest's volume column",
     )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
@@ -319,6 +343,12 @@ def _add_predict(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     predict.add_argument(
         "--largest-component", action="store_true", help="keep the largest component of each class"
+    )
+    predict.add_argument(
+        "--volume",
+        type=_volume_choice,
+        help="with DICOM series of several volumes (echoes, time points...): predict from this one (its "
+        "number as `medvol info` lists them), or 'all' to give the model every volume as a channel",
     )
     predict.add_argument("--probabilities", action="store_true", help="also write probability maps")
     predict.add_argument("--dicom-seg", action="store_true", help="also write DICOM SEG for DICOM inputs")
@@ -544,6 +574,7 @@ def run_index(args: argparse.Namespace) -> int:
         pairing,
         recheck=args.recheck,
         progress=progress,
+        volume=args.volume,
     )
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")
@@ -561,6 +592,15 @@ def run_index(args: argparse.Namespace) -> int:
         print(f"  {finding.severity:<7} {finding.kind}{where}: {finding.message}")
     print(f"wrote {args.out} and {report_path}")
     return EXIT_ERROR if failed else 0
+
+
+def _volume_choice(text: str) -> str:
+    """``--volume 2`` or ``--volume all``."""
+    from medvol.data.case import valid_volume
+
+    if not valid_volume(text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"expected a volume number (1, 2, ...) or 'all', got {text!r}")
+    return text.strip().lower()
 
 
 def _label_values(text: str) -> list[int]:
@@ -726,6 +766,7 @@ def run_predict(args: argparse.Namespace) -> int:
         device=args.device,
         shard=parse_shard(args.shard),
         engine=args.engine,
+        volume=args.volume,
     )
     outcome = predict(args.run_dir, args.in_dir, args.out_dir, options)
     print(summary(outcome, args.out_dir))

@@ -39,7 +39,7 @@ from typing import Any
 
 from medvol.errors import MedvolError
 from medvol.io.atomic import process_alive, write_json
-from medvol.logs import get_logger
+from medvol.logs import Progress, get_logger
 
 logger = get_logger(__name__)
 
@@ -268,11 +268,18 @@ def _transfer(url: str, part: Path) -> None:
             part.unlink()
             raise ConnectionError(f"the server resumed at another byte than {have}: starting again")
         expected = response.headers.get("Content-Length")
+        start = have if resumed else 0
+        total = start + int(expected) if expected is not None else 0
         received = 0
-        with open(part, "ab" if resumed else "wb") as handle:
+        with (
+            open(part, "ab" if resumed else "wb") as handle,
+            Progress(total, f"download {part.name.removesuffix('.part')}", "B", logger) as shown,
+        ):
+            shown.update(start)
             for chunk in iter(lambda: response.read(CHUNK), b""):
                 handle.write(chunk)
                 received += len(chunk)
+                shown.update(len(chunk))
     if expected is not None and received < int(expected):
         raise ConnectionError(f"connection closed after {received} of {expected} bytes")
 

@@ -168,6 +168,7 @@ class Progress:
     through ``logger`` (``INFO``: stdout for the command line) at most every
     :data:`PLAIN_PROGRESS_INTERVAL_S` seconds, and once when it is closed.
     ``enabled=False`` shows nothing; ``None`` (default) decides by the terminal.
+    ``unit="B"`` counts bytes and shows them as kB, MB, GB.
     Use as a context manager, calling :meth:`update` per finished item.
     """
 
@@ -191,7 +192,14 @@ class Progress:
 
             columns, lines = _terminal_size()
             self.bar = tqdm(
-                total=total, desc=desc, unit=unit, file=sys.stderr, ncols=columns, nrows=lines, leave=False
+                total=total,
+                desc=desc,
+                unit=unit,
+                unit_scale=unit == "B",
+                file=sys.stderr,
+                ncols=columns,
+                nrows=lines,
+                leave=False,
             )
 
     def __enter__(self) -> Progress:
@@ -231,17 +239,23 @@ class Progress:
         if 0 < self.done < self.total:
             left = f", {_duration((self.total - self.done) / rate)} left"
         left += "".join(f", {key} {value}" for key, value in self.notes.items())
-        self.logger.info(
-            "%s: %d/%d %ss%s, %.3g %ss/s%s",
-            self.desc,
-            self.done,
-            self.total,
-            self.unit,
-            share,
-            rate,
-            self.unit,
-            left,
-        )
+        if self.unit == "B":
+            done, total, speed = _bytes(self.done), _bytes(self.total), f"{_bytes(rate)}/s"
+        else:
+            done, total, speed = str(self.done), f"{self.total} {self.unit}s", f"{rate:.3g} {self.unit}s/s"
+        count = f"{done}/{total}" if self.total else done  # a total of 0: not known
+        self.logger.info("%s: %s%s, %s%s", self.desc, count, share, speed, left)
+
+
+def _bytes(count: float) -> str:
+    """``512 B``, ``3.4 MB``, ``1.2 GB`` (powers of 1000, as tqdm's bar)."""
+    if count < 1000:
+        return f"{count:.0f} B"
+    for unit in ("kB", "MB"):
+        count /= 1000
+        if count < 1000:
+            return f"{count:.1f} {unit}"
+    return f"{count / 1000:.1f} GB"
 
 
 def _terminal_size() -> tuple[int, int]:

@@ -43,6 +43,9 @@ from medvol.errors import MedvolError
 from medvol.evaluation.summary import format_interval
 from medvol.fetch import Fetched, Source, data_folder, fetch, parse_sources
 from medvol.io.atomic import atomic_path, write_json
+from medvol.logs import get_logger, track
+
+logger = get_logger(__name__)
 
 if TYPE_CHECKING:
     from medvol.config import ExperimentConfig
@@ -145,7 +148,7 @@ def reproduce(
     data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
     summaries: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
-    for seed in range(seeds):
+    for seed in track(range(seeds), f"reproduce {study.name}", "seed", logger):
         name = f"{study.name}-{budget}-seed{seed}"
         config = load_config(
             study.budgets[budget],

@@ -10,6 +10,7 @@ multi-volume files, must fail with one line naming the file (and frame).
 from __future__ import annotations
 
 import gzip
+import json
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -373,6 +374,24 @@ def test_info_lists_the_volumes_and_convert_writes_one_file_each(
         np.testing.assert_array_equal(data[..., e], volume.array[0])
 
 
+def test_each_echo_file_says_its_echo_in_the_sidecar_as_dcm2niix_does(
+    classic_echoes: list[SeriesTruth], tmp_path: Path
+) -> None:
+    folder = classic_echoes[0].folder
+    assert run_cli("convert", folder, tmp_path / "medvol" / "mte.nii.gz").returncode == 0
+    dcm2niix_volumes(folder, tmp_path / "dcm2niix")
+    for echo in (1, 2, 3):
+        ours = json.loads((tmp_path / "medvol" / f"mte_e{echo}.json").read_text())
+        theirs = json.loads((tmp_path / "dcm2niix" / f"out_e{echo}.json").read_text())
+        assert ours["EchoNumber"] == theirs["EchoNumber"] == echo
+        assert ours["EchoTime"] == pytest.approx(theirs["EchoTime"]) == (4.6 + 5 * (echo - 1)) / 1000
+        reloaded = medvol.load(tmp_path / "medvol" / f"mte_e{echo}.nii.gz")
+        assert reloaded.meta["echo_time"] == pytest.approx(4.6 + 5 * (echo - 1))  # back in ms
+    # Stacked as channels, the volume has no one echo: the sidecar names none.
+    assert run_cli("convert", folder, tmp_path / "all.nii.gz", "--volume", "all").returncode == 0
+    assert "EchoTime" not in json.loads((tmp_path / "all.json").read_text())
+
+
 def test_convert_writes_nothing_when_one_of_the_outputs_exists(
     classic_echoes: list[SeriesTruth], tmp_path: Path
 ) -> None:
@@ -458,3 +477,67 @@ def test_slice_timing_in_trigger_time_does_not_cut_a_dynamic_series_into_slivers
     volumes = load_volumes(truths[0].folder)
     assert [v.meta["volume_suffix"] for v in volumes] == ["_a1", "_a2", "_a3"]
     assert_volumes_match(volumes, truth_points(truths))
+
+
+# --- 4. a dataset of multi-echo series: a chosen echo, or every echo as channels ----------------
+
+
+def echo_manifest(root: Path, volume_column: list[str] | None = None) -> Path:
+    """A classification manifest of four 2-echo series (classes 0, 1, 0, 1), optionally with ``volume``."""
+    specs = [VolumeSpec(echo_number=e + 1, echo_time=5.0 + 5 * e) for e in range(2)]
+    lines = ["image,class" + (",volume" if volume_column else "")]
+    for number in range(4):
+        write_mr_volumes(root / f"s{number}", Geometry(rows=6, columns=5, slices=4), specs, seed=number)
+        extra = f",{volume_column[number]}" if volume_column else ""
+        lines.append(f"s{number},{number % 2}{extra}")
+    (root / "cases.csv").write_text("\n".join(lines) + "\n")
+    return root / "cases.csv"
+
+
+def test_a_dataset_of_echo_series_needs_a_volume_choice_and_takes_all_as_channels(tmp_path: Path) -> None:
+    from medvol.data.cases import load_case, read_manifest, validate
+
+    manifest = echo_manifest(tmp_path / "data")
+    refused = validate(manifest, store=False)
+    assert not refused.usable
+    assert all("holds 2 volumes" in f.message for f in refused.findings if f.kind == "unreadable")
+
+    out = tmp_path / "all.csv"
+    result = run_cli("index", manifest, "--volume", "all", "--out", out)
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases, _ = read_manifest(out)
+    assert [case.volume for case in cases] == ["all"] * 4
+    image, _ = load_case(cases[0])
+    expected = medvol.load(tmp_path / "data" / "s0", volume="all")
+    assert image.array.shape[0] == 2
+    np.testing.assert_array_equal(image.array, expected.array)
+    np.testing.assert_array_equal(image.affine, expected.affine)
+
+
+def test_a_manifest_chooses_a_volume_per_case_and_refuses_a_bad_choice(tmp_path: Path) -> None:
+    from medvol.data.cases import load_case, validate
+
+    echo_manifest(tmp_path / "data")
+    manifest = tmp_path / "data" / "chosen.csv"
+    manifest.write_text("case_id,image,class,volume\na,s0,0,1\nb,s0,1,2\nc,s1,0,all\nd,s2,1,echo\n")
+    report = validate(manifest, store=False)
+    bad = [f for f in report.findings if f.kind == "bad_volume"]
+    assert len(bad) == 1 and "volume 'echo' is not a volume number" in bad[0].message
+    # Two echoes of one series are two images, not a duplicate case.
+    assert [case.case_id for case in report.usable] == ["a", "b", "c"]
+    assert not [f for f in report.findings if f.kind == "duplicate_case"]
+    echo1, echo2, both = (load_case(case)[0] for case in report.usable)
+    np.testing.assert_array_equal(echo1.array, medvol.load(tmp_path / "data" / "s0", volume=1).array)
+    np.testing.assert_array_equal(echo2.array, medvol.load(tmp_path / "data" / "s0", volume=2).array)
+    assert both.array.shape[0] == 2
+
+
+def test_a_stored_check_is_not_reused_for_another_volume_choice(tmp_path: Path) -> None:
+    from medvol.data.cases import validate
+
+    manifest = echo_manifest(tmp_path / "data")
+    first = validate(manifest, volume="1")
+    assert first.checked == 4 and len(first.usable) == 4
+    assert validate(manifest, volume="1").reused == 4
+    again = validate(manifest, volume="all")
+    assert again.checked == 4 and again.reused == 0

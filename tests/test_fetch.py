@@ -70,6 +70,18 @@ def test_file_is_downloaded_verified_recorded_and_reused(
     assert target.is_file() and len(served.requests) == 1
 
 
+def test_a_download_shows_its_progress_in_bytes(
+    tmp_path: Path, served: Served, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import medvol.logs
+
+    monkeypatch.setattr(medvol.logs, "PLAIN_PROGRESS_INTERVAL_S", 0.0)
+    assert fetch(file_study(tmp_path, served), tmp_path / "data") == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("download file.bin: ")]
+    assert lines and lines[-1].startswith("download file.bin: 300.0 kB/300.0 kB (100%), "), lines
+    assert lines[-1].endswith("B/s")
+
+
 def test_a_broken_transfer_is_resumed_with_a_range_request(tmp_path: Path, served: Served) -> None:
     served.cut["/file.bin"] = 100_000
     assert fetch(file_study(tmp_path, served), tmp_path / "data") == 0

@@ -85,6 +85,9 @@ def test_unknown_option_is_named_with_a_suggestion_not_a_type_error() -> None:
         ("resnet18", {"norm": "batchnorm"}, "norm must be one of batch, instance, group, layer"),
         ("resnet18", {"dropout": 1.5}, "dropout"),
         ("resnet18", {"widths": [8, 16]}, "widths"),
+        ("resnet18", {"stem_kernel": [7, 7, 2]}, "stem_kernel must be a positive odd int or three"),
+        ("resnet18", {"stem_stride": [2, 0, 1]}, "stem_stride must be a positive int or three"),
+        ("resnet18", {"conv": "(2+1)D"}, "conv must be one of 3d, 2\\+1d, 2d"),
         ("unet", {"num_classes": 1}, "num_classes"),
         ("dynunet", {"patch_size": (8, 8, 8), "num_levels": 4}, "too small"),
         ("dynunet", {"num_levels": 3, "deep_supervision": True, "deep_supervision_heads": 2}, "heads"),
@@ -219,6 +222,47 @@ def test_resnet_stem_options_change_the_stem() -> None:
     assert pooled.stem(x).shape[2:] == (14, 14, 14)
     assert strided.stem(x).shape[2:] == (14, 14, 14)
     assert create_model("resnet10", widths=4, stem_kernel=5).stem[0].kernel_size == (5, 5, 5)
+
+
+# --- clips: time on the last axis ---------------------------------------------------------------------------
+
+
+def clip_model(conv: str) -> nn.Module:
+    """A small ResNet-10 for clips (B, 1, 16, 16, 8): the R3D stem, no temporal stride in it."""
+    torch.manual_seed(0)
+    options = {"widths": 4, "stem_kernel": [3, 3, 3], "stem_stride": [2, 2, 1], "stem_pool": False}
+    return create_model("resnet10", conv=conv, **options).eval()
+
+
+def test_clip_stem_strides_space_and_keeps_every_frame() -> None:
+    model = clip_model("3d")
+    assert model.stem(torch.randn(1, 1, 16, 16, 8)).shape[2:] == (8, 8, 8)
+
+
+@pytest.mark.parametrize("conv", ["3d", "2+1d", "2d"])
+def test_only_a_network_with_temporal_kernels_sees_the_order_of_frames(conv: str) -> None:
+    clip = torch.randn(2, 1, 16, 16, 8)
+    reversed_in_time = clip.flip(-1)
+    with torch.no_grad():
+        logits, reversed_logits = clip_model(conv)(clip), clip_model(conv)(reversed_in_time)
+    same = torch.allclose(logits, reversed_logits, atol=1e-5)
+    assert same == (conv == "2d"), (logits, reversed_logits)  # frames one by one, then averaged
+
+
+def test_the_2plus1d_factorisation_keeps_the_3d_parameter_count() -> None:
+    full, factorised = clip_model("3d"), clip_model("2+1d")
+    assert any(
+        isinstance(m, nn.Conv3d) and m.kernel_size == (1, 1, 3) for m in factorised.modules()
+    ) and not any(isinstance(m, nn.Conv3d) and m.kernel_size == (3, 3, 1) for m in full.modules())
+    count = [sum(p.numel() for p in m.parameters()) for m in (full, factorised)]
+    assert abs(count[1] - count[0]) / count[0] < 0.05, count  # R(2+1)D's intermediate width rule
+
+
+def test_the_3d_network_keeps_its_parameter_names() -> None:
+    """Checkpoints of earlier medvol and MedicalNet's key mapping rely on these names."""
+    names = list(create_model("resnet18", widths=4).state_dict())
+    assert names[:3] == ["stem.0.weight", "stem.1.weight", "stem.1.bias"]
+    assert "stages.1.0.conv1.weight" in names and "stages.1.0.shortcut.0.weight" in names
 
 
 def test_resnet_width_channels_classes_and_dropout_options() -> None:

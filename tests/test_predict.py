@@ -320,6 +320,39 @@ def test_probabilities_and_refusal_of_changed_settings(
     assert main(["predict", str(segmenter), str(in_dir), str(out), "--tta", "--overwrite"]) == 0
 
 
+def test_a_series_of_several_echoes_is_predicted_from_the_chosen_volume(
+    segmenter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.dicom_multivolume_factory import VolumeSpec, write_mr_volumes
+
+    in_dir = tmp_path / "in"
+    specs = [VolumeSpec(echo_number=e + 1, echo_time=5.0 + 5 * e) for e in range(2)]
+    write_mr_volumes(
+        in_dir / "echoes", Geometry(rows=24, columns=20, slices=10, pixel_spacing=(2.0, 2.0)), specs
+    )
+    unchosen = tmp_path / "unchosen"
+    assert main(["predict", str(segmenter), str(in_dir), str(unchosen)]) == 1
+    (failure,) = rows(unchosen / "errors.csv")
+    assert "holds 2 volumes" in failure["reason"] and "--volume" in failure["reason"]
+
+    out = tmp_path / "out"
+    assert main(["predict", str(segmenter), str(in_dir), str(out), "--volume", "2"]) == 0
+    (mask,) = out.rglob("*.seg.nii.gz")
+    echo = medvol.load(in_dir / "echoes", volume=2)
+    predicted = medvol.load(mask)
+    assert predicted.shape == echo.shape
+    np.testing.assert_allclose(predicted.affine, echo.affine, atol=1e-4)
+    assert json.loads((out / "predict.json").read_text())["settings"]["volume"] == "2"
+    capsys.readouterr()
+    assert main(["predict", str(segmenter), str(in_dir), str(out), "--volume", "1"]) == 1
+    assert "volume '2' → '1'" in capsys.readouterr().err
+
+    both = tmp_path / "both"  # a one-channel model given two echoes as channels: the scan fails, named
+    assert main(["predict", str(segmenter), str(in_dir), str(both), "--volume", "all"]) == 1
+    (failure,) = rows(both / "errors.csv")
+    assert "channel" in failure["reason"], failure
+
+
 # ----------------------------------------------------------------- classification
 
 

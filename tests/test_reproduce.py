@@ -73,7 +73,9 @@ def test_classification_study_over_two_seeds_resumes_without_retraining(
     before = checkpoint.stat().st_mtime_ns
     capsys.readouterr()
     assert main(arguments) == 0
-    assert "already evaluated" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "already evaluated" in shown
+    assert "reproduce adrenalmnist3d: 2/2 seeds (100%)" in shown  # the closing progress line
     assert checkpoint.stat().st_mtime_ns == before
 
 

@@ -37,12 +37,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from medvol.augment.pipeline import STAGES, AugmentConfig, Seed, spawn_seed
+from medvol.augment.config import MIXES, AugmentConfig, Seed
+from medvol.augment.pipeline import STAGES, spawn_seed
 
 __all__ = ["MIXES", "BatchMixer", "Mixed"]
-
-#: ``augment.mix`` values and the task each is for.
-MIXES = {"carvemix": "segmentation", "mixup": "classification", "cutmix": "classification"}
 #: Spawn key of the mixing stream (after the per-sample stages and the batched ones).
 MIX_KEY = len(STAGES) + 1
 

@@ -27,6 +27,9 @@ class Case:
     patient_id: str | None = None
     series: str | None = None  # which DICOM series of ``images[0]`` (a folder), when it holds several
     label_series: str | None = None  # which DICOM series of ``label`` (a folder) is the mask
+    # which volume of a DICOM series of several (echoes, time points...): its number as listed,
+    # or "all" for every volume as a channel; None: the series must hold one volume
+    volume: str | None = None
 
     @property
     def annotated(self) -> bool:
@@ -48,6 +51,11 @@ class Finding:
     path: str | None
     message: str
     row: int | None = None
+
+
+def valid_volume(value: str) -> bool:
+    """Whether ``value`` names a volume of a series: a number from 1, or ``all``."""
+    return value == "all" or (value.isdigit() and int(value) >= 1)
 
 
 #: Kinds of the findings on manifest rows that become no case (an unsafe or a repeated case id).

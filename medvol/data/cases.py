@@ -13,7 +13,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,7 @@ def validate(
     recheck: bool = False,
     store: bool = True,
     progress: bool | None = None,
+    volume: str | None = None,
 ) -> IndexReport:
     """Discover and check every case: readability, grids, label values, dtypes, duplicates.
 
@@ -140,9 +141,13 @@ def validate(
         store: store the checks for the next time.
         progress: show progress over the cases (``medvol.logs.Progress``;
             ``None``: a bar on a terminal, plain lines elsewhere).
+        volume: for every case whose images are DICOM, which volume of a series
+            of several to read (``Case.volume``: a number, or ``"all"`` as channels).
     """
     root = Path(root)
     layout, cases, findings = discover(root, pair, dicom_pairing)
+    if volume is not None:
+        cases = [replace(case, volume=volume) if _dicom_without_volume(case) else case for case in cases]
     classes = classes if classes is not None else declared_classes(root)
     report = IndexReport(root=root, layout=layout, cases=cases, findings=findings)
     stored = CheckCache(root, {"classes": classes})
@@ -300,10 +305,17 @@ def _check_case(case: Case, classes: list[int] | None, stats: list[Stat] | None)
     findings: list[Finding] = []
     series = [case.series, case.label_series]
     check = CaseCheck(
-        stats or [], series, digest=None, dtypes=[], shapes=[], label_values=None, findings=findings
+        stats or [],
+        series,
+        digest=None,
+        dtypes=[],
+        shapes=[],
+        label_values=None,
+        findings=findings,
+        volume=case.volume,
     )
     try:
-        images = [load(path, series=case.series) for path in case.images]
+        images = [load(path, series=case.series, volume=case.volume) for path in case.images]
         label = None if case.label is None else load_label(case.label, case.label_series, images[0])
     except MedvolError as error:
         findings.append(Finding("unreadable", "error", case.case_id, str(error.path), error.problem))
@@ -347,7 +359,8 @@ def content_digest(case: Case) -> str:
     SOPInstanceUIDs: they were just read by ``load`` and hash faster than
     pydicom parses the UID from every header (20-slice CT series:
     3 ms JPEG 2000, 7 ms uncompressed, against 15 ms for the UIDs), and
-    equal bytes are the same image whatever the UIDs say.
+    equal bytes are the same image whatever the UIDs say. The chosen volume
+    (``Case.volume``) counts too.
 
     Raises:
         MedvolError: a DICOM folder whose series cannot be found again.
@@ -364,6 +377,8 @@ def content_digest(case: Case) -> str:
         else:
             digest.update(hashlib.sha256(path.read_bytes()).hexdigest().encode())
         digest.update(b";")
+    if case.volume is not None:  # two volumes of one series (echo 1, echo 2) are not duplicates
+        digest.update(f"volume:{case.volume}".encode())
     return digest.hexdigest()
 
 
@@ -401,14 +416,22 @@ def _check_label_values(
     return set(values.astype(int).tolist())
 
 
+def _dicom_without_volume(case: Case) -> bool:
+    """Whether ``case``'s images are a DICOM folder or file and no volume is chosen for it yet."""
+    from medvol.io.dicom_headers import is_dicom_file
+
+    first = case.images[0] if case.images else None
+    return case.volume is None and first is not None and (first.is_dir() or is_dicom_file(first))
+
+
 def load_case(case: Case) -> tuple[Volume, Volume | None]:
     """The case's channels stacked into one Volume, and its label map (if any); see ``load_files``."""
-    return load_files(case.images, case.label, case.series, case.label_series)
+    return load_files(case.images, case.label, case.series, case.label_series, case.volume)
 
 
 def load_images(case: Case) -> Volume:
     """The case's channels stacked into one Volume ``(C, X, Y, Z)`` (no label map is read)."""
-    return load_files(case.images, None, case.series)[0]
+    return load_files(case.images, None, case.series, volume=case.volume)[0]
 
 
 MANIFEST_COLUMNS = (
@@ -419,6 +442,7 @@ MANIFEST_COLUMNS = (
     "patient_id",
     "series",
     "label_series",
+    "volume",
     "usable",
     "problems",
 )
@@ -454,6 +478,7 @@ def write_manifest(report: IndexReport, path: str | Path) -> Path:
                     case.patient_id or "",
                     case.series or "",
                     case.label_series or "",
+                    case.volume or "",
                     int(case.case_id in usable),
                     " | ".join(problems.get(case.case_id, [])),
                 ]

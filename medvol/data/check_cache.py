@@ -54,6 +54,7 @@ class CaseCheck:
     Attributes:
         files: ``(path, size, mtime_ns)`` of every file read, taken before reading.
         series: the DICOM series read from the image and label folders (``None``: the only one).
+        volume: the volume of a DICOM image series of several that was read (``Case.volume``).
         digest: the images' content digest (``content_digest``); ``None`` when unreadable.
         dtypes: the image channels' dtypes.
         shapes: the image channels' shapes ``(C, X, Y, Z)``.
@@ -68,6 +69,7 @@ class CaseCheck:
     shapes: list[list[int]]
     label_values: list[int] | None
     findings: list[Finding]
+    volume: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +84,7 @@ class CaseCheck:
             shapes=[list(shape) for shape in data["shapes"]],
             label_values=data["label_values"],
             findings=[Finding(**finding) for finding in data["findings"]],
+            volume=data.get("volume"),
         )
 
 
@@ -149,8 +152,8 @@ class CheckCache:
             check = CaseCheck.from_json(record)
         except (KeyError, TypeError, ValueError):
             return None
-        same_series = check.series == [case.series, case.label_series]
-        return check if check.files == stats and same_series else None
+        same_reading = check.series == [case.series, case.label_series] and check.volume == case.volume
+        return check if check.files == stats and same_reading else None
 
     def save(self, checks: dict[str, CaseCheck]) -> None:
         """Store ``checks`` (case id → check) in place of the records read; a failure only warns."""

@@ -20,8 +20,10 @@ Layouts understood:
   for channels, or ``images`` with channels joined by ``;`` as ``medvol index``
   writes it), and optionally ``case_id``, ``label`` (a label-map path),
   ``class`` (a classification target), ``patient_id``, ``series`` (which
-  DICOM series of an image folder) and ``label_series`` (which DICOM series
-  of a label folder is the mask); relative paths are relative to the CSV
+  DICOM series of an image folder), ``label_series`` (which DICOM series
+  of a label folder is the mask) and ``volume`` (which volume of a DICOM
+  series of several, e.g. an echo: its number, or ``all`` for every volume as
+  a channel); relative paths are relative to the CSV
   file (``medvol index`` writes them relative to the manifest's own folder,
   so a manifest written anywhere reads back as the same cases).
 
@@ -35,7 +37,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medvol.data.case import SAFE_CASE_ID, Case, Finding
+from medvol.data.case import SAFE_CASE_ID, Case, Finding, valid_volume
 from medvol.data.dicom_pairs import DicomPairing, pair_series
 from medvol.errors import MedvolError
 from medvol.io.atomic import full_suffix
@@ -402,7 +404,11 @@ def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
         patient_id = (row.get("patient_id") or "").strip() or None
         series = (row.get("series") or "").strip() or None
         label_series = (row.get("label_series") or "").strip() or None
-        cases.append(Case(case_id, images, label, target, patient_id, series, label_series))
+        volume = (row.get("volume") or "").strip().lower() or None
+        if volume is not None and not valid_volume(volume):
+            message = f"row {number}: volume {volume!r} is not a volume number (1, 2, ...) or 'all'"
+            findings.append(Finding("bad_volume", "error", case_id, str(path), message, number))
+        cases.append(Case(case_id, images, label, target, patient_id, series, label_series, volume))
     return cases, findings
 
 

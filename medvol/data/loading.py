@@ -60,10 +60,16 @@ def _is_dicom_seg(path: Path) -> bool:
 
 
 def load_files(
-    images: Sequence[Path], label: Path | None, series: str | None = None, label_series: str | None = None
+    images: Sequence[Path],
+    label: Path | None,
+    series: str | None = None,
+    label_series: str | None = None,
+    volume: str | None = None,
 ) -> tuple[Volume, Volume | None]:
     """A case's channels stacked into one Volume ``(C, X, Y, Z)``, and its integer label map (if any).
 
+    ``volume`` chooses among the volumes of a DICOM image series of several
+    (``medvol.load``'s ``volume=``; ``"all"``: each volume one more channel).
     Several channels are stacked as float32; a single channel keeps its dtype.
     Every channel and the label map must lie on the first channel's grid
     (``on_image_grid``: the same voxels in another axis order are reoriented);
@@ -73,7 +79,7 @@ def load_files(
         GeometryError: a channel or the label map on another grid.
         InvalidDataError: a label map with non-integer values.
     """
-    loaded = [load(path, series=series) for path in images]
+    loaded = [load(path, series=series, volume=volume) for path in images]
     first = loaded[0]
     channels = [first, *(on_image_grid(first, other, "channel") for other in loaded[1:])]
     image = first

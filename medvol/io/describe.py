@@ -31,6 +31,18 @@ META_KEYS = (
     "orientation_residual_deg",
     "mosaic",
     "multiframe",
+    "colour",
+    "photometric_interpretation",
+    "axes",
+    "frames",
+    "frame_interval_ms",
+    "frame_rate_hz",
+    "duration_s",
+    "frame_interval_from",
+    "frame_interval_range_ms",
+    "frame_interval_skipped",
+    "pixel_spacing_from",
+    "patient_geometry",
     "slice_step_from",
     "affine_from",
     "sidecar",
@@ -46,11 +58,16 @@ def describe(volume: Volume) -> dict[str, Any]:
         ``"LAS"``), ``affine`` (4×4, voxel → RAS mm), ``dtype``,
         ``intensity_range`` (min, max; ``None`` for an empty array), then any
         of :data:`META_KEYS` the reader recorded (DICOM PatientPosition and
-        ImageType, series, geometry notes, the JSON sidecar read) and
-        ``skipped_files`` (a count).
+        ImageType, series, geometry notes, colour, and for a clip its frames,
+        frame interval, ``frame_rate_hz`` and ``duration_s``, the JSON sidecar
+        read) and ``skipped_files`` (a count).
     """
     array = volume.array
-    meta = volume.meta
+    meta = dict(volume.meta)
+    interval = meta.get("frame_interval_ms")
+    if meta.get("axes") == "XYT" and interval:
+        meta["frame_rate_hz"] = round(1000.0 / interval, 3)
+        meta["duration_s"] = round(interval * volume.shape[2] / 1000.0, 3)
     summary: dict[str, Any] = {
         "path": meta.get("source_path"),
         "format": meta.get("format"),

@@ -76,9 +76,13 @@ class DicomSeries:
         h = self.first
         number = "?" if h.series_number is None else str(h.series_number)
         count = sum(header.frames for header in self.headers)
+        what = f"{count} image(s)"
+        if h.is_clip:
+            what = f"clip of {count} frames" if count > 1 else "2D picture"
+            what += ", no patient geometry" if h.orientation is None or h.position is None else ""
         return (
             f"series {number} '{h.series_description}' {h.modality} "
-            f"{h.columns}x{h.rows}, {count} image(s), uid {self.key or '(empty)'}"
+            f"{h.columns}x{h.rows}, {what}, uid {self.key or '(empty)'}"
         )
 
 
@@ -144,18 +148,22 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
 
     A series is the images of one UID in one folder: two copies of a series in
     sibling folders are two series (``series_in_several_folders`` lists them),
-    never one series whose slices all appear twice. An enhanced multi-frame file
-    forms a group on its own; the mosaics of one series form one group (each
-    mosaic one of its volumes; copies of one mosaic, which share an
-    InstanceNumber, a group each), apart from any single slices. Groups are
+    never one series whose slices all appear twice. A multi-frame file, and a
+    2D picture without a place in the patient (``SliceHeader.is_clip``: a
+    photograph, a secondary capture, an ultrasound frame), forms a group on
+    its own; the mosaics of one series form one group (each mosaic one of its
+    volumes; copies of one mosaic, which share an InstanceNumber, a group
+    each), apart from any single slices. Groups are
     ordered by series number, then key, then folder; the key is the UID, with
     ``#2``, ``#3``... for further parts of one UID split within one folder.
     """
     groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
     for header in headers:
         orientation = None if header.orientation is None else tuple(np.round(header.orientation, 4))
-        # A multi-frame file is a series on its own; the mosaics of a series are its volumes.
-        own_volume = header.path if header.frames > 1 else ("mosaic" if header.is_mosaic else None)
+        # A multi-frame file or a clip (a 2D picture without a place in the patient) is a series on
+        # its own: pictures are never stacked. The mosaics of a series are its volumes.
+        alone = header.frames > 1 or header.is_clip
+        own_volume = header.path if alone else ("mosaic" if header.is_mosaic else None)
         folder = os.path.dirname(header.path)
         key = (header.series_uid, orientation, header.rows, header.columns, own_volume, folder)
         groups.setdefault(key, []).append(header)
@@ -248,9 +256,17 @@ def select_series(
     if choice is None:
         if len(series) == 1:
             return series[0]
+        pictures = sum(1 for item in series if item.first.is_clip and item.first.frames == 1)
+        why = ""
+        if pictures > 1:
+            why = (
+                f" ({pictures} of them are single 2D pictures without a place in the patient, e.g. "
+                "secondary captures, photographs or ultrasound frames, which medvol never stacks into a "
+                "volume: load each file on its own)"
+            )
         raise SeriesError(
             folder,
-            f"{len(series)} image series found; choose one with series=N or --series N:\n"
+            f"{len(series)} image series found{why}; choose one with series=N or --series N:\n"
             f"{_listing(folder, series)}",
         )
     if isinstance(choice, int) or str(choice).isdigit():

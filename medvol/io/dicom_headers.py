@@ -45,7 +45,10 @@ HEADER_TAGS = [
     "Columns",
     "NumberOfFrames",
     "SamplesPerPixel",
+    "PhotometricInterpretation",
+    "PlanarConfiguration",
     "BitsAllocated",
+    "FrameIncrementPointer",
     "ImageOrientationPatient",
     "ImagePositionPatient",
     "PixelSpacing",
@@ -57,6 +60,36 @@ HEADER_TAGS = [
     "PerFrameFunctionalGroupsSequence",
     *CLASSIC_TAGS,
 ]
+
+# SOP classes whose images are 2D pictures with no place in the patient (ultrasound,
+# secondary capture, visible-light photographs, X-ray angiography/fluoroscopy): a single
+# frame without ImageOrientationPatient/ImagePositionPatient loads as a one-frame clip.
+PICTURE_SOP_CLASSES = frozenset(
+    {
+        "1.2.840.10008.5.1.4.1.1.6",  # Ultrasound (retired)
+        "1.2.840.10008.5.1.4.1.1.6.1",  # Ultrasound
+        "1.2.840.10008.5.1.4.1.1.3",  # Ultrasound multi-frame (retired)
+        "1.2.840.10008.5.1.4.1.1.3.1",  # Ultrasound multi-frame
+        "1.2.840.10008.5.1.4.1.1.7",  # Secondary capture
+        "1.2.840.10008.5.1.4.1.1.7.1",  # Multi-frame single bit secondary capture
+        "1.2.840.10008.5.1.4.1.1.7.2",  # Multi-frame grayscale byte secondary capture
+        "1.2.840.10008.5.1.4.1.1.7.3",  # Multi-frame grayscale word secondary capture
+        "1.2.840.10008.5.1.4.1.1.7.4",  # Multi-frame true colour secondary capture
+        "1.2.840.10008.5.1.4.1.1.12.1",  # X-ray angiographic
+        "1.2.840.10008.5.1.4.1.1.12.2",  # X-ray radiofluoroscopic
+        "1.2.840.10008.5.1.4.1.1.77.1.1",  # VL endoscopic
+        "1.2.840.10008.5.1.4.1.1.77.1.1.1",  # Video endoscopic
+        "1.2.840.10008.5.1.4.1.1.77.1.2",  # VL microscopic
+        "1.2.840.10008.5.1.4.1.1.77.1.2.1",  # Video microscopic
+        "1.2.840.10008.5.1.4.1.1.77.1.4",  # VL photographic
+        "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video photographic
+        "1.2.840.10008.5.1.4.1.1.77.1.5.1",  # Ophthalmic photography 8 bit
+        "1.2.840.10008.5.1.4.1.1.77.1.5.2",  # Ophthalmic photography 16 bit
+    }
+)
+
+# What the frames of a classic multi-frame file may follow for it to be a clip (FrameIncrementPointer).
+CLIP_FRAME_INCREMENTS = frozenset({"FrameTime", "FrameTimeVector"})
 
 # As Tag objects once: pydicom resolves keywords on every call otherwise (~100 µs a file).
 HEADER_TAG_NUMBERS = [Tag(keyword) for keyword in HEADER_TAGS]
@@ -98,6 +131,29 @@ class SliceHeader:
     labels: Labels = ()
     frame_labels: tuple[Labels, ...] | None = None
     frame: int | None = None
+    photometric: str = "MONOCHROME2"
+    planar_configuration: int | None = None
+    frame_increment: tuple[str, ...] = ()
+
+    @property
+    def is_colour(self) -> bool:
+        """Three samples per pixel (RGB or YCbCr), or a palette that maps each value to a colour."""
+        return self.samples_per_pixel == 3 or self.photometric == "PALETTE COLOR"
+
+    @property
+    def is_clip(self) -> bool:
+        """The file's frames follow in time (or it is one 2D picture), not slices in space.
+
+        True for a classic multi-frame file (no per-frame functional groups)
+        whose FrameIncrementPointer, if any, names only FrameTime or
+        FrameTimeVector, and for a single frame without ImageOrientationPatient
+        or ImagePositionPatient that is colour or of a picture SOP class
+        (ultrasound, secondary capture, photograph, X-ray angiography).
+        """
+        if self.frames > 1:
+            return self.frame_labels is None and set(self.frame_increment) <= CLIP_FRAME_INCREMENTS
+        no_place = self.orientation is None or self.position is None
+        return no_place and (self.is_colour or self.sop_class_uid in PICTURE_SOP_CLASSES)
 
     @property
     def name(self) -> str:
@@ -229,7 +285,9 @@ def _check_complete(
     group, element = np.frombuffer(pixel_element[:4], dtype=f"{order}u2").tolist()
     if group != 0x7FE0 or element not in (0x0008, 0x0009, 0x0010):
         raise UnreadableFileError(path, "truncated or corrupt DICOM file: the image has no pixel data")
-    if implicit:
+    if implicit or pixel_element[4:8] == b"\xff\xff\xff\xff":
+        # (an undefined length right after the tag: encapsulated data written without its VR, which
+        # some writers do even in explicit VR files, and pydicom reads)
         header_length, length = 8, int(np.frombuffer(pixel_element[4:8], dtype=f"{order}u4")[0])
     elif pixel_element[4:6] in (b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"UN"):
         if len(pixel_element) < 12:
@@ -238,22 +296,89 @@ def _check_complete(
     else:
         header_length, length = 8, int(np.frombuffer(pixel_element[6:8], dtype=f"{order}u2")[0])
     if length == 0xFFFFFFFF:
-        return  # encapsulated (compressed) frames: the decoder checks them
+        if isinstance(result, SliceHeader):
+            _check_fragments(path, result, stop + header_length, size)
+        return
     missing = stop + header_length + length - size
     if missing > 0:
-        raise UnreadableFileError(
-            path,
-            f"truncated DICOM file: the pixel data ({length} bytes) is cut short, {missing} byte(s) missing",
+        problem = (
+            f"truncated DICOM file: the pixel data ({length} bytes) is cut short, {missing} byte(s) missing"
         )
-    if isinstance(result, SliceHeader) and element == 0x0010 and "BitsAllocated" in ds:
-        bits = int(ds.BitsAllocated)
-        expected = result.rows * result.columns * result.frames * result.samples_per_pixel * bits // 8
-        if length < expected:
-            raise UnreadableFileError(
-                path,
-                f"incomplete pixel data: {length} bytes where Rows×Columns×frames×samples×bits "
-                f"need {expected}",
+        if isinstance(result, SliceHeader) and result.frames > 1 and "BitsAllocated" in ds:
+            whole = (size - stop - header_length) // max(_frame_bytes(result, int(ds.BitsAllocated)), 1)
+            problem = (
+                f"truncated multi-frame pixel data: NumberOfFrames is {result.frames} but the file ends "
+                f"after {whole} whole frame(s) ({missing} byte(s) missing)"
             )
+        raise UnreadableFileError(path, problem)
+    if isinstance(result, SliceHeader) and element == 0x0010 and "BitsAllocated" in ds:
+        frame_bytes = _frame_bytes(result, int(ds.BitsAllocated))
+        if length < frame_bytes * result.frames:
+            raise UnreadableFileError(path, _short_pixel_data(result, length, frame_bytes))
+
+
+def _check_fragments(path: Path, header: SliceHeader, start: int, size: int) -> None:
+    """Raise when encapsulated (compressed) pixel data ends early or holds fewer fragments than frames.
+
+    Walks the item headers from ``start`` (the first item, the basic offset
+    table) to the sequence delimiter without reading the compressed bytes;
+    every frame takes at least one fragment.
+    """
+    items = 0
+    with open(path, "rb") as handle:
+        while True:
+            handle.seek(start)
+            item = handle.read(8)
+            if len(item) < 8:
+                break
+            group, element = np.frombuffer(item[:4], dtype="<u2").tolist()
+            if (group, element) == (0xFFFE, 0xE0DD):  # sequence delimiter: the data is complete
+                fragments = max(items - 1, 0)
+                if fragments < header.frames:
+                    raise UnreadableFileError(
+                        path,
+                        f"NumberOfFrames is {header.frames} but the compressed pixel data holds "
+                        f"{fragments} fragment(s); every frame needs one",
+                    )
+                return
+            if (group, element) != (0xFFFE, 0xE000):
+                raise UnreadableFileError(
+                    path,
+                    f"corrupt compressed pixel data: no item tag at byte {start} (found {item[:4].hex()})",
+                )
+            start += 8 + int(np.frombuffer(item[4:8], dtype="<u4")[0])
+            if start > size:
+                break
+            items += 1
+    fragments = max(items - 1, 0)
+    if header.frames == 1:
+        problem = (
+            f"truncated DICOM file: it ends inside compressed fragment {fragments + 1} of the pixel data"
+        )
+    else:
+        problem = (
+            f"truncated multi-frame pixel data: NumberOfFrames is {header.frames} but the file ends "
+            f"inside compressed fragment {fragments + 1} ({fragments} complete)"
+        )
+    raise UnreadableFileError(path, problem)
+
+
+def _frame_bytes(header: SliceHeader, bits: int) -> int:
+    """Bytes of one native frame: Rows×Columns×samples×bits/8 (YBR_FULL_422: 2 chroma per 2 pixels)."""
+    samples = 2 if header.photometric == "YBR_FULL_422" else header.samples_per_pixel
+    return header.rows * header.columns * samples * bits // 8
+
+
+def _short_pixel_data(header: SliceHeader, length: int, frame_bytes: int) -> str:
+    """What a native pixel data element too short for its frames lacks, in frames and bytes."""
+    expected = frame_bytes * header.frames
+    if header.frames == 1:
+        return f"incomplete pixel data: {length} bytes where Rows×Columns×samples×bits need {expected}"
+    whole = length // frame_bytes if frame_bytes else 0
+    return (
+        f"truncated multi-frame pixel data: NumberOfFrames is {header.frames} but the data holds "
+        f"{whole} whole frame(s) ({length} of {expected} bytes)"
+    )
 
 
 def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
@@ -296,7 +421,26 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
         image_type=image_type,
         labels=image_labels(ds),
         frame_labels=frame_labels(ds) if frames > 1 else None,
+        photometric=str(ds.get("PhotometricInterpretation", "") or "MONOCHROME2").strip().upper(),
+        planar_configuration=_int_or_none(ds.get("PlanarConfiguration")),
+        frame_increment=_frame_increment(ds),
     )
+
+
+def _frame_increment(ds: Dataset) -> tuple[str, ...]:
+    """The keywords FrameIncrementPointer names (what changes from frame to frame), ``()`` without one."""
+    value = ds.get("FrameIncrementPointer")
+    if value in (None, ""):
+        return ()
+    tags = [value] if isinstance(value, int) else list(value)
+    return tuple(pydicom.datadict.keyword_for_tag(tag) or str(Tag(tag)) for tag in tags)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value in (None, "") else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _frame_count(path: Path, ds: Dataset) -> int:

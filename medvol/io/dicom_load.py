@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 
 from medvol.errors import SeriesError, UnreadableFileError
 from medvol.io.dicom import DicomSeries, read_stack_pixels, scan_folder, select_series, stack_geometry
+from medvol.io.dicom_clips import check_pixel_description, clip_source_error, decode_frames, read_clip
 from medvol.io.dicom_headers import SkippedFile, SliceHeader, read_header
 from medvol.io.dicom_volumes import (
     VolumeGroup,
@@ -106,8 +107,12 @@ def load_series_volumes(series: DicomSeries) -> list[Volume]:
 def series_volumes(series: DicomSeries) -> list[VolumeGroup]:
     """The volumes a series holds (one for a mosaic), without reading pixels."""
     first = series.first
-    if first.samples_per_pixel != 1:
-        raise SeriesError(first.path, "colour (RGB) DICOM images are not supported as volumes")
+    for header in series.headers:
+        check_pixel_description(header)
+    if first.is_clip:
+        return [VolumeGroup(number=1, images=(first,), labels=(), suffix="")]
+    if first.frames > 1 and first.frame_labels is None:
+        raise clip_source_error(first)
     if first.is_mosaic:
         return mosaic_volumes(series.headers)
     images = frame_images(first) if first.frames > 1 else list(series.headers)
@@ -117,27 +122,38 @@ def series_volumes(series: DicomSeries) -> list[VolumeGroup]:
 def load_groups(series: DicomSeries, groups: Sequence[VolumeGroup], count: int) -> list[Volume]:
     """Read the pixels and geometry of some of the ``count`` volumes of ``series``."""
     first = series.first
-    dataset = _read_dataset(first) if first.frames > 1 else None
-    if dataset is not None:
+    dataset = _read_dataset(first) if first.frames > 1 or first.is_clip else None
+    if dataset is not None and not first.is_clip:
         _check_frame_geometry(first, dataset)
     volumes = []
     for group in groups:
-        if first.is_mosaic:
+        if first.is_clip:
+            assert dataset is not None
+            array, affine, notes = read_clip(first, dataset)
+        elif first.is_mosaic:
             mosaic = group.images[0]
-            array, affine, notes = _read_mosaic(mosaic, _read_dataset(mosaic))
+            array, affine, notes = _read_mosaic(mosaic, _read_dataset(mosaic, decode=True))
         elif dataset is not None:
             array, affine, notes = _read_frames(first, dataset, group.images)
         else:
             ordered, affine, notes = stack_geometry(group.images)
-            array = read_stack_pixels(ordered)
+            array = _read_colour_stack(ordered) if first.is_colour else read_stack_pixels(ordered)[np.newaxis]
+        if first.is_colour:
+            notes.update(colour="RGB", photometric_interpretation=first.photometric)
         meta = _series_meta(series, group.images, affine, array, notes)
         if group.labels:
             meta.update(_volume_meta(group, count))
         image_type = dict(group.labels).get("image_type")
         if isinstance(image_type, str):  # what tells the volumes apart: a frame's FrameType
             meta["image_type"] = image_type.split("\\")
-        volumes.append(Volume(array=array[np.newaxis], affine=affine, meta=meta))
+        volumes.append(Volume(array=array, affine=affine, meta=meta))
     return volumes
+
+
+def _read_colour_stack(ordered: Sequence[SliceHeader]) -> np.ndarray:
+    """Sorted single-frame colour slices as ``(3, X, Y, Z)`` R, G, B values."""
+    slices = [decode_frames(_read_dataset(header), header)[0] for header in ordered]
+    return np.stack(slices).transpose(3, 2, 1, 0)
 
 
 def _chosen_series(path: Path, series: str | int | None) -> tuple[DicomSeries, list[SkippedFile]]:
@@ -195,7 +211,7 @@ def _series_meta(
         # A mosaic or multi-frame file is a volume on its own: its path is the file.
         "source_path": str(_source(series)),
         "format": "dicom",
-        "reader": f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}",
+        "reader": _reader(first),
         "modality": first.modality or None,
         "series_uid": first.series_uid or None,
         "series_number": first.series_number,
@@ -203,11 +219,21 @@ def _series_meta(
         "transfer_syntax": first.transfer_syntax,
         **_series_value(images, "patient_position", lambda h: h.patient_position or None),
         **_series_value(images, "image_type", lambda h: list(h.image_type) or None),
+        **_series_value(images, "echo_number", lambda h: dict(h.labels).get("echo")),
+        **_series_value(images, "echo_time", lambda h: dict(h.labels).get("echo_time")),  # ms
         "source_affine": affine.tolist(),
-        "source_shape": list(array.shape),
+        "source_shape": list(array.shape[1:]),
         "files": len({image.path for image in images}),
         **notes,
     }
+
+
+def _reader(first: SliceHeader) -> str:
+    """What decoded the pixels: SimpleITK/GDCM for grey single-frame slices, pydicom otherwise
+    (nibabel unpacks mosaics from pydicom's pixels)."""
+    if first.frames == 1 and not first.is_clip and not first.is_colour and not first.is_mosaic:
+        return f"pydicom {pydicom.__version__} headers + SimpleITK {sitk.Version.VersionString()}"
+    return f"pydicom {pydicom.__version__}"
 
 
 def _volume_meta(group: VolumeGroup, count: int) -> dict[str, Any]:
@@ -229,8 +255,9 @@ def _as_channels(volumes: list[Volume], source: Path) -> Volume:
         if difference is not None:
             raise SeriesError(source, f"{other.meta.get('volume')} is not on volume 1's grid ({difference})")
     meta = {key: value for key, value in reference.meta.items() if not key.startswith("volume")}
-    if any(v.meta.get("image_type") != reference.meta.get("image_type") for v in volumes):
-        meta["image_type"] = None  # e.g. a magnitude and a field map: no one image type
+    for key in ("image_type", "echo_number", "echo_time"):
+        if any(v.meta.get(key) != reference.meta.get(key) for v in volumes):
+            meta[key] = None  # e.g. a magnitude and a field map: no one image type; echoes: no one TE
     meta["channel_volumes"] = [v.meta.get("volume", "all images") for v in volumes]
     arrays = [v.array for v in volumes]
     dtype = np.result_type(*arrays)
@@ -254,11 +281,12 @@ def _series_value(
     return {key: None, f"{key}_per_slice": dict(sorted(counts.items()))}
 
 
-def _read_dataset(header: SliceHeader) -> Dataset:
-    """The whole file, pixels decoded (an error names the file)."""
+def _read_dataset(header: SliceHeader, decode: bool = False) -> Dataset:
+    """The whole file, with its pixels decoded by pydicom when ``decode`` (an error names the file)."""
     try:
         dataset = pydicom.dcmread(header.path)
-        _ = dataset.pixel_array
+        if decode:
+            _ = dataset.pixel_array
     except Exception as error:
         raise UnreadableFileError(header.path, f"cannot decode pixel data ({error})") from error
     return dataset
@@ -267,23 +295,22 @@ def _read_dataset(header: SliceHeader) -> Dataset:
 def _read_frames(
     header: SliceHeader, dataset: Dataset, frames: Sequence[SliceHeader]
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Some frames of an enhanced multi-frame file as one volume ``(X, Y, Z)``, sorted along the normal."""
+    """Some frames of an enhanced multi-frame file as one volume ``(C, X, Y, Z)``, sorted along the normal."""
     ordered, affine, notes = stack_geometry(frames, source=Path(header.path))
     slopes, intercepts = _frame_rescale(dataset, header)
     order = [int(frame.frame or 1) - 1 for frame in ordered]
-    pixels = dataset.pixel_array
-    if pixels.shape[0] != header.frames:
-        raise UnreadableFileError(
-            header.path, f"decoded {pixels.shape[0]} frame(s), NumberOfFrames says {header.frames}"
-        )
+    decoded = decode_frames(dataset, header)
+    notes["multiframe"] = True
+    if header.is_colour:
+        return decoded[order].transpose(3, 2, 1, 0), affine, notes
+    pixels = decoded[..., 0]
     # Rescale in float64, then float32 like the single-frame path (or the smallest int).
     array = pixels[order].astype(np.float64) * slopes[order, None, None] + intercepts[order, None, None]
     if _needs_float_values(slopes[order], intercepts[order]):
         array = array.astype(np.float32)
     else:
         array = _smallest_int(array)
-    notes["multiframe"] = True
-    return array.transpose(2, 1, 0), affine, notes
+    return array.transpose(2, 1, 0)[np.newaxis], affine, notes
 
 
 def _check_frame_geometry(header: SliceHeader, dataset: Dataset) -> None:
@@ -351,7 +378,7 @@ def _read_mosaic(header: SliceHeader, dataset: Dataset) -> tuple[np.ndarray, np.
         data = _smallest_int(data)
     notes = {"mosaic": True, "slices_in_mosaic": int(data.shape[2])}
     return (
-        np.ascontiguousarray(data.astype(data.dtype.newbyteorder("="))),
+        np.ascontiguousarray(data.astype(data.dtype.newbyteorder("=")))[np.newaxis],
         lps_to_ras(affine_lps),
         notes,
     )

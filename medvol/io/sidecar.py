@@ -12,6 +12,9 @@ Only these keys are written, none of which identifies a patient:
 - ``Modality`` (``CT``, ``MR``, ...), ``PatientPosition`` (``HFS``, ``FFS``,
   ``HFDL``, ...), ``ImageType`` (e.g. ``["ORIGINAL", "PRIMARY", "AXIAL"]``),
   ``SeriesNumber`` (a small number within a study, to find the series again);
+- ``EchoNumber`` and ``EchoTime`` (in seconds, as dcm2niix and BIDS write it;
+  ``Volume.meta["echo_time"]`` is in milliseconds, as DICOM stores it), so each
+  echo of a multi-echo series converted to its own file says which it is;
 - ``ConversionSoftware`` (``medvol``) and ``ConversionSoftwareVersion``.
 
 Left out on purpose: names, IDs, birth dates, accession numbers, UIDs (they
@@ -42,6 +45,8 @@ SIDECAR_KEYS = {
     "patient_position": "PatientPosition",
     "image_type": "ImageType",
     "series_number": "SeriesNumber",
+    "echo_number": "EchoNumber",
+    "echo_time": "EchoTime",
 }
 """``Volume.meta`` key → sidecar key (dcm2niix's names)."""
 
@@ -64,6 +69,10 @@ def sidecar_fields(meta: dict[str, Any]) -> dict[str, Any]:
     fields = {name: meta[key] for key, name in SIDECAR_KEYS.items() if meta.get(key) not in (None, "", [])}
     if "ImageType" in fields:
         fields["ImageType"] = [str(value) for value in fields["ImageType"]]
+    if "EchoNumber" in fields:
+        fields["EchoNumber"] = int(fields["EchoNumber"])
+    if "EchoTime" in fields:
+        fields["EchoTime"] = round(float(fields["EchoTime"]) / 1000, 9)  # ms → s
     return {**fields, "ConversionSoftware": SOFTWARE, "ConversionSoftwareVersion": __version__}
 
 
@@ -123,6 +132,8 @@ def read_sidecar(image_path: Path) -> dict[str, Any]:
             meta[key] = [str(v).strip() for v in value] if key == "image_type" else value
             if isinstance(meta[key], str):
                 meta[key] = meta[key].strip()
+            if key == "echo_time":
+                meta[key] = round(value * 1000, 6)  # s → ms
         else:
             logger.warning("%s: %s %r is not %s; not used", path, name, value, _EXPECTED[key])
     return meta
@@ -152,6 +163,8 @@ _EXPECTED = {
     "patient_position": "a text such as HFS",
     "image_type": "a list of texts",
     "series_number": "a whole number",
+    "echo_number": "a whole number",
+    "echo_time": "a time in seconds",
 }
 
 
@@ -160,4 +173,6 @@ def _valid(key: str, value: Any) -> bool:
         return isinstance(value, str) and bool(value.strip())
     if key == "image_type":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if key == "echo_time":
+        return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
     return isinstance(value, int) and not isinstance(value, bool)

@@ -15,6 +15,7 @@ class Options:
 
     checkpoint: Literal["best", "last"] = "best"
     flip_tta: bool = False
+    volume: str | None = None  # which volume of DICOM series of several (a number, or "all" as channels)
     largest_component: bool = False
     probabilities: bool = False
     dicom_seg: bool = False

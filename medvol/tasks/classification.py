@@ -172,7 +172,7 @@ class ScanClassificationTask(ClassificationTask):
 
     def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
         """Preprocess, normalise, centre-crop/pad as ``FileClassificationDataset`` does."""
-        from medvol.data.dataset import classifier_crop, prepare_image
+        from medvol.transforms.inputs import classifier_crop, prepare_image
 
         self.check_channels(recipe, scan)
         assert recipe.normalizer is not None and recipe.spec.shape is not None
@@ -325,7 +325,7 @@ class MedMNISTTask(ClassificationTask):
         Raises:
             MedvolError: another number of channels, or values outside MedMNIST's 0–255.
         """
-        from medvol.data.dataset import medmnist_input
+        from medvol.transforms.inputs import medmnist_input, resize
         from medvol.transforms.preprocess import reorient
 
         self.check_channels(recipe, scan)
@@ -342,7 +342,7 @@ class MedMNISTTask(ClassificationTask):
         oriented, _ = reorient(scan, "RAS")
         array = medmnist_input(oriented.array)
         if tuple(oriented.shape) != shape:
-            array = _resize(array, shape)
+            array = resize(array, shape)
         return ModelInput(array, oriented.affine)
 
 
@@ -359,12 +359,3 @@ def _counts_text(counts: dict[str, Any]) -> str:
 def _counts(labels: np.ndarray) -> dict[str, int]:
     values, counts = np.unique(labels, return_counts=True)
     return {str(v): int(c) for v, c in zip(values, counts, strict=True)}
-
-
-def _resize(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """``(C, X, Y, Z)`` resized to ``shape`` (trilinear, anti-aliased), kept within [0, 1]."""
-    import torch
-    from monai.transforms import Resize
-
-    resized = Resize(shape, mode="trilinear", anti_aliasing=True)(torch.from_numpy(array))
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
