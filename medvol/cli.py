@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(verbs, common)
     _add_synthesize(verbs, common)
     _add_train(verbs, common)
+    _add_pretrain(verbs, common)
     _add_runs(verbs, common)
     _add_evaluate(verbs, common)
     _add_predict(verbs, common)
@@ -257,6 +258,26 @@ def _add_train(verbs: Any, common: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     train.set_defaults(run=run_train)
+
+
+def _add_pretrain(verbs: Any, common: argparse.ArgumentParser) -> None:
+    pretrain = verbs.add_parser(
+        "pretrain",
+        parents=[common],
+        help="self-supervised pretraining on the training images, without labels (for model.init)",
+        description="Train the config's model to restore its training images from Models-Genesis-style "
+        "distortions (no label is used); writes RUN/checkpoints/pretrained.pt, which model.init loads.",
+    )
+    pretrain.add_argument("config", type=Path, help="experiment YAML (the one the supervised run uses)")
+    pretrain.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (e.g. tracking.name=pretrain, train.epochs=50)",
+    )
+    pretrain.set_defaults(run=run_pretrain)
 
 
 def _add_runs(verbs: Any, common: argparse.ArgumentParser) -> None:
@@ -689,6 +710,15 @@ def run_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     run_dir = train(config, resume=args.resume)
     print(f"run folder: {run_dir}")
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from medvol.config import load_config
+    from medvol.engine.pretrain import PRETRAINED, pretrain
+
+    run_dir = pretrain(load_config(args.config, args.overrides))
+    print(f"pretrained weights: {run_dir / 'checkpoints' / PRETRAINED} (model.init)")
     return 0
 
 
