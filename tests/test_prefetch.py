@@ -189,3 +189,11 @@ def test_an_interrupted_epoch_leaves_no_thread_reading(
     with pytest.raises(KeyboardInterrupt):
         train_module.train(config)
     assert not prefetch_threads()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_batches_come_pinned_on_cuda() -> None:
+    """The thread pins each batch (the DataLoader's ``pin_memory``), so copies to the GPU can overlap."""
+    loader = DataLoader(Draws(size=8), batch_size=4, pin_memory=True)
+    with Prefetcher(loader, device=torch.device("cuda")) as batches:
+        assert all(batch["noise"].is_pinned() for batch in batches)

@@ -15,13 +15,17 @@ there, as without prefetching), and only this one thread then calls the
 dataset, so every random draw of the sampler, the patch sampler and the
 per-sample augmenter happens in the same order as without the thread.
 With DataLoader workers there is nothing to add: they already read ahead.
+
+On a CPU the trainer also hands the thread the batched augmentation
+(``augment.where: batch``), so it overlaps with the model's step as well;
+on a GPU the augmentation stays in the training thread, on the GPU.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -52,9 +56,18 @@ class Prefetcher(Generic[T]):
         depth: batches kept ready (the thread holds one more while it waits).
         device: the training device; on CUDA the thread uses it as its
             current device, so pinning creates no context on another GPU.
+        transform: applied to each batch in the thread (the trainer passes the
+            batched augmentation on a CPU); it must draw from its own random
+            streams, as ``medvol.augment.batched.BatchAugmenter`` does.
     """
 
-    def __init__(self, batches: Iterable[T], depth: int = 2, device: torch.device | None = None) -> None:
+    def __init__(
+        self,
+        batches: Iterable[T],
+        depth: int = 2,
+        device: torch.device | None = None,
+        transform: Callable[[T], T] | None = None,
+    ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
         self._source = batches
@@ -62,6 +75,7 @@ class Prefetcher(Generic[T]):
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._device = device
+        self._transform = transform
         self._thread = threading.Thread(target=self._read, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -101,6 +115,8 @@ class Prefetcher(Generic[T]):
             if self._device is not None and self._device.type == "cuda":
                 torch.cuda.set_device(self._device)
             for batch in self._iterator:
+                if self._transform is not None:
+                    batch = self._transform(batch)
                 if not self._put(batch):
                     return
             self._put(_END)

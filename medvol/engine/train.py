@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -364,7 +365,8 @@ def _train_one_epoch(
     losses: list[torch.Tensor] = []
     samples, waited = 0, 0.0
     started = time.perf_counter()
-    with _batches(loader, config, runtime) as batches:
+    source, augment = _epoch_batches(loader, augment, config, runtime)
+    with source as batches:
         bar = tqdm(
             batches,
             total=len(loader),
@@ -375,13 +377,10 @@ def _train_one_epoch(
         ready = time.perf_counter()
         for batch in bar:
             waited += time.perf_counter() - ready
-            images = batch["image"].to(runtime.device, non_blocking=True)
-            targets = batch["label"].to(runtime.device, non_blocking=True)
+            batch = {k: batch[k].to(runtime.device, non_blocking=True) for k in ("image", "label")}
             if augment is not None:
-                maps = targets.ndim == images.ndim  # label maps move with the image; class indices do not
-                images, moved = augment(images, targets if maps else None)
-                targets = moved if moved is not None else targets
-            images = precision.prepare_input(images)
+                batch = augment_batch(augment, batch)
+            images, targets = precision.prepare_input(batch["image"]), batch["label"]
             optimizer.zero_grad(set_to_none=True)
             with autocast:
                 outputs = model(images)
@@ -408,12 +407,31 @@ def _train_one_epoch(
     }
 
 
-def _batches(loader: DataLoader[Any], config: ExperimentConfig, runtime: Runtime) -> Any:
-    """The epoch's batches: read ahead by a background thread with ``data.prefetch`` and no workers
-    (``medvol.data.prefetch``); else the loader itself (its workers read ahead)."""
-    if config.data.prefetch and config.data.num_workers == 0:
-        return Prefetcher(loader, depth=2, device=runtime.device)
-    return nullcontext(loader)
+def _epoch_batches(
+    loader: DataLoader[Any], augment: BatchAugmenter | None, config: ExperimentConfig, runtime: Runtime
+) -> tuple[Any, BatchAugmenter | None]:
+    """The epoch's batches (a context manager to iterate over) and the augmenter the training
+    thread still has to apply.
+
+    With ``data.prefetch`` and no loader workers, a background thread reads the next batches
+    while the model computes (``medvol.data.prefetch``); on a CPU it applies the batched
+    augmentation too, which then overlaps the step as well (on a GPU the augmentation stays in
+    the training thread, on the GPU). Otherwise: the loader (its workers read ahead) and ``augment``.
+    """
+    if not (config.data.prefetch and config.data.num_workers == 0):
+        return nullcontext(loader), augment
+    if runtime.device.type == "cpu" and augment is not None:
+        return Prefetcher(loader, 2, runtime.device, partial(augment_batch, augment)), None
+    return Prefetcher(loader, 2, runtime.device), augment
+
+
+def augment_batch(augment: BatchAugmenter, batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``image`` ``(B, C, X, Y, Z)`` augmented, and ``label`` with it where it is a
+    label map ``(B, 1, X, Y, Z)`` (class indices ``(B,)`` are left alone)."""
+    images, targets = batch["image"], batch["label"]
+    maps = targets.ndim == images.ndim
+    images, moved = augment(images, targets if maps else None)
+    return {**batch, "image": images, "label": moved if moved is not None else targets}
 
 
 def _update_best(progress: Progress, metrics: dict[str, float], config: ExperimentConfig, epoch: int) -> None:
