@@ -23,6 +23,8 @@ repeat, so drift hits all four alike):
 - ``batch``: the same with ``augment.where: batch`` (one resampling per batch on the training device);
 - ``prefetch``: ``augment.where: batch``, ``data.num_workers: 0`` and ``data.prefetch: true`` (a
   background thread reads and crops the next batches while the model computes);
+- ``batch-0`` (only with ``--mode``): ``augment.where: batch``, ``data.num_workers: 0``, no
+  prefetch: for a recipe with workers, what dropping them costs without the thread;
 - ``monai``: a hand-written loop doing the same augmentation the plain MONAI way: MONAI
   dictionary transforms per sample (``RandFlipd``, ``RandAffined``, ``RandBiasFieldd``,
   ``RandGaussianSmoothd``, ``RandGaussianNoised``, ``RandScaleIntensityd``,
@@ -76,7 +78,8 @@ from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset  #
 
 log = make_log("bench_augment")
 DATA = ROOT.parent / "shared" / "data"
-MODES = ("sample", "batch", "prefetch", "monai")
+MODES = ("sample", "batch", "prefetch", "monai")  # the default; --mode chooses others
+ALL_MODES = (*MODES, "batch-0")
 SIZES = {"adrenal": 384, "hippocampus": 60}  # --adrenal-cases, --hippocampus-cases
 
 
@@ -129,7 +132,7 @@ def with_run(config: dict[str, Any], work: Path, name: str, epochs: int, mode: s
     out["train"].update({"epochs": epochs, "val_every": epochs, "early_stop_patience": None})
     out["tracking"] = {"output_dir": str(work / "runs"), "name": name, "tensorboard": False}
     out["data"]["prefetch"] = mode == "prefetch"
-    if mode == "prefetch":
+    if mode in ("prefetch", "batch-0"):
         out["data"]["num_workers"] = 0
     if mode != "monai":
         out["augment"] = {**(out.get("augment") or {}), "where": "sample" if mode == "sample" else "batch"}
@@ -274,7 +277,9 @@ def augment_cost(config: dict[str, Any], repeats: int = 5) -> dict[str, float]:
     return {f"{mode}_ms_per_batch": round(statistics.median(t[1:]), 1) for mode, t in times.items()}
 
 
-def measure(name: str, work: Path, quick: bool, repeats: int, epochs: int) -> dict[str, Any]:
+def measure(
+    name: str, work: Path, quick: bool, repeats: int, epochs: int, modes: tuple[str, ...] = MODES
+) -> dict[str, Any]:
     base = CASES[name](work, quick)
     if base["data"]["task"] == "segmentation":  # builds the cache the timed runs share
         log(f"{name}: warm-up run")
@@ -282,33 +287,33 @@ def measure(name: str, work: Path, quick: bool, repeats: int, epochs: int) -> di
     cost = augment_cost(with_run(base, work, f"{name}-cost", 1, "batch"))
     before = today(base)
     log(f"{name}: augmentation alone {cost}")
-    timed: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    timed: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for repeat in range(repeats):
-        order = MODES if repeat % 2 == 0 else MODES[::-1]
+        order = modes if repeat % 2 == 0 else modes[::-1]
         for mode in order:
             log(f"{name}: repeat {repeat + 1}/{repeats}, {mode}")
             config = with_run(base, work, f"{name}-{mode}-{repeat}", epochs, mode)
             per_epoch = run_monai_loop(config, work) if mode == "monai" else run_medvol(config)
             timed[mode] += per_epoch[1:]  # the first epoch of each run is warm-up
     summary = {mode: summarise(values) for mode, values in timed.items()}
-    speed = {mode: summary[mode]["samples_per_s_median"] for mode in MODES}
-    pairs = [
-        round(new["samples_per_s"] / old["samples_per_s"], 3)
-        for new, old in zip(timed["prefetch"], timed[before], strict=True)
-    ]
-    return {
+    speed = {mode: summary[mode]["samples_per_s_median"] for mode in modes}
+    report: dict[str, Any] = {
         "epochs_per_run": epochs,
         "repeats": repeats,
         "per_epoch": timed,
         "summary": summary,
         "augmentation_alone": cost,
         "today": before,
-        "batch_over_sample": round(speed["batch"] / speed["sample"], 3),
-        "batch_over_monai": round(speed["batch"] / speed["monai"], 3),
-        "prefetch_over_today": round(speed["prefetch"] / speed[before], 3),
-        "prefetch_over_today_per_epoch": pairs,
-        "prefetch_over_monai": round(speed["prefetch"] / speed["monai"], 3),
     }
+    for new, old in (("batch", "sample"), ("batch", "monai"), ("prefetch", before), ("prefetch", "monai")):
+        if new in speed and old in speed:
+            label = "today" if old == before and new == "prefetch" else old
+            report[f"{new}_over_{label}"] = round(speed[new] / speed[old], 3)
+            report[f"{new}_over_{label}_per_epoch"] = [
+                round(a["samples_per_s"] / b["samples_per_s"], 3)
+                for a, b in zip(timed[new], timed[old], strict=True)
+            ]
+    return report
 
 
 def summarise(values: list[dict[str, float]]) -> dict[str, float]:
@@ -330,6 +335,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="subsets, 1 repeat: a smoke test")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--mode", choices=ALL_MODES, action="append", help=f"default: {', '.join(MODES)}")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--epochs", type=int, help="per run, the first discarded (default 2)")
     parser.add_argument("--adrenal-cases", type=int, default=SIZES["adrenal"], help="training cases")
@@ -344,7 +350,9 @@ def main() -> int:
         for name in args.case or list(CASES):
             work = Path(folder) / name
             work.mkdir()
-            report["cases"][name] = measure(name, work, args.quick, repeats, epochs)
+            report["cases"][name] = measure(
+                name, work, args.quick, repeats, epochs, tuple(args.mode or MODES)
+            )
             log(f"{name}: {json.dumps(report['cases'][name]['summary'])}")
     finish_report(report, started, args.out)
     return 0
