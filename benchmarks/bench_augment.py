@@ -1,4 +1,4 @@
-"""Augmentation off the critical path: per-sample vs batched augmentation vs a plain MONAI loop, in one run.
+"""Data off the critical path: per-sample vs batched augmentation vs prefetch vs a plain MONAI loop.
 
 Usage (from the project root)::
 
@@ -6,21 +6,25 @@ Usage (from the project root)::
 
 Cases, each the recipe's own model, batch size, optimiser, precision and augmentation:
 
-- ``adrenal-cpu``: ``configs/adrenalmnist3d-resnet18-cpu.yaml`` (ResNet-18 width 16,
+- ``adrenal-cpu``: ``medvol/studies/recipes/adrenalmnist3d-resnet18-cpu.yaml`` (ResNet-18 width 16,
   batch 32, flips on every axis + affine in 80% of the samples), all 1,188
   training cases (``--quick``: 256).
 - ``demo-resnet10``: the demo's AdrenalMNIST3D ResNet-10 (``medvol.demo.classifier_config``:
   affine in 30%, the default intensity stages), on the same cases.
-- ``hippocampus-cpu``: ``configs/hippocampus-unet-cpu.yaml`` (UNet, 40×56×40 patches,
+- ``hippocampus-cpu``: ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (UNet, 40×56×40 patches,
   batch 4, 2 workers, affine 30% + the default intensity stages), fold 0 of the
   first 60 clean pairs (``--quick``: 12).
 
-Per case, interleaved (sample, batch, monai, then the reverse order on the next
-repeat, so drift hits all three alike):
+Per case, interleaved (sample, batch, prefetch, monai, then the reverse order on the next
+repeat, so drift hits all four alike):
 
 - ``sample``: ``medvol.engine.train.train`` with ``augment.where: sample`` (every stage per
-  sample in the data loader, numpy/MONAI: what medvol did before);
+  sample in the data loader, numpy/MONAI) and ``data.prefetch: false``, the recipe's workers;
 - ``batch``: the same with ``augment.where: batch`` (one resampling per batch on the training device);
+- ``prefetch``: ``augment.where: batch``, ``data.num_workers: 0`` and ``data.prefetch: true`` (a
+  background thread reads and crops the next batches while the model computes);
+- ``batch-0`` (only with ``--mode``): ``augment.where: batch``, ``data.num_workers: 0``, no
+  prefetch: for a recipe with workers, what dropping them costs without the thread;
 - ``monai``: a hand-written loop doing the same augmentation the plain MONAI way: MONAI
   dictionary transforms per sample (``RandFlipd``, ``RandAffined``, ``RandBiasFieldd``,
   ``RandGaussianSmoothd``, ``RandGaussianNoised``, ``RandScaleIntensityd``,
@@ -28,9 +32,13 @@ repeat, so drift hits all three alike):
   un-augmented samples (medvol's datasets with no augmenter), same model, optimiser, loss and
   precision, no validation.
 
+"Today" is what the recipe resolves to without prefetching (``augment.where: auto``): ``batch`` for
+the classifiers (no workers), ``sample`` for the hippocampus recipe (2 workers).
+
 Each run trains ``epochs`` epochs; the first is warm-up (and builds the hippocampus cache) and is
-discarded. Reported per epoch: samples/s over the training pass and the share of it spent waiting
-for the next batch (medvol's ``metrics.jsonl``; the loop measures the same way).
+discarded. Reported per epoch: samples/s over the training pass, the share of it spent waiting
+for the next batch (medvol's ``metrics.jsonl``; the loop measures the same way) and the
+milliseconds per sample spent not waiting (the step, with batched augmentation where it runs).
 The JSON report goes to stdout (and ``--out``); progress goes to stderr.
 """
 
@@ -70,12 +78,15 @@ from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset  #
 
 log = make_log("bench_augment")
 DATA = ROOT.parent / "shared" / "data"
-MODES = ("sample", "batch", "monai")
+MODES = ("sample", "batch", "prefetch", "monai")  # the default; --mode chooses others
+ALL_MODES = (*MODES, "batch-0")
 SIZES = {"adrenal": 384, "hippocampus": 60}  # --adrenal-cases, --hippocampus-cases
 
 
 def adrenal_cpu(work: Path, quick: bool) -> dict[str, Any]:
-    config = yaml.safe_load((ROOT / "configs" / "adrenalmnist3d-resnet18-cpu.yaml").read_text())
+    config = yaml.safe_load(
+        (ROOT / "medvol" / "studies" / "recipes" / "adrenalmnist3d-resnet18-cpu.yaml").read_text()
+    )
     config["data"]["root"] = str(adrenal_file(work, quick))
     return config
 
@@ -87,7 +98,9 @@ def demo_resnet10(work: Path, quick: bool) -> dict[str, Any]:
 
 
 def hippocampus_cpu(work: Path, quick: bool) -> dict[str, Any]:
-    config = yaml.safe_load((ROOT / "configs" / "hippocampus-unet-cpu.yaml").read_text())
+    config = yaml.safe_load(
+        (ROOT / "medvol" / "studies" / "recipes" / "hippocampus-unet-cpu.yaml").read_text()
+    )
     # The first 60 clean pairs (--quick: 12), fold 0: throughput does not depend on the case count.
     labels = (DATA / "msd-hippocampus" / "labels").iterdir()
     ids = sorted(p.name[len("hippocampus_") : -len(".nii.gz")] for p in labels)
@@ -112,14 +125,23 @@ def adrenal_file(work: Path, quick: bool) -> Path:
     return path if path.is_file() else write_adrenal_subset(DATA, path, counts)
 
 
-def with_run(config: dict[str, Any], work: Path, name: str, epochs: int, where: str | None) -> dict[str, Any]:
-    """``config`` for ``epochs`` epochs, validating once at the end, written under ``work``."""
+def with_run(config: dict[str, Any], work: Path, name: str, epochs: int, mode: str) -> dict[str, Any]:
+    """``config`` for ``epochs`` epochs in ``mode`` (see the module docstring), validating once at
+    the end, written under ``work``."""
     out = json.loads(json.dumps(config))
     out["train"].update({"epochs": epochs, "val_every": epochs, "early_stop_patience": None})
     out["tracking"] = {"output_dir": str(work / "runs"), "name": name, "tensorboard": False}
-    if where is not None:
-        out["augment"] = {**(out.get("augment") or {}), "where": where}
+    out["data"]["prefetch"] = mode == "prefetch"
+    if mode in ("prefetch", "batch-0"):
+        out["data"]["num_workers"] = 0
+    if mode != "monai":
+        out["augment"] = {**(out.get("augment") or {}), "where": "sample" if mode == "sample" else "batch"}
     return out
+
+
+def today(config: dict[str, Any]) -> str:
+    """The mode the recipe ran in before prefetching: ``augment.where: auto`` on a CPU."""
+    return "batch" if config["data"].get("num_workers", 0) == 0 else "sample"
 
 
 def run_medvol(config: dict[str, Any]) -> list[dict[str, float]]:
@@ -255,43 +277,55 @@ def augment_cost(config: dict[str, Any], repeats: int = 5) -> dict[str, float]:
     return {f"{mode}_ms_per_batch": round(statistics.median(t[1:]), 1) for mode, t in times.items()}
 
 
-def measure(name: str, work: Path, quick: bool, repeats: int, epochs: int) -> dict[str, Any]:
+def measure(
+    name: str, work: Path, quick: bool, repeats: int, epochs: int, modes: tuple[str, ...] = MODES
+) -> dict[str, Any]:
     base = CASES[name](work, quick)
     if base["data"]["task"] == "segmentation":  # builds the cache the timed runs share
         log(f"{name}: warm-up run")
         run_medvol(with_run(base, work, f"{name}-warmup", 1, "sample"))
     cost = augment_cost(with_run(base, work, f"{name}-cost", 1, "batch"))
+    before = today(base)
     log(f"{name}: augmentation alone {cost}")
-    timed: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
+    timed: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     for repeat in range(repeats):
-        order = MODES if repeat % 2 == 0 else MODES[::-1]
+        order = modes if repeat % 2 == 0 else modes[::-1]
         for mode in order:
             log(f"{name}: repeat {repeat + 1}/{repeats}, {mode}")
-            where = None if mode == "monai" else mode
-            config = with_run(base, work, f"{name}-{mode}-{repeat}", epochs, where)
+            config = with_run(base, work, f"{name}-{mode}-{repeat}", epochs, mode)
             per_epoch = run_monai_loop(config, work) if mode == "monai" else run_medvol(config)
             timed[mode] += per_epoch[1:]  # the first epoch of each run is warm-up
     summary = {mode: summarise(values) for mode, values in timed.items()}
-    speed = {mode: summary[mode]["samples_per_s_median"] for mode in MODES}
-    return {
+    speed = {mode: summary[mode]["samples_per_s_median"] for mode in modes}
+    report: dict[str, Any] = {
         "epochs_per_run": epochs,
         "repeats": repeats,
         "per_epoch": timed,
         "summary": summary,
         "augmentation_alone": cost,
-        "batch_over_sample": round(speed["batch"] / speed["sample"], 3),
-        "batch_over_monai": round(speed["batch"] / speed["monai"], 3),
+        "today": before,
     }
+    for new, old in (("batch", "sample"), ("batch", "monai"), ("prefetch", before), ("prefetch", "monai")):
+        if new in speed and old in speed:
+            label = "today" if old == before and new == "prefetch" else old
+            report[f"{new}_over_{label}"] = round(speed[new] / speed[old], 3)
+            report[f"{new}_over_{label}_per_epoch"] = [
+                round(a["samples_per_s"] / b["samples_per_s"], 3)
+                for a, b in zip(timed[new], timed[old], strict=True)
+            ]
+    return report
 
 
 def summarise(values: list[dict[str, float]]) -> dict[str, float]:
     speeds = [v["samples_per_s"] for v in values]
     waits = [v["data_wait_share"] for v in values]
+    busy = [1000 * (1 - w) / s for w, s in zip(waits, speeds, strict=True)]
     return {
         "samples_per_s_median": round(statistics.median(speeds), 2),
         "samples_per_s_min": round(min(speeds), 2),
         "samples_per_s_max": round(max(speeds), 2),
         "data_wait_share_median": round(statistics.median(waits), 4),
+        "busy_ms_per_sample_median": round(statistics.median(busy), 2),
         "epochs": len(values),
     }
 
@@ -301,6 +335,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="subsets, 1 repeat: a smoke test")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--case", choices=sorted(CASES), action="append")
+    parser.add_argument("--mode", choices=ALL_MODES, action="append", help=f"default: {', '.join(MODES)}")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--epochs", type=int, help="per run, the first discarded (default 2)")
     parser.add_argument("--adrenal-cases", type=int, default=SIZES["adrenal"], help="training cases")
@@ -315,7 +350,9 @@ def main() -> int:
         for name in args.case or list(CASES):
             work = Path(folder) / name
             work.mkdir()
-            report["cases"][name] = measure(name, work, args.quick, repeats, epochs)
+            report["cases"][name] = measure(
+                name, work, args.quick, repeats, epochs, tuple(args.mode or MODES)
+            )
             log(f"{name}: {json.dumps(report['cases'][name]['summary'])}")
     finish_report(report, started, args.out)
     return 0

@@ -103,6 +103,10 @@ NOTES: dict[str, str] = {
     "data.cache_dir": "Folder of the memory-mapped cache of preprocessed cases; `null`: `cache/` in the run "
     "folder.",
     "data.num_workers": "DataLoader worker processes per training process.",
+    "data.prefetch": "With `num_workers: 0`: a background thread reads, crops and collates the next "
+    "training batches (two kept ready) while the model computes, pinned on CUDA; the same batches in the "
+    "same order. `false` reads each batch between steps (e.g. to step through dataset code in a debugger). "
+    "Loader workers already read ahead, so with `num_workers` > 0 it changes nothing.",
     "data.split.method": "`nnunet`: sorted case ids, shuffled k-fold with `seed` (nnU-Net's folds); "
     "`official`: the split stored in a MedMNIST file; `kfold`: patient-level folds "
     "(cases of one `patient_id` stay together); `file`: folds read from `file`; `separate`: every usable "

@@ -116,6 +116,7 @@ class DataConfig(Section):
     input_shape: tuple[int, int, int] | None = None
     cache_dir: Path | None = None
     num_workers: int = Field(0, ge=0)
+    prefetch: bool = True
 
     @model_validator(mode="after")
     def _kind_and_shapes_agree(self) -> DataConfig:

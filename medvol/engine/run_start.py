@@ -70,6 +70,7 @@ RESUMABLE_CHANGES = (
     "data.split.val_root",
     "data.cache_dir",
     "data.num_workers",
+    "data.prefetch",
     "train.device",
     "train.amp",
     "train.channels_last",

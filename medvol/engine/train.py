@@ -26,7 +26,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from medvol.augment import worker_seed
 from medvol.augment.batched import BatchAugmenter
 from medvol.augment.mixing import BatchMixer
 from medvol.config import ExperimentConfig, dump_config
+from medvol.data.prefetch import Prefetcher
 from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from medvol.engine.distributed import Runtime
@@ -378,48 +381,79 @@ def _train_one_epoch(
     model.train()
     augment, mixer = stages
     autocast = precision.autocast(runtime.device)
-    total, batches, samples, waited = 0.0, 0, 0, 0.0
+    losses: list[torch.Tensor] = []
+    samples, waited = 0, 0.0
     started = time.perf_counter()
-    bar = tqdm(
-        loader,
-        desc=f"epoch {epoch + 1}/{config.train.epochs}",
-        disable=None if runtime.is_main else True,
-        leave=False,
-    )
-    ready = time.perf_counter()
-    for batch in bar:
-        waited += time.perf_counter() - ready
-        images = batch["image"].to(runtime.device, non_blocking=True)
-        targets = batch["label"].to(runtime.device, non_blocking=True)
-        if augment is not None:
-            maps = targets.ndim == images.ndim  # label maps move with the image; class indices do not
-            images, moved = augment(images, targets if maps else None)
-            targets = moved if moved is not None else targets
-        if mixer is not None:
-            images, targets = mixer(images, targets)
-        images = precision.prepare_input(images)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast:
-            outputs = model(images)
-            loss = loss_fn(outputs, targets)
-        scaler.scale(loss).backward()
-        if config.train.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        total += float(loss.detach())
-        batches += 1
-        samples += len(images)
-        bar.set_postfix(loss=f"{total / batches:.4f}")
+    source, augment = _epoch_batches(loader, augment, config, runtime)
+    with source as batches:
+        bar = tqdm(
+            batches,
+            total=len(loader),
+            desc=f"epoch {epoch + 1}/{config.train.epochs}",
+            disable=None if runtime.is_main else True,
+            leave=False,
+        )
         ready = time.perf_counter()
+        for batch in bar:
+            waited += time.perf_counter() - ready
+            batch = {k: batch[k].to(runtime.device, non_blocking=True) for k in ("image", "label")}
+            if augment is not None:
+                batch = augment_batch(augment, batch)
+            images, targets = batch["image"], batch["label"]
+            if mixer is not None:
+                images, targets = mixer(images, targets)
+            images = precision.prepare_input(images)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                outputs = model(images)
+                loss = loss_fn(outputs, targets)
+            scaler.scale(loss).backward()
+            if config.train.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.train.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            losses.append(loss.detach())
+            samples += len(images)
+            if not bar.disable:  # a progress bar on a terminal: the running loss (a device sync per step)
+                bar.set_postfix(loss=f"{float(torch.stack(losses).mean()):.4f}", refresh=False)
+            ready = time.perf_counter()
     elapsed = time.perf_counter() - started
-    parts = distributed.gather_objects(runtime, [(total, batches, samples)])
+    # The losses stay on the device until the epoch ends: one sync per epoch, not one per step.
+    total = float(torch.stack(losses).double().sum()) if losses else 0.0
+    parts = distributed.gather_objects(runtime, [(total, len(losses), samples)])
     return {
         "train_loss": sum(p[0] for p in parts) / max(1, sum(p[1] for p in parts)),
         "samples_per_s": round(sum(p[2] for p in parts) / elapsed, 3),
         "data_wait_share": round(waited / elapsed, 4),
     }
+
+
+def _epoch_batches(
+    loader: DataLoader[Any], augment: BatchAugmenter | None, config: ExperimentConfig, runtime: Runtime
+) -> tuple[Any, BatchAugmenter | None]:
+    """The epoch's batches (a context manager to iterate over) and the augmenter the training
+    thread still has to apply.
+
+    With ``data.prefetch`` and no loader workers, a background thread reads the next batches
+    while the model computes (``medvol.data.prefetch``); on a CPU it applies the batched
+    augmentation too, which then overlaps the step as well (on a GPU the augmentation stays in
+    the training thread, on the GPU). Otherwise: the loader (its workers read ahead) and ``augment``.
+    """
+    if not (config.data.prefetch and config.data.num_workers == 0):
+        return nullcontext(loader), augment
+    if runtime.device.type == "cpu" and augment is not None:
+        return Prefetcher(loader, 2, runtime.device, partial(augment_batch, augment)), None
+    return Prefetcher(loader, 2, runtime.device), augment
+
+
+def augment_batch(augment: BatchAugmenter, batch: dict[str, Any]) -> dict[str, Any]:
+    """``batch`` with ``image`` ``(B, C, X, Y, Z)`` augmented, and ``label`` with it where it is a
+    label map ``(B, 1, X, Y, Z)`` (class indices ``(B,)`` are left alone)."""
+    images, targets = batch["image"], batch["label"]
+    maps = targets.ndim == images.ndim
+    images, moved = augment(images, targets if maps else None)
+    return {**batch, "image": images, "label": moved if moved is not None else targets}
 
 
 def _update_best(progress: Progress, metrics: dict[str, float], config: ExperimentConfig, epoch: int) -> None:
