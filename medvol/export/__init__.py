@@ -9,9 +9,9 @@ OUT_DIR`` prepares, windows, maps back and writes exactly as for the run.
 
 from __future__ import annotations
 
-from medvol.export.exporter import export_run
+from medvol.export.exporter import export_run, with_onnxruntime
 from medvol.export.package import FORMAT_VERSION, PackageFolder, is_package, read_spec
-from medvol.export.runtime import OnnxNetwork, load_package, with_onnxruntime
+from medvol.export.runtime import OnnxNetwork, load_package
 
 __all__ = [
     "FORMAT_VERSION",

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +28,12 @@ import numpy as np
 
 from medvol.engine.run_folder import Checkpoint
 from medvol.errors import MedvolError
-from medvol.export.package import FORMAT, FORMAT_VERSION, PackageFolder
+from medvol.export.package import FORMAT, FORMAT_VERSION, PackageFolder, preprocess_record
+from medvol.export.runtime import OnnxNetwork, import_onnxruntime, open_session
 from medvol.io.atomic import file_sha256, host_tag, write_json
 from medvol.logs import get_logger
 
 if TYPE_CHECKING:
-    from medvol.config import ExperimentConfig
     from medvol.engine.inference import TrainedModel
 
 logger = get_logger(__name__)
@@ -158,8 +158,6 @@ def check_network(trained: TrainedModel, path: Path) -> ExportCheck:
     """
     import torch
 
-    from medvol.export.runtime import open_session
-
     batch = example_batch(trained, batch=3)
     session = open_session(path)
     (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
@@ -175,6 +173,19 @@ def check_network(trained: TrainedModel, path: Path) -> ExportCheck:
             f"(more than {EXPORT_TOLERANCE:g}): the export is not faithful",
         )
     return ExportCheck(tuple(batch.shape), difference)
+
+
+def with_onnxruntime(trained: TrainedModel, threads: int | None = None) -> TrainedModel:
+    """``trained``, its network exported and checked as ``medvol export`` does, run by ONNX Runtime."""
+    import_onnxruntime()
+    if trained.device != "cpu":
+        raise MedvolError(None, f"ONNX Runtime runs on the CPU here; the run was loaded on {trained.device}")
+    with tempfile.TemporaryDirectory(prefix="medvol-onnx-") as folder:
+        path = Path(folder) / "model.onnx"
+        export_network(trained, path)
+        check_network(trained, path)
+        session = open_session(path, threads)
+    return replace(trained, network=OnnxNetwork(session), engine="onnxruntime")
 
 
 def torch_module(trained: TrainedModel) -> Any:
@@ -270,12 +281,6 @@ def package_spec(trained: TrainedModel, package: PackageFolder, check: ExportChe
         },
         "files": {"config": package.config.name, "model_card": package.card.name},
     }
-
-
-def preprocess_record(config: ExperimentConfig) -> dict[str, Any]:
-    """Every field of the run's ``preprocess`` (``medvol.transforms.PreprocessConfig``) as JSON values."""
-    record: dict[str, Any] = json.loads(json.dumps(asdict(config.preprocess)))
-    return record
 
 
 def axes(spec: Any, segmenter: bool) -> list[Any]:

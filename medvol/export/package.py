@@ -17,11 +17,15 @@ SHA-256 is not the one recorded.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from medvol.errors import MedvolError
 from medvol.io.atomic import file_sha256
+
+if TYPE_CHECKING:
+    from medvol.config import ExperimentConfig
 
 FORMAT = "medvol-model-package"
 FORMAT_VERSION = 1
@@ -98,3 +102,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise MedvolError(path, "expected a JSON object")
     return data
+
+
+def preprocess_record(config: ExperimentConfig) -> dict[str, Any]:
+    """Every field of the run's ``preprocess`` (``medvol.transforms.PreprocessConfig``) as JSON values:
+    the spec's ``preprocess``, which must equal the package's ``config.yaml``."""
+    record: dict[str, Any] = json.loads(json.dumps(asdict(config.preprocess)))
+    return record

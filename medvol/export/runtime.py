@@ -8,18 +8,17 @@ runs the network:
 - ``load_package(PACKAGE)`` is a ``TrainedModel`` from a model package
   (``medvol export``), checked first (``medvol.export.package.read_spec``);
   it imports neither torch nor MONAI (``pip install 'medvol[infer]'``);
-- ``with_onnxruntime(trained)`` is a run's model with its network exported
-  to ONNX and run by ONNX Runtime (``medvol predict --engine onnxruntime``).
+- ``medvol.export.exporter.with_onnxruntime(trained)`` is a run's model with
+  its network exported to ONNX and run by ONNX Runtime
+  (``medvol predict --engine onnxruntime``).
 
 ONNX Runtime runs on the CPU, in fp32.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -102,8 +101,7 @@ def load_package(path: str | Path, threads: int | None = None, device: str = "au
     """
     from medvol.engine.inference import TrainedModel
     from medvol.engine.run_folder import Checkpoint, InputSpec, RunFolder
-    from medvol.export.exporter import preprocess_record
-    from medvol.export.package import PackageFolder, read_spec
+    from medvol.export.package import PackageFolder, preprocess_record, read_spec
     from medvol.tasks import InputRecipe, task_for
 
     check_device(device)
@@ -133,21 +131,6 @@ def load_package(path: str | Path, threads: int | None = None, device: str = "au
         engine="onnxruntime",
         device="cpu",
     )
-
-
-def with_onnxruntime(trained: TrainedModel, threads: int | None = None) -> TrainedModel:
-    """``trained``, its network exported and checked as ``medvol export`` does, run by ONNX Runtime."""
-    from medvol.export.exporter import check_network, export_network
-
-    import_onnxruntime()
-    if trained.device != "cpu":
-        raise MedvolError(None, f"ONNX Runtime runs on the CPU here; the run was loaded on {trained.device}")
-    with tempfile.TemporaryDirectory(prefix="medvol-onnx-") as folder:
-        path = Path(folder) / "model.onnx"
-        export_network(trained, path)
-        check_network(trained, path)
-        session = open_session(path, threads)
-    return dataclasses.replace(trained, network=OnnxNetwork(session), engine="onnxruntime")
 
 
 def check_device(device: str) -> None:
