@@ -312,14 +312,22 @@ def keep_largest_components(label: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def classify(trained: TrainedModel, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, K)`` for prepared inputs ``(N, C, X, Y, Z)`` float32 (``prepare_input``)."""
+    """Class probabilities ``(N, K)`` for prepared inputs ``(N, C, X, Y, Z)`` float32 (``prepare_input``).
+
+    Inputs ``(N, M, C, X, Y, T)`` are M clips per video (``data.clip.eval_clips``):
+    the model's logits are averaged over each video's M clips before the softmax.
+    """
     if trained.task.output != "classification":
         raise MedvolError(trained.run_dir, "this run is a segmenter; use segment()")
+    clips = inputs.shape[1] if inputs.ndim == 6 else 1
+    flat = inputs.reshape(-1, *inputs.shape[-4:])
+    step = max(1, batch_size // clips) * clips  # whole videos per batch
     rows = []
-    for start in range(0, len(inputs), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32))
+    for start in range(0, len(flat), step):
+        batch = torch.from_numpy(np.ascontiguousarray(flat[start : start + step], dtype=np.float32))
         with trained.autocast():
             logits = trained.model(batch.to(trained.device)).float()
+        logits = logits.reshape(-1, clips, logits.shape[-1]).mean(dim=1)
         rows.append(torch.softmax(logits, dim=1).cpu().numpy())
     if not rows:
         return np.zeros((0, trained.num_classes), dtype=np.float32)
