@@ -358,7 +358,10 @@ def class_folders(root: Path) -> list[str]:
     It is one when ``root`` holds no scan file of its own, and each of its (at
     least two) subfolders holds a video file, or a DICOM file whose first
     one is a clip (a multi-frame file whose frames follow in time) rather than
-    a slice of a series.
+    a slice of a series. Only the folder structure tells classes apart, so a
+    folder of DICOM clip files kept in one subfolder per patient reads as a
+    folder per class too (``medvol index`` names the classes it found in
+    ``class_names``); list such clips in a manifest instead.
     """
     from medvol.io.dicom_headers import SliceHeader, read_header
 
