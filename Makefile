@@ -14,7 +14,7 @@ $(BIN)/medvol: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"  # every extra (train, infer, export...) and the dev tools
 	touch $@
 
 install: $(BIN)/medvol

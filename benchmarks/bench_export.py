@@ -182,7 +182,7 @@ def per_scan(
     if segmenter:
         batch = torch.from_numpy(np.stack([window(prepare_input(first, volumes[0]).array)] * 4))
     else:
-        batch = torch.from_numpy(prepare_input(first, volumes[0]).array[None])
+        batch = prepare_input(first, volumes[0]).array[None]
 
     def whole(trained: TrainedModel) -> Callable[[], object]:
         def run() -> None:
@@ -192,10 +192,9 @@ def per_scan(
         return run
 
     def network(trained: TrainedModel) -> Callable[[], object]:
-        @torch.no_grad()
         def run() -> None:
             for _ in range(10):
-                trained.model(batch)
+                trained.network(batch)
 
         return run
 
@@ -203,8 +202,7 @@ def per_scan(
     forward = {name: threaded(threads, network(trained)) for name, trained in engines.items()}
     result = summarize(time_calls(calls, repeats), "torch_eager", len(volumes))
     network_only = summarize(time_calls(forward, repeats), "torch_eager", 10)
-    with torch.no_grad():
-        logits = [trained.model(batch).float().numpy() for trained in engines.values()]
+    logits = [trained.network(batch) for trained in engines.values()]
     return {
         "threads": threads,
         "per_scan": result,

@@ -25,12 +25,14 @@ Parts (every part times its baseline in the same run, interleaved):
    and writes nothing: the ceiling for hiding I/O behind the model. Model
    loading is inside every timing; one untimed warm-up call of each on 2
    volumes comes first.
-2. ``sliding_window``: ``medvol.engine.inference.predict_volume`` (what
-   ``segment`` calls) against MONAI's ``sliding_window_inference`` on a
-   random 256³ volume (``--quick``: 96³) with the same UNet (fp32, eval) and
-   the same patch, half overlap, Gaussian blending, 4 windows per batch;
-   MONAI's logits go through the same softmax. Reports the maximum absolute
-   difference of the probabilities.
+2. ``sliding_window``: ``medvol.engine.windows.predict_volume`` (what
+   ``segment`` calls: numpy windows, weights and blending around the network,
+   here torch through ``TorchNetwork``) against MONAI's
+   ``sliding_window_inference`` (all torch) on a random 256³ volume
+   (``--quick``: 96³) with the same UNet (fp32, eval) and the same patch, half
+   overlap, Gaussian blending, 4 windows per batch; MONAI's logits go through
+   the same softmax. Reports the maximum absolute difference of the
+   probabilities.
 
 The JSON report goes to stdout (and ``--out``); progress goes to stderr.
 """
@@ -59,7 +61,9 @@ from common import environment, finish_report, make_log, stdout_to_stderr
 import medvol
 from medvol import demo
 from medvol.cli import main as medvol_main
-from medvol.engine.inference import SLIDING_WINDOW_OVERLAP, load_trained, predict_volume, segment
+from medvol.engine.inference import load_trained, segment
+from medvol.engine.torch_network import TorchNetwork
+from medvol.engine.windows import SLIDING_WINDOW_OVERLAP, predict_volume
 from medvol.models import create_model
 from medvol.prediction import Options, predict
 
@@ -253,9 +257,10 @@ def window_case(sizes: Sizes) -> dict[str, Any]:
     image = torch.randn(1, 1, sizes.volume, sizes.volume, sizes.volume)
     outputs: dict[str, torch.Tensor] = {}
 
-    @torch.no_grad()
+    network = TorchNetwork(model, torch.device("cpu"), nullcontext())
+
     def medvol_windows(volume: torch.Tensor) -> torch.Tensor:
-        return predict_volume(model, volume, PATCH, nullcontext())
+        return torch.from_numpy(predict_volume(network, volume.numpy(), PATCH))
 
     @torch.no_grad()
     def monai_windows(volume: torch.Tensor) -> torch.Tensor:

@@ -256,8 +256,9 @@ def score(run_dir: Path) -> list[dict[str, Any]]:
 
     from medvol.engine.checkpoint import load_checkpoint
     from medvol.engine.distributed import Runtime
-    from medvol.engine.inference import predict_volume
     from medvol.engine.run_folder import RunFolder
+    from medvol.engine.torch_network import TorchNetwork
+    from medvol.engine.windows import predict_volume
     from medvol.metrics import dice_per_class
     from medvol.models import create_model
     from medvol.tasks import task_for
@@ -285,8 +286,9 @@ def score(run_dir: Path) -> list[dict[str, Any]]:
                     }
                 )
                 continue
-            patch = config.data.patch_size or tuple(image.shape[2:])
-            prediction = predict_volume(model, image, patch, nullcontext()).argmax(dim=1)[0].numpy()
+            x, y, z = config.data.patch_size or image.shape[2:]
+            network = TorchNetwork(model, torch.device("cpu"), nullcontext())
+            prediction = predict_volume(network, image.numpy(), (x, y, z)).argmax(axis=1)[0]
             dice = dice_per_class(prediction, sample["label"][0].numpy(), range(1, config.data.num_classes))
             rows.append({"case_id": sample["case_id"], "dice": {str(k): v for k, v in dice.items()}})
     return rows

@@ -74,12 +74,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         if isinstance(error, MedvolError):
             print(f"medvol: error: {error}", file=sys.stderr)
+        elif _missing_training_package(error):
+            print(f"medvol: error: {_missing_training_package(error)}", file=sys.stderr)
         else:
             print(
                 f"medvol: unexpected error: {type(error).__name__}: {error} (rerun with --debug)",
                 file=sys.stderr,
             )
         return EXIT_ERROR
+
+
+TRAINING_PACKAGES = ("torch", "monai", "tensorboard")
+"""What ``medvol[train]`` adds; predicting from a model package (``medvol[infer]``) needs none of them."""
+
+
+def _missing_training_package(error: BaseException) -> str | None:
+    """What to install, when ``error`` is the import of a training package that is not installed."""
+    name = (getattr(error, "name", None) or "").split(".")[0]
+    if not isinstance(error, ModuleNotFoundError) or name not in TRAINING_PACKAGES:
+        return None
+    return (
+        f"this needs {name}, which is not installed: pip install 'medvol[train]' "
+        "(predicting from a model package of `medvol export` needs only 'medvol[infer]')"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

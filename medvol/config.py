@@ -39,6 +39,7 @@ from pydantic import (
     PrivateAttr,
     SerializerFunctionWrapHandler,
     ValidationError,
+    ValidationInfo,
     ValidatorFunctionWrapHandler,
     create_model,
     field_validator,
@@ -47,7 +48,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from medvol.augment import AugmentConfig
+from medvol.augment.config import AugmentConfig
 from medvol.errors import MedvolError
 from medvol.transforms import Normalizer, PreprocessConfig, ZScore
 from medvol.transforms.normalize import _NORMALIZERS
@@ -207,7 +208,9 @@ class _Registered(Section):
     options: dict[str, Any] = {}
 
     @model_validator(mode="after")
-    def _known_name_and_options(self) -> _Registered:
+    def _known_name_and_options(self, info: ValidationInfo) -> _Registered:
+        if not _check_factories(info):
+            return self
         from medvol.factories import option_problems
 
         problems = option_problems(self._kind, self.name, self.options)
@@ -400,7 +403,7 @@ class ExperimentConfig(Section):
         return config
 
     @model_validator(mode="after")
-    def _class_counts_agree(self) -> ExperimentConfig:
+    def _class_counts_agree(self, info: ValidationInfo) -> ExperimentConfig:
         problems: list[Problem] = []
         classes = self.data.num_classes
         if "num_classes" in self.model.options:
@@ -413,7 +416,7 @@ class ExperimentConfig(Section):
                         "score per class",
                     )
                 )
-        else:
+        elif _check_factories(info):
             from medvol.factories import factories
 
             parameter = inspect.signature(factories("model")[self.model.name]).parameters.get("num_classes")
@@ -577,16 +580,30 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"not valid YAML ({problem}); quote text that YAML would read otherwise"
 
 
-def parse_config(data: dict[str, Any], source: str | Path | None = None) -> ExperimentConfig:
-    """Validate a config dict; errors name every bad key with a suggestion."""
+def _check_factories(info: ValidationInfo) -> bool:
+    """Whether to check model and loss names and options against their factories (see ``parse_config``)."""
+    return bool((info.context or {}).get("factories", True))
+
+
+def parse_config(
+    data: dict[str, Any], source: str | Path | None = None, *, factories: bool = True
+) -> ExperimentConfig:
+    """Validate a config dict; errors name every bad key with a suggestion.
+
+    ``factories=False`` leaves out the checks of ``model`` and ``loss`` against
+    their factories, which import torch and MONAI: for a model package's
+    config (checked when its run was trained), read where only ONNX Runtime runs.
+    """
     try:
-        return ExperimentConfig.model_validate(data)
+        return ExperimentConfig.model_validate(data, context={"factories": factories})
     except ValidationError as error:
         raise MedvolError(source, "invalid config:\n" + _explain(error)) from error
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML config, apply ``--set`` overrides and validate it."""
+def load_config(
+    path: str | Path, overrides: list[str] | None = None, *, factories: bool = True
+) -> ExperimentConfig:
+    """Read a YAML config, apply ``--set`` overrides and validate it (``factories``: see ``parse_config``)."""
     path = Path(path)
     try:
         data = read_yaml(path.read_text()) or {}
@@ -600,7 +617,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
         raise MedvolError(path, "cannot read the config: not a text (YAML) file") from error
     if not isinstance(data, dict):
         raise MedvolError(path, "a config must be a mapping of sections")
-    return parse_config(apply_overrides(data, overrides or []), source=path)
+    return parse_config(apply_overrides(data, overrides or []), source=path, factories=factories)
 
 
 def dump_config(config: ExperimentConfig) -> str:

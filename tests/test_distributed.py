@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medvol.engine.distributed import Launch, launch_environment
+from medvol.engine.launch import Launch, launch_environment
 from medvol.errors import MedvolError
 
 

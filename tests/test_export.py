@@ -1,7 +1,8 @@
 """``medvol export`` and ONNX Runtime inference: a package predicts what ``medvol predict`` predicts.
 
-Two tiny runs are trained once per module on the bundled samples (a U-Net on
-hippocampus cases at 4 mm, a ResNet on 40 AdrenalMNIST3D cases). The checks:
+Two tiny runs are trained once per session on the bundled samples
+(``tests/conftest.py``: a U-Net on hippocampus cases at 4 mm, a ResNet on 40
+AdrenalMNIST3D cases). The checks:
 the package is whole and valid ONNX; logits of ONNX Runtime within 1e-4 of
 torch; the same masks on a hippocampus case and on the CT series, through a
 package and through ``--engine onnxruntime``; classifier probabilities within
@@ -23,67 +24,15 @@ import torch
 from medvol import demo
 from medvol.cli import main
 from medvol.engine.inference import classify, load_trained, prepare_input
+from medvol.engine.torch_network import TorchNetwork
 from medvol.errors import MedvolError
 from medvol.export import FORMAT_VERSION, PackageFolder, export_run, load_package, read_spec
 from medvol.io import load
 from medvol.prediction import Options, predict
-from tests.shared_samples import write_config
+from tests.conftest import HOLDOUT_CASE
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-
-HIPPOCAMPUS_TRAIN = ("001", "004", "006", "007")
-HOLDOUT_CASE = "hippocampus_024.nii.gz"
-
-
-@pytest.fixture(scope="module")
-def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net trained for one epoch on 4 bundled hippocampus cases at 4 mm."""
-    root = tmp_path_factory.mktemp("segmenter")
-    samples = demo.sample("hippocampus/train")
-    for case in HIPPOCAMPUS_TRAIN:
-        for kind in ("images", "labels"):
-            target = root / "data" / kind / f"hippocampus_{case}.nii.gz"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(samples / kind / target.name, target)
-    config = demo.hippocampus_segmenter(
-        root / "data",
-        epochs=1,
-        output_dir=root / "runs",
-        name="seg",
-        patch_size=(16, 16, 16),
-        spacing_mm=(4.0, 4.0, 4.0),
-        split={"n_splits": 2},
-    )
-    config["preprocess"]["pad_to_shape"] = [16, 16, 16]
-    assert main(["train", str(write_config(root / "seg.yaml", config))]) == 0
-    return root / "runs" / "seg"
-
-
-@pytest.fixture(scope="module")
-def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ResNet (channels-last on the CPU) trained for one epoch on 40 AdrenalMNIST3D cases."""
-    root = tmp_path_factory.mktemp("classifier")
-    arrays = np.load(demo.sample("adrenalmnist3d.npz"))
-    subset = {}
-    for split, count in {"train": 24, "val": 16, "test": 8}.items():
-        labels = arrays[f"{split}_labels"][:, 0]
-        chosen = np.sort(np.concatenate([np.flatnonzero(labels == c)[: count // 2] for c in (0, 1)]))
-        subset[f"{split}_images"] = arrays[f"{split}_images"][chosen]
-        subset[f"{split}_labels"] = arrays[f"{split}_labels"][chosen]
-    np.savez(root / "adrenal.npz", **subset)
-    config = demo.medmnist_classifier(
-        root / "adrenal.npz", epochs=1, output_dir=root / "runs", name="clf", widths=4, batch_size=8
-    )
-    assert main(["train", str(write_config(root / "clf.yaml", config))]) == 0
-    return root / "runs" / "clf"
-
-
-@pytest.fixture(scope="module")
-def seg_package(segmenter: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("packages") / "seg"
-    assert main(["export", str(segmenter), str(out)]) == 0
-    return out
 
 
 def test_package_is_whole_valid_onnx_and_records_the_run(segmenter: Path, seg_package: Path) -> None:
@@ -116,8 +65,8 @@ def test_logits_agree_with_torch(segmenter: Path, seg_package: Path, shape: tupl
     image = prepare_input(trained, load(demo.sample("hippocampus/holdout/images") / HOLDOUT_CASE)).array
     batch = np.stack([_window(image, shape[2:], offset) for offset in range(shape[0])])
     with torch.no_grad():
-        expected = trained.model(torch.from_numpy(batch)).numpy()
-        logits = packaged.model(torch.from_numpy(batch)).numpy()
+        expected = _module(trained)(torch.from_numpy(batch)).numpy()
+    logits = packaged.network(batch)
     assert logits.shape == expected.shape == (shape[0], 3, *shape[2:])
     assert np.abs(logits - expected).max() <= 1e-4
 
@@ -169,7 +118,8 @@ def test_classifier_probabilities_agree(classifier: Path, tmp_path: Path, capsys
     assert spec["input"]["shape"] == [28, 28, 28] and spec["normalizer"] is None
     assert spec["model"]["input"]["shape"] == ["batch", 1, 28, 28, 28]
     trained, packaged = load_trained(classifier), load_package(package)
-    assert trained.precision.channels_last  # exported from a channels-last model
+    assert isinstance(trained.network, TorchNetwork) and trained.network.precision
+    assert trained.network.precision.channels_last  # exported from a channels-last model
     images = np.load(trained.config.data.root)["test_images"]
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -269,6 +219,11 @@ def _window(image: np.ndarray, size: tuple[int, ...], offset: int) -> np.ndarray
     )
     x, y, z = size
     return padded[:, offset : offset + x, offset : offset + y, offset : offset + z]
+
+
+def _module(trained: Any) -> torch.nn.Module:
+    assert isinstance(trained.network, TorchNetwork)
+    return trained.network.module
 
 
 def _sha256(path: Path) -> str:

@@ -40,6 +40,7 @@ from medvol.engine.precision import (
     resolve_amp,
     resolve_precision,
 )
+from medvol.engine.torch_network import TorchNetwork
 from medvol.engine.train import learning_rate_factor
 from medvol.errors import MedvolError
 from medvol.models import create_model
@@ -479,8 +480,10 @@ def test_bf16_classifier_trains_and_infers_as_it_trained(adrenal_subset: Path, t
     assert last["precision"] == recorded
     # inference resolves the run's settings the same way, on its own device
     trained = load_trained(run_dir, device="cpu")
-    assert trained.precision == resolve_precision("bf16", "auto", torch.device("cpu"), trained.model)
-    conv = next(m.weight for m in trained.model.modules() if isinstance(m, nn.Conv3d) and m.in_channels > 1)
+    network = trained.network
+    assert isinstance(network, TorchNetwork)
+    assert network.precision == resolve_precision("bf16", "auto", torch.device("cpu"), network.module)
+    conv = next(m.weight for m in network.module.modules() if isinstance(m, nn.Conv3d) and m.in_channels > 1)
     assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
     images = np.load(adrenal_subset)["val_images"][:8, None].astype(np.float32) / 255.0
     probabilities = classify(trained, images)

@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from monai.networks.layers.convutils import gaussian_1d
 from monai.transforms.utils import create_rotate, create_scale, create_shear, create_translate
 
-from medvol.augment.pipeline import STAGES, AugmentConfig, Seed, spawn_seed
+from medvol.augment.config import AugmentConfig, Seed
+from medvol.augment.pipeline import STAGES, spawn_seed
 
 __all__ = [
     "SAMPLE_ONLY",

@@ -25,16 +25,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from medvol.augment.pipeline import (
-    AugmentConfig,
-    Range,
-    Seed,
-    _is_number,
-    _is_range,
-    build_augmenter,
-    config_from_dict,
-    spawn_seed,
-)
+from medvol.augment.config import AugmentConfig, Range, Seed, _is_number, _is_range, config_from_dict
+from medvol.augment.pipeline import build_augmenter, spawn_seed
 from medvol.errors import MedvolError
 from medvol.io import load, save
 from medvol.io.atomic import atomic_path, full_suffix

@@ -38,37 +38,11 @@ from medvol.config import FOREGROUND_FRACTION
 from medvol.data.cache import CacheEntry, VolumeCache
 from medvol.data.cases import Case, load_case, load_images
 from medvol.errors import MedvolError
-from medvol.transforms import Normalizer, PreprocessConfig, PreprocessRecord, crop_or_pad, preprocess
-from medvol.volume import Volume
+from medvol.transforms import Normalizer, PreprocessConfig, preprocess
+from medvol.transforms.inputs import classifier_crop, medmnist_input, prepare_image
 
 CACHE_FORMAT = 2  # bump when what a cache entry holds changes (2: foreground voxel indices)
 KEEP_OPEN = 4096  # cache entries kept memory-mapped in the main process (3 maps each)
-
-
-def prepare_image(
-    image: Volume, label: Volume | None, preprocess_config: PreprocessConfig, normalizer: Normalizer
-) -> tuple[Volume, Volume | None, PreprocessRecord]:
-    """A case as the model sees it: preprocessed, then normalised; image ``(C, X, Y, Z)`` float32.
-
-    The one preparation of scans shared by the datasets (training, validation)
-    and by inference (``medvol.tasks``).
-    """
-    image, label, record = preprocess(image, label, preprocess_config)
-    image = normalizer.transform(image)
-    prepared = Volume(image.array.astype(np.float32, copy=False), image.affine, image.meta)
-    return prepared, label, record
-
-
-def classifier_crop(image: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """A prepared image ``(C, X, Y, Z)`` centre-cropped/padded (with its minimum) to ``shape``."""
-    return crop_or_pad(Volume(image, np.eye(4), {}), shape).array.astype(np.float32, copy=False)
-
-
-def medmnist_input(array: np.ndarray) -> np.ndarray:
-    """A MedMNIST volume ``(X, Y, Z)`` or ``(1, X, Y, Z)`` of 0–255 values as the model input
-    ``(1, X, Y, Z)`` float32: ``value / 255``."""
-    volume = array if array.ndim == 4 else array[np.newaxis]
-    return volume.astype(np.float32) / 255.0
 
 
 class _Reseedable(Dataset[dict[str, Any]]):

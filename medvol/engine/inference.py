@@ -13,46 +13,38 @@ normaliser it was trained with, and the input spec (``input.json``). Then:
   largest connected component of each class.
 - ``classify(trained, inputs)`` gives class probabilities for a batch of
   prepared inputs; ``classify_scan(trained, scan)`` for one scan.
-- ``predict_volume(model, image, patch_size, autocast)`` is the sliding
-  window itself, shared with the validation epoch.
 
-The run's ``train.amp`` and ``train.channels_last`` are resolved for the
-inference device and model exactly as training resolves them
-(``medvol.engine.precision``), except that ``fp16`` off CUDA runs in fp32.
+The network is a callable on numpy arrays (images ``(B, C, X, Y, Z)`` float32
+in, logits out): ``medvol.engine.torch_network.TorchNetwork`` for a run,
+``medvol.export.runtime.OnnxNetwork`` for a model package. Everything else
+(preparing inputs, the sliding windows of ``medvol.engine.windows``, mapping
+back, the argmax) is numpy, SimpleITK and scipy, the same for both engines:
+this module imports no torch, and predicting from a model package needs none
+(``medvol[infer]``). ``load_trained`` imports torch when it is called.
 
 Every step is deterministic: the same scan and run give the same output.
 """
 
 from __future__ import annotations
 
-import itertools
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from scipy import ndimage
-from torch import nn
+from scipy.special import softmax
 
 from medvol.config import ExperimentConfig
-from medvol.engine.checkpoint import load_checkpoint
-from medvol.engine.distributed import choose_device, launch_environment
-from medvol.engine.precision import Precision, resolve_precision
 from medvol.engine.run_folder import Checkpoint, InputSpec, RunFolder
+from medvol.engine.windows import Network, flip_averaged
 from medvol.errors import MedvolError
-from medvol.models import create_model
 from medvol.tasks import InputRecipe, task_for
 from medvol.transforms import Normalizer, PreprocessConfig
 from medvol.volume import Volume
 
 if TYPE_CHECKING:
     from medvol.tasks import ModelInput, Task
-
-SLIDING_WINDOW_OVERLAP = 0.5
-SLIDING_WINDOW_BATCH = 4
-"""Windows per forward pass of the network."""
 
 Engine = Literal["torch", "onnxruntime"]
 
@@ -65,10 +57,11 @@ class TrainedModel:
         run: the run folder it came from.
         config: the run's experiment config.
         task: the run's task (``medvol.tasks``): prepares every model input.
-        model: the network, eval mode, on ``device``: any module mapping
-            images ``(B, C, X, Y, Z)`` float32 to logits (the one seam
-            between medvol and what executes the network).
-        device: where inference runs.
+        network: images ``(B, C, X, Y, Z)`` float32 → logits, numpy arrays
+            (the one seam between medvol and what executes the network):
+            ``medvol.engine.torch_network.TorchNetwork`` (its ``module``,
+            ``device`` and resolved ``precision``) or
+            ``medvol.export.runtime.OnnxNetwork`` (always fp32, on the CPU).
         recipe: what inputs are prepared with: the grid scans are put on
             (``preprocess``), the fitted intensity normaliser (``normalizer``;
             ``None`` for MedMNIST arrays, ``uint8 / 255``) and what the model
@@ -76,32 +69,20 @@ class TrainedModel:
         checkpoint: ``"best"`` or ``"last"``; ``epoch`` is the epoch it holds.
         weights: the file the network came from (the checkpoint, or a model
             package's ``model.onnx``).
-        engine: what runs the network: ``"torch"``, or ``"onnxruntime"``
-            (``model`` is then a ``medvol.export.OnnxNetwork``, always fp32).
-        precision: the run's ``train.amp`` and ``train.channels_last``
-            resolved for ``device`` and ``model`` (set on creation; with
-            channels-last on, the model's weights are converted then).
+        engine: what runs the network: ``"torch"`` or ``"onnxruntime"``.
+        device: where the network runs (``"cpu"``, ``"cuda:0"``...).
     """
 
     run: RunFolder
     config: ExperimentConfig
     task: Task
-    model: nn.Module
-    device: torch.device
+    network: Network
     recipe: InputRecipe
     checkpoint: Checkpoint
     epoch: int
     weights: Path
     engine: Engine = "torch"
-    precision: Precision = field(init=False)
-
-    def __post_init__(self) -> None:
-        if self.engine == "onnxruntime":
-            self.precision = Precision("none", False, "ONNX Runtime runs the exported fp32 network")
-            return
-        amp, layout = self.config.train.amp, self.config.train.channels_last
-        self.precision = resolve_precision(amp, layout, self.device, self.model, strict=False)
-        self.precision.prepare_model(self.model)
+    device: str = "cpu"
 
     @property
     def run_dir(self) -> Path:
@@ -122,10 +103,6 @@ class TrainedModel:
     @property
     def num_classes(self) -> int:
         return self.config.data.num_classes
-
-    def autocast(self) -> AbstractContextManager[Any]:
-        """Autocast as the run's ``train.amp`` resolves on this device (``auto``: bf16 where native)."""
-        return self.precision.autocast(self.device)
 
 
 @dataclass
@@ -156,30 +133,25 @@ def load_trained(run_dir: str | Path, checkpoint: Checkpoint = "best", device: s
         MedvolError: the folder is not a finished-enough run (no config or
             checkpoint), naming what is missing.
     """
+    from medvol.engine.torch_network import load_network
+
     run = RunFolder(run_dir)
     config = run.read_config()
     chosen, path = run.existing_checkpoint(checkpoint)
-    try:
-        torch_device = choose_device(device, launch_environment().local_rank)
-    except RuntimeError as error:
-        raise MedvolError(None, f"device {device}: {error}") from error
-    state = load_checkpoint(path, map_location=torch_device)
-    model = create_model(config.model.name, **config.model.options).to(torch_device)
-    model.load_state_dict(state["model"])
-    model.eval()
+    network, state = load_network(config, path, device)
     task = task_for(config)
     return TrainedModel(
         run=run,
         config=config,
         task=task,
-        model=model,
-        device=torch_device,
+        network=network,
         recipe=InputRecipe(
             config.preprocess, task.load_normalizer(state.get("normalizer")), run.read_input_spec()
         ),
         checkpoint=chosen,
         epoch=int(state["progress"]["epoch"]),
         weights=path,
+        device=str(network.device),
     )
 
 
@@ -188,7 +160,6 @@ def prepare_input(trained: TrainedModel, scan: Volume) -> ModelInput:
     return trained.task.prepare_input(trained.recipe, scan)
 
 
-@torch.no_grad()
 def segment(
     trained: TrainedModel,
     scan: Volume,
@@ -214,9 +185,9 @@ def segment(
     if not isinstance(task, SegmentationTask):
         raise MedvolError(trained.run_dir, "this run is a classifier; use classify()")
     prepared = task.prepare_input(trained.recipe, scan)
-    tensor = torch.from_numpy(np.ascontiguousarray(prepared.array))[None].to(trained.device)
-    patch = trained.input_spec.patch_size or tuple(tensor.shape[2:])
-    probabilities = _probabilities(trained, tensor, patch, flip_tta)[0].cpu().numpy()
+    image = np.ascontiguousarray(prepared.array, dtype=np.float32)[np.newaxis]
+    x, y, z = trained.input_spec.patch_size or image.shape[2:]
+    probabilities = flip_averaged(trained.network, image, (int(x), int(y), int(z)), flip_tta)[0]
     on_source = task.to_source_grid(probabilities, prepared, scan)
     label_array = np.argmax(on_source, axis=0).astype(np.uint8)
     if largest_component:
@@ -226,72 +197,6 @@ def segment(
     if not keep_probabilities:
         return Segmentation(label=label)
     return Segmentation(label, Volume(on_source.astype(np.float32), scan.affine.copy(), meta))
-
-
-def _probabilities(
-    trained: TrainedModel, tensor: torch.Tensor, patch: tuple[int, ...], flip_tta: bool
-) -> torch.Tensor:
-    """Softmax ``(1, K, X, Y, Z)``, averaged over axis flips with ``flip_tta``."""
-    patch3 = (int(patch[0]), int(patch[1]), int(patch[2]))
-    if not flip_tta:
-        return predict_volume(trained.model, tensor, patch3, trained.autocast())
-    flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
-    total = torch.zeros(())
-    for axes in flips:
-        flipped = tensor.flip(axes) if axes else tensor
-        out = predict_volume(trained.model, flipped, patch3, trained.autocast())
-        total = total + (out.flip(axes) if axes else out)
-    return total / len(flips)
-
-
-def predict_volume(
-    model: nn.Module,
-    image: torch.Tensor,
-    patch_size: tuple[int, int, int],
-    autocast: AbstractContextManager[Any],
-) -> torch.Tensor:
-    """Class probabilities ``(B, K, X, Y, Z)`` for images ``(B, C, X, Y, Z)``.
-
-    Gaussian-weighted sliding windows of ``patch_size`` with half overlap (MONAI).
-    An image smaller than the patch along an axis is first padded as training
-    patches are (``medvol.data.dataset.random_patch``): centred, with each
-    image's minimum, not MONAI's zeros (the mean of a z-scored scan), so the
-    model sees at its borders what it was trained on.
-    """
-    from monai.inferers import sliding_window_inference
-
-    padded, window = pad_like_training(image, patch_size)
-    with autocast:
-        logits = sliding_window_inference(
-            padded,
-            roi_size=patch_size,
-            sw_batch_size=SLIDING_WINDOW_BATCH,
-            predictor=model,
-            overlap=SLIDING_WINDOW_OVERLAP,
-            mode="gaussian",
-        )
-    assert isinstance(logits, torch.Tensor)
-    return torch.softmax(logits[window].float(), dim=1)
-
-
-def pad_like_training(
-    image: torch.Tensor, patch_size: tuple[int, int, int]
-) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """``image`` ``(B, C, X, Y, Z)`` padded to at least ``patch_size``, and the window of the original.
-
-    Padding is centred (one voxel more after than before when odd) and filled
-    with each image's minimum over channels and voxels, as in training.
-    """
-    spatial = image.shape[2:]
-    before = [max(0, (p - n + 1) // 2) for n, p in zip(spatial, patch_size, strict=True)]
-    shape = [max(n, p) for n, p in zip(spatial, patch_size, strict=True)]
-    window = (slice(None), slice(None), *(slice(b, b + n) for b, n in zip(before, spatial, strict=True)))
-    if shape == list(spatial):
-        return image, window
-    fill = image.amin(dim=(1, 2, 3, 4), keepdim=True)
-    padded = fill.expand(*image.shape[:2], *shape).clone()
-    padded[window] = image
-    return padded, window
 
 
 def keep_largest_components(label: np.ndarray) -> np.ndarray:
@@ -310,7 +215,6 @@ def keep_largest_components(label: np.ndarray) -> np.ndarray:
     return result
 
 
-@torch.no_grad()
 def classify(trained: TrainedModel, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
     """Class probabilities ``(N, K)`` for prepared inputs ``(N, C, X, Y, Z)`` float32 (``prepare_input``).
 
@@ -324,11 +228,8 @@ def classify(trained: TrainedModel, inputs: np.ndarray, batch_size: int = 32) ->
     step = max(1, batch_size // clips) * clips  # whole videos per batch
     rows = []
     for start in range(0, len(flat), step):
-        batch = torch.from_numpy(np.ascontiguousarray(flat[start : start + step], dtype=np.float32))
-        with trained.autocast():
-            logits = trained.model(batch.to(trained.device)).float()
-        logits = logits.reshape(-1, clips, logits.shape[-1]).mean(dim=1)
-        rows.append(torch.softmax(logits, dim=1).cpu().numpy())
+        logits = trained.network(np.ascontiguousarray(flat[start : start + step], dtype=np.float32))
+        rows.append(softmax(logits.reshape(-1, clips, logits.shape[-1]).mean(axis=1), 1))
     if not rows:
         return np.zeros((0, trained.num_classes), dtype=np.float32)
     return np.concatenate(rows).astype(np.float32)

@@ -207,8 +207,8 @@ class RunFolder:
 
     # -- reading
 
-    def read_config(self) -> ExperimentConfig:
-        """``config.yaml`` through the typed loader.
+    def read_config(self, factories: bool = True) -> ExperimentConfig:
+        """``config.yaml`` through the typed loader (``factories``: see ``medvol.config.parse_config``).
 
         Run folders written by medvol 0.1.0 are read as medvol reads them now:
         MedMNIST classifiers declared ``data.task: classification`` (now
@@ -229,7 +229,7 @@ class RunFolder:
             upgrades = [f"data.input_shape={data['patch_size']}", "data.patch_size=null"]
         if data.get("task") == "classification" and str(data.get("root", "")).lower().endswith(".npz"):
             upgrades = ["data.task=medmnist-classification"]
-        return load_config(self.config, upgrades)
+        return load_config(self.config, upgrades, factories=factories)
 
     def read_json(self, path: Path) -> dict[str, Any]:
         """A JSON object file of this run.

@@ -22,7 +22,8 @@ from torch import nn
 from medvol.config import ExperimentConfig
 from medvol.engine import distributed
 from medvol.engine.distributed import Runtime
-from medvol.engine.inference import predict_volume
+from medvol.engine.torch_network import TorchNetwork
+from medvol.engine.windows import predict_volume
 from medvol.metrics import accuracy, dice_per_class, multiclass_auc
 
 if TYPE_CHECKING:
@@ -95,9 +96,10 @@ def _segment(
     runtime: Runtime,
     autocast: AbstractContextManager[Any],
 ) -> dict[str, Any]:
-    image = sample["image"].unsqueeze(0).to(runtime.device)
-    patch = config.data.patch_size or tuple(image.shape[2:])
-    prediction = predict_volume(model, image, patch, autocast).argmax(dim=1)[0].cpu().numpy()
+    image = sample["image"].unsqueeze(0).numpy()
+    x, y, z = config.data.patch_size or image.shape[2:]
+    network = TorchNetwork(model, runtime.device, autocast)
+    prediction = predict_volume(network, image, (int(x), int(y), int(z))).argmax(axis=1)[0]
     classes = range(1, config.data.num_classes)
     return {
         "case_id": sample["case_id"],

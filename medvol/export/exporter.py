@@ -92,7 +92,7 @@ def write_package(trained: TrainedModel, package: PackageFolder) -> None:
 
 
 def export_network(trained: TrainedModel, path: Path) -> None:
-    """``trained.model`` as ONNX at ``path``: dynamic batch, and dynamic X, Y, Z for a segmenter."""
+    """The run's torch network as ONNX at ``path``: dynamic batch, and dynamic X, Y, Z for a segmenter."""
     import onnx
     import torch
 
@@ -102,7 +102,7 @@ def export_network(trained: TrainedModel, path: Path) -> None:
     try:
         with quiet_exporter():
             program = torch.onnx.export(
-                trained.model,
+                torch_module(trained),
                 (example,),
                 input_names=[INPUT_NAME],
                 output_names=[OUTPUT_NAME],
@@ -164,7 +164,7 @@ def check_network(trained: TrainedModel, path: Path) -> ExportCheck:
     session = open_session(path)
     (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
     with torch.no_grad():
-        expected = trained.model(torch.from_numpy(batch)).float().numpy()
+        expected = torch_module(trained)(torch.from_numpy(batch)).float().numpy()
     if logits.shape != expected.shape:
         raise MedvolError(path, f"ONNX Runtime gives logits {logits.shape}, torch {expected.shape}")
     difference = float(np.max(np.abs(logits - expected)))
@@ -175,6 +175,15 @@ def check_network(trained: TrainedModel, path: Path) -> ExportCheck:
             f"(more than {EXPORT_TOLERANCE:g}): the export is not faithful",
         )
     return ExportCheck(tuple(batch.shape), difference)
+
+
+def torch_module(trained: TrainedModel) -> Any:
+    """The run's network as the torch module it was trained as (fp32, no autocast)."""
+    from medvol.engine.torch_network import TorchNetwork
+
+    if not isinstance(trained.network, TorchNetwork):
+        raise MedvolError(trained.run_dir, f"only a torch network can be exported, not {trained.engine}'s")
+    return trained.network.module
 
 
 def example_batch(trained: TrainedModel, batch: int) -> np.ndarray:
@@ -200,7 +209,7 @@ def package_spec(trained: TrainedModel, package: PackageFolder, check: ExportChe
     import onnx
     import torch
 
-    from medvol.engine.inference import SLIDING_WINDOW_BATCH, SLIDING_WINDOW_OVERLAP
+    from medvol.engine.windows import SLIDING_WINDOW_BATCH, SLIDING_WINDOW_OVERLAP
     from medvol.version import __version__
 
     config = trained.config

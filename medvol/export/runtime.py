@@ -1,12 +1,13 @@
 """The network executed by ONNX Runtime, behind the same seam as torch's: images in, logits out.
 
-``OnnxNetwork`` is a module mapping images ``(B, C, X, Y, Z)`` float32 to
-logits, so every inference path (sliding windows, flips, classification
+``OnnxNetwork`` maps images ``(B, C, X, Y, Z)`` float32 to logits (numpy
+arrays), so every inference path (sliding windows, flips, classification
 batches, mapping back to the scan's grid, the writers) is medvol's own, whatever
 runs the network:
 
 - ``load_package(PACKAGE)`` is a ``TrainedModel`` from a model package
   (``medvol export``), checked first (``medvol.export.package.read_spec``);
+  it imports neither torch nor MONAI (``pip install 'medvol[infer]'``);
 - ``with_onnxruntime(trained)`` is a run's model with its network exported
   to ONNX and run by ONNX Runtime (``medvol predict --engine onnxruntime``).
 
@@ -16,13 +17,13 @@ ONNX Runtime runs on the CPU, in fp32.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+import numpy as np
 
 from medvol.errors import MedvolError
 
@@ -30,19 +31,23 @@ if TYPE_CHECKING:
     from medvol.engine.inference import TrainedModel
 
 
-class OnnxNetwork(nn.Module):
-    """An ONNX Runtime session as a module: ``forward(images (B, C, X, Y, Z))`` → logits, on the CPU."""
+class OnnxNetwork:
+    """An ONNX Runtime session as a network: ``network(images (B, C, X, Y, Z))`` → logits, on the CPU."""
 
     def __init__(self, session: Any) -> None:
-        super().__init__()
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        array = images.detach().to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        array = np.ascontiguousarray(images, dtype=np.float32)
         (logits,) = self.session.run([self.output_name], {self.input_name: array})
-        return torch.from_numpy(logits)
+        return np.asarray(logits, dtype=np.float32)
+
+    @property
+    def threads(self) -> int:
+        """Intra-op threads of the session (ONNX Runtime's default: one per core)."""
+        return int(self.session.get_session_options().intra_op_num_threads) or os.cpu_count() or 1
 
 
 def open_session(path: Path, threads: int | None = None) -> Any:
@@ -82,7 +87,7 @@ def import_onnxruntime() -> Any:
         import onnxruntime
     except ImportError as error:
         raise MedvolError(
-            None, "ONNX Runtime inference needs the onnxruntime package: pip install 'medvol[export]'"
+            None, "ONNX Runtime inference needs the onnxruntime package: pip install 'medvol[infer]'"
         ) from error
     return onnxruntime
 
@@ -105,7 +110,7 @@ def load_package(path: str | Path, threads: int | None = None, device: str = "au
     spec = read_spec(path)
     package = PackageFolder(path)
     run = RunFolder(package.path)  # config.yaml has the same name in a package
-    config = run.read_config()
+    config = run.read_config(factories=False)  # checked when the run trained; the model is ONNX now
     if preprocess_record(config) != spec.get("preprocess"):
         raise MedvolError(package.spec, "its preprocess section differs from config.yaml's (export again)")
     task = task_for(config)
@@ -120,13 +125,13 @@ def load_package(path: str | Path, threads: int | None = None, device: str = "au
         run=run,
         config=config,
         task=task,
-        model=OnnxNetwork(open_session(package.network, threads)),
-        device=torch.device("cpu"),
+        network=OnnxNetwork(open_session(package.network, threads)),
         recipe=recipe,
         checkpoint=checkpoint,
         epoch=int(provenance.get("epoch", -1)),
         weights=package.network,
         engine="onnxruntime",
+        device="cpu",
     )
 
 
@@ -135,14 +140,14 @@ def with_onnxruntime(trained: TrainedModel, threads: int | None = None) -> Train
     from medvol.export.exporter import check_network, export_network
 
     import_onnxruntime()
-    if trained.device.type != "cpu":
+    if trained.device != "cpu":
         raise MedvolError(None, f"ONNX Runtime runs on the CPU here; the run was loaded on {trained.device}")
     with tempfile.TemporaryDirectory(prefix="medvol-onnx-") as folder:
         path = Path(folder) / "model.onnx"
         export_network(trained, path)
         check_network(trained, path)
         session = open_session(path, threads)
-    return dataclasses.replace(trained, model=OnnxNetwork(session), engine="onnxruntime")
+    return dataclasses.replace(trained, network=OnnxNetwork(session), engine="onnxruntime")
 
 
 def check_device(device: str) -> None:

@@ -6,9 +6,11 @@ from a segmenter, a table from a classifier.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -183,8 +185,6 @@ class Predictor:
     # -- running
 
     def run(self) -> Outcome:
-        import torch
-
         from medvol.version import __version__
 
         self.check_arguments()
@@ -224,7 +224,7 @@ class Predictor:
                 "dicom_seg": self.options.dicom_seg,
                 "overwrite": self.options.overwrite,
                 "device": str(trained.device),
-                "torch_threads": threads or torch.get_num_threads(),
+                "torch_threads": threads or getattr(trained.network, "threads", None),
                 "io_threads": self.options.workers,
             },
             "naming": output_naming(trained.task.output, self.suffix),
@@ -234,18 +234,14 @@ class Predictor:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.manifest_path, manifest)
         status = "interrupted"
-        previous_threads = torch.get_num_threads()
-        with self.claims:
+        with self.claims, _torch_threads(trained.engine == "torch", threads):
             try:
-                if threads:
-                    torch.set_num_threads(threads)
                 if trained.task.output == "classification":
                     manifest["classifier_input"] = classify_scans(self, trained, scans, outcome)
                 else:
                     segment_scans(self, trained, scans, outcome)
                 status = "finished"
             finally:
-                torch.set_num_threads(previous_threads)
                 self.write_errors(outcome)
                 manifest.update(
                     status=status,
@@ -361,6 +357,22 @@ class Predictor:
         from medvol.io.dicom_headers import is_dicom_file
 
         return self.options.volume if self.options.volume is not None and is_dicom_file(path) else None
+
+
+@contextlib.contextmanager
+def _torch_threads(torch_engine: bool, threads: int | None) -> Iterator[None]:
+    """torch on ``threads`` CPU threads meanwhile (ONNX Runtime's threads are set on its session)."""
+    if not (torch_engine and threads):
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _is_inside(path: Path, folder: Path) -> bool:

@@ -32,7 +32,7 @@ def effective_shard(shard: tuple[int, int], environ: Mapping[str, str] | None = 
     ``items[I::N][RANK::WORLD_SIZE]`` equals ``items[I + N·RANK :: N·WORLD_SIZE]``,
     so the ranks of every shard partition that shard exactly.
     """
-    from medvol.engine.distributed import launch_environment
+    from medvol.engine.launch import launch_environment
 
     launch = launch_environment(environ)
     index, count = shard

@@ -6,7 +6,7 @@ statistics fitted on the training fold, and centre-cropped/padded to the
 fixed input shape ``data.input_shape``. With ``data.clip`` the cases are
 clips (videos, DICOM cine loops; a manifest or a folder per class): frames
 are resized, normalised and cut into clips of ``data.clip.frames`` frames
-(``medvol.data.clips``), never preprocessed as scans; evaluation and
+(``medvol.transforms.clips``), never preprocessed as scans; evaluation and
 prediction average the logits of ``data.clip.eval_clips`` clips per video.
 
 ``data.task: medmnist-classification`` trains on a MedMNIST 3D ``.npz`` with
@@ -210,9 +210,9 @@ class ScanClassificationTask(ClassificationTask):
 
     def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
         """Preprocess, normalise, centre-crop/pad as ``FileClassificationDataset`` does; for clips,
-        ``data.clip.eval_clips`` uniform clips ``(K, C, X, Y, frames)`` (``medvol.data.clips``)."""
-        from medvol.data.clips import evaluation_clips, prepare_video
-        from medvol.data.dataset import classifier_crop, prepare_image
+        ``data.clip.eval_clips`` uniform clips ``(K, C, X, Y, frames)`` (``medvol.transforms.clips``)."""
+        from medvol.transforms.clips import evaluation_clips, prepare_video
+        from medvol.transforms.inputs import classifier_crop, prepare_image
 
         self.check_channels(recipe, scan)
         clip = self.config.data.clip
@@ -370,7 +370,7 @@ class MedMNISTTask(ClassificationTask):
         Raises:
             MedvolError: another number of channels, or values outside MedMNIST's 0–255.
         """
-        from medvol.data.dataset import medmnist_input
+        from medvol.transforms.inputs import medmnist_input, resize
         from medvol.transforms.preprocess import reorient
 
         self.check_channels(recipe, scan)
@@ -387,7 +387,7 @@ class MedMNISTTask(ClassificationTask):
         oriented, _ = reorient(scan, "RAS")
         array = medmnist_input(oriented.array)
         if tuple(oriented.shape) != shape:
-            array = _resize(array, shape)
+            array = resize(array, shape)
         return ModelInput(array, oriented.affine)
 
 
@@ -404,12 +404,3 @@ def _counts_text(counts: dict[str, Any]) -> str:
 def _counts(labels: np.ndarray) -> dict[str, int]:
     values, counts = np.unique(labels, return_counts=True)
     return {str(v): int(c) for v, c in zip(values, counts, strict=True)}
-
-
-def _resize(array: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-    """``(C, X, Y, Z)`` resized to ``shape`` (trilinear, anti-aliased), kept within [0, 1]."""
-    import torch
-    from monai.transforms import Resize
-
-    resized = Resize(shape, mode="trilinear", anti_aliasing=True)(torch.from_numpy(array))
-    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)

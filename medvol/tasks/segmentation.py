@@ -104,7 +104,7 @@ class SegmentationTask(Task):
 
     def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
         """Preprocess and normalise ``scan`` as ``SegmentationDataset`` does; keeps the record."""
-        from medvol.data.dataset import prepare_image
+        from medvol.transforms.inputs import prepare_image
 
         self.check_channels(recipe, scan)
         assert recipe.normalizer is not None

@@ -37,7 +37,7 @@ conversion and no rounding of the geometry happens on the way.
 Clips (``meta["axes"] == "XYT"``: videos, DICOM cine loops) are refused by
 ``preprocess``, ``reorient`` and ``resample`` with a ``GeometryError``: their
 third axis is time, which reorientation would swap with space and resampling
-in mm would interpolate. Clips are prepared by ``medvol.data.clips`` (frames
+in mm would interpolate. Clips are prepared by ``medvol.transforms.clips`` (frames
 resized in X and Y only).
 
 Sheared affines (gantry tilt, kept exactly by ``medvol.io``): by default the
