@@ -14,6 +14,12 @@ What it writes:
   ``docs/cli/overview.md`` holds ``medvol --help`` the same way. The help is
   formatted at a fixed width (88 columns) so that it does not depend on the
   terminal.
+- ``docs/results.md``: only the blocks between ``<!-- BEGIN GENERATED: results/DIR/results.json ...``
+  and ``<!-- END GENERATED -->``, each the table ``medvol reproduce`` wrote for that
+  reproduction (``medvol.reproduce.format_results``), made again from the
+  ``results.json`` committed in ``docs/results/DIR/`` (``medvol reproduce ... --publish
+  docs/results/DIR`` copies it there with each evaluation's ``summary.json`` and
+  ``cases.csv``). The prose around the blocks is hand-written.
 - ``docs/config-reference.md``, whole: every key of an experiment config.
 
   - The typed sections come from the pydantic models in ``medvol.config``
@@ -60,11 +66,15 @@ DOCS = ROOT / "docs"
 CLI_DOCS = DOCS / "cli"
 CLI_OVERVIEW = CLI_DOCS / "overview.md"
 CONFIG_REFERENCE = DOCS / "config-reference.md"
+RESULTS_PAGE = DOCS / "results.md"
 CONFIG_SOURCE = ROOT / "medvol" / "config.py"
 COMMAND = "python docs/generate.py"
 HELP_WIDTH = 88
 END_MARKER = "<!-- END GENERATED -->"
 BEGIN_PATTERN = re.compile(r"<!-- BEGIN GENERATED: .*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL)
+RESULTS_BLOCK = re.compile(
+    r"<!-- BEGIN GENERATED: (results/[\w.-]+/results\.json)\b.*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL
+)
 
 #: Descriptions of config keys that have neither a ``Field(description=...)`` nor
 #: a trailing comment in ``medvol/config.py``. A description in the code wins.
@@ -575,6 +585,33 @@ def config_reference() -> tuple[str, set[str]]:
 # ---------------------------------------------------------------------------
 
 
+def results_block(source: str) -> str:
+    """The generated block of ``docs/results.md`` for ``docs/SOURCE`` (a committed ``results.json``)."""
+    from medvol.reproduce import format_results
+
+    path = DOCS / source
+    if not path.is_file():
+        raise SystemExit(
+            f"{RESULTS_PAGE}: names {source}, which is not in docs/ (medvol reproduce --publish)"
+        )
+    table = format_results(json.loads(path.read_text(encoding="utf-8")), title=False)
+    return (
+        f"<!-- BEGIN GENERATED: {source}, by {COMMAND}; rerun medvol reproduce --publish instead -->\n"
+        f"{table}{END_MARKER}"
+    )
+
+
+def results_page() -> dict[Path, str]:
+    """``docs/results.md`` with each reproduction's table made again from its committed ``results.json``."""
+    if not RESULTS_PAGE.is_file():
+        return {}
+    page = RESULTS_PAGE.read_text(encoding="utf-8")
+    return {RESULTS_PAGE: RESULTS_BLOCK.sub(lambda match: results_block(match[1]), page)}
+
+
+# ---------------------------------------------------------------------------
+
+
 def generated_files() -> dict[Path, str]:
     """Every generated file and the content it must have."""
     return generate()[0]
@@ -584,6 +621,7 @@ def generate() -> tuple[dict[Path, str], set[str]]:
     """Every generated file with its content, and the ``NOTES`` keys used."""
     files = cli_pages()
     files[CONFIG_REFERENCE], used = config_reference()
+    files.update(results_page())
     return files, used
 
 

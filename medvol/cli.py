@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan(verbs, common)
     _add_synthesize(verbs, common)
     _add_train(verbs, common)
+    _add_pretrain(verbs, common)
     _add_runs(verbs, common)
     _add_evaluate(verbs, common)
     _add_predict(verbs, common)
@@ -266,6 +267,26 @@ def _add_train(verbs: Any, common: argparse.ArgumentParser) -> None:
     train.set_defaults(run=run_train)
 
 
+def _add_pretrain(verbs: Any, common: argparse.ArgumentParser) -> None:
+    pretrain = verbs.add_parser(
+        "pretrain",
+        parents=[common],
+        help="self-supervised pretraining on the training images, without labels (for model.init)",
+        description="Train the config's model to restore its training images from Models-Genesis-style "
+        "distortions (no label is used); writes RUN/checkpoints/pretrained.pt, which model.init loads.",
+    )
+    pretrain.add_argument("config", type=Path, help="experiment YAML (the one the supervised run uses)")
+    pretrain.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key (e.g. tracking.name=pretrain, train.epochs=50)",
+    )
+    pretrain.set_defaults(run=run_pretrain)
+
+
 def _add_runs(verbs: Any, common: argparse.ArgumentParser) -> None:
     runs = verbs.add_parser(
         "runs", parents=[common], help="compare runs: settings and best metrics side by side"
@@ -389,6 +410,13 @@ def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="override a config key in every run (the table then says the protocol changed)",
     )
     reproduce.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
+    reproduce.add_argument(
+        "--publish",
+        type=Path,
+        metavar="DIR",
+        help="also copy results.json, the record of test evaluations, each seed's config and each "
+        "evaluation's summary.json and cases.csv to DIR (e.g. docs/results/NAME-BUDGET)",
+    )
     reproduce.set_defaults(run=run_reproduce)
 
 
@@ -693,6 +721,15 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pretrain(args: argparse.Namespace) -> int:
+    from medvol.config import load_config
+    from medvol.engine.pretrain import PRETRAINED, pretrain
+
+    run_dir = pretrain(load_config(args.config, args.overrides))
+    print(f"pretrained weights: {run_dir / 'checkpoints' / PRETRAINED} (model.init)")
+    return 0
+
+
 def run_runs(args: argparse.Namespace) -> int:
     from medvol.engine.runs import format_runs, list_mlflow_runs, list_runs
 
@@ -779,9 +816,13 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
     study = load_study(args.name)
     out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
-    results = reproduce(study, args.budget, args.seeds, out, args.overrides, data_dir=args.data_dir)
+    results = reproduce(
+        study, args.budget, args.seeds, out, args.overrides, data_dir=args.data_dir, publish=args.publish
+    )
     print(format_results(results))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")
+    if args.publish is not None:
+        print(f"copied the results and each evaluation's summary.json and cases.csv to {args.publish}")
     return 0
 
 

@@ -48,7 +48,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from medvol.augment.config import AugmentConfig
+from medvol.augment.config import MIXES, AugmentConfig
 from medvol.errors import MedvolError
 from medvol.transforms import Normalizer, PreprocessConfig, ZScore
 from medvol.transforms.normalize import _NORMALIZERS
@@ -470,6 +470,23 @@ class ExperimentConfig(Section):
             )
         if problems:
             raise _located(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _mixing_fits_the_task(self) -> ExperimentConfig:
+        mix = "none" if self.augment is None else self.augment.mix
+        wanted = MIXES.get(mix)
+        task = "segmentation" if self.data.task == "segmentation" else "classification"
+        if wanted is not None and wanted != task:
+            others = [name for name, kind in MIXES.items() if kind == task]
+            raise _located(
+                [
+                    (
+                        ("augment", "mix"),
+                        f"{mix} is for {wanted}; data.task {self.data.task} takes {' or '.join(others)}",
+                    )
+                ]
+            )
         return self
 
     @model_serializer(mode="wrap")

@@ -3,13 +3,14 @@
 ====================  ==========================  ====================================  =====================
 name                  for                         logits                                target
 ====================  ==========================  ====================================  =====================
-``cross_entropy``     classification              ``(B, K)``                            ``(B,)``/``(B, 1)``
+``cross_entropy``     classification              ``(B, K)``                            ``(B,)``/``(B, K)``
 ``bce_with_logits``   binary (or multi-label)     ``(B,)``, ``(B, 1)`` (or ``(B, K)``)  0/1, same shape
 ``dice_ce``           segmentation                ``(B, K, X, Y, Z)``, K ≥ 2            ``(B, 1, X, Y, Z)``
 ``deep_supervision``  a segmenter's extra heads   a tuple of the above, or one tensor   as its inner loss
 ====================  ==========================  ====================================  =====================
 
-Targets of ``cross_entropy`` and ``dice_ce`` are integer class indices.
+Targets of ``cross_entropy`` and ``dice_ce`` are integer class indices; ``cross_entropy``
+also takes soft targets ``(B, K)`` (class probabilities, as MixUp and CutMix make).
 
 Every loss checks shapes, integer labels and label range before computing, and
 says what it expected; a tuple of outputs given to a plain loss is refused with
@@ -87,11 +88,20 @@ class CrossEntropyLoss(_Loss):
 
         Args:
             logits: ``(B, K)``.
-            target: class indices ``(B,)`` or ``(B, 1)``, integers in ``[0, K)``.
+            target: class indices ``(B,)`` or ``(B, 1)``, integers in ``[0, K)``; or soft
+                targets ``(B, K)`` float, rows of class probabilities summing to 1 (MixUp,
+                CutMix: ``augment.mix``). With soft targets and class weights the loss is
+                ``mean_i Σ_c w_c·p_ic·(−log q_ic)`` (torch's definition).
         """
         _check_tensor(logits, "(B, K)")
         if logits.ndim != 2:
             raise ValueError(f"cross_entropy expects logits (B, K); got {tuple(logits.shape)}")
+        if target.is_floating_point() and target.shape == logits.shape and logits.shape[1] > 1:
+            _check_weights(self.loss.weight, logits.shape[1])
+            _check_probabilities(target)
+            self._follow(logits)
+            soft: torch.Tensor = self.loss(logits, target.to(logits.dtype))
+            return soft
         if target.ndim == 2 and target.shape[1] == 1:
             target = target[:, 0]
         if target.shape != logits.shape[:1]:
@@ -337,6 +347,16 @@ def _check_labels(labels: torch.Tensor, num_classes: int, loss: str) -> None:
         raise ValueError(
             f"{loss}: labels must lie in [0, {num_classes}) for {num_classes} classes; "
             f"got values from {low.item():g} to {high.item():g}"
+        )
+
+
+def _check_probabilities(target: torch.Tensor) -> None:
+    """Soft targets: values in [0, 1], each row summing to 1."""
+    if bool(((target < 0) | (target > 1)).any()) or not torch.allclose(
+        target.sum(1), torch.ones(len(target), dtype=target.dtype, device=target.device), atol=1e-4
+    ):
+        raise ValueError(
+            "cross_entropy soft targets (B, K) must be probabilities in [0, 1] summing to 1 per row"
         )
 
 

@@ -9,10 +9,10 @@ path given as NAME)::
     data:                                       # medvol.fetch: where the recipes' data comes from
       - {path: adrenalmnist3d/adrenalmnist3d.npz, url: https://..., md5: bbd3...}
     evaluate: {split: test, checkpoint: best}   # what is scored once, after training
-    metrics: [auc, accuracy]                    # the columns of the table
+    metrics: [auc, accuracy, balanced_accuracy] # the columns of the table
     published:
-      source: citation of the published figures
-      rows: [{method: ResNet-18+3D, auc: 0.827, accuracy: 0.721}, ...]
+      sources: {medmnist: paper, table and year of the published figures}
+      rows: [{method: ResNet-18+3D, auc: 0.827, accuracy: 0.721, source: medmnist}, ...]
 
 A recipe's relative ``data.root`` names a path in the data folder
 (``medvol.fetch.data_folder``); the study's data there is downloaded and
@@ -23,14 +23,30 @@ For each seed ``0 .. K-1`` the budget's experiment config is trained with
 ``train.seed`` set (model selection uses validation data only, as the config
 says), then evaluated once as ``evaluate`` says, with a case-level bootstrap
 CI. The table gives, per metric, the mean over seeds with its 95% t-interval
-(``medvol.evaluation.aggregate``), each seed's value with its bootstrap CI, and
-the published figures. A finished seed is not trained or evaluated again, so
-an interrupted reproduction continues where it stopped and the test split is
-scored once per run.
+clipped to the metric's range, the lowest and highest seed
+(``medvol.evaluation.aggregate.over_runs``), each seed's value with its
+bootstrap CI, and the published figures with their sources. A finished seed is
+not trained or evaluated again, so an interrupted reproduction continues where
+it stopped and the test split is scored once per run.
+
+A binary classifier scored on its test split also gets, per seed, the
+validation cases of the same checkpoint scored (``reproduce-val``) to choose a
+decision threshold (``medvol.evaluation.classification.choose_threshold``),
+and accuracy and balanced accuracy on the test cases at that threshold, beside
+those at 0.5; and the table gets a majority-class row (the class most frequent
+in the training split). Every test evaluation found in the output folder is
+kept in ``test-evaluations.json`` (which runs, which recipe, when), so the
+table states how many times the test split was scored and for which recipes.
+``--publish DIR`` copies ``results.json``, that record, each seed's config and
+each evaluation's ``summary.json`` and ``cases.csv`` to ``DIR``: the small
+files every figure of the table can be derived from again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,11 +54,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from medvol.engine.run_folder import RunFolder
+from medvol.engine.run_folder import EvaluationFolder, RunFolder
 from medvol.errors import MedvolError
+from medvol.evaluation.aggregate import over_runs
 from medvol.evaluation.summary import format_interval
 from medvol.fetch import Fetched, Source, data_folder, fetch, parse_sources
-from medvol.io.atomic import atomic_path, write_json
+from medvol.io.atomic import atomic_path, json_safe, write_json
 from medvol.logs import get_logger, track
 
 logger = get_logger(__name__)
@@ -51,6 +68,22 @@ if TYPE_CHECKING:
     from medvol.config import ExperimentConfig
 
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
+TEST_LEDGER = "test-evaluations.json"
+THRESHOLD_RULE = "maximises balanced accuracy on the validation split (same checkpoint)"
+#: Columns added for a binary classifier scored on its test split, and the metric each one is.
+AT_VALIDATION_THRESHOLD = {
+    "accuracy_at_val_threshold": "accuracy",
+    "balanced_accuracy_at_val_threshold": "balanced_accuracy",
+}
+COLUMN_NAMES = {
+    "auc": "AUC",
+    "accuracy": "ACC at 0.5",
+    "balanced_accuracy": "balanced ACC at 0.5",
+    "accuracy_at_val_threshold": "ACC at val. threshold",
+    "balanced_accuracy_at_val_threshold": "balanced ACC at val. threshold",
+    "dice_1": "Dice 1",
+    "dice_2": "Dice 2",
+}
 
 
 @dataclass(frozen=True)
@@ -67,6 +100,7 @@ class Study:
     metrics: list[str]
     published: dict[str, Any]
     data: list[Source]
+    labels: dict[str, str]
 
 
 def available_studies() -> list[str]:
@@ -99,6 +133,7 @@ def load_study(name_or_path: str | Path) -> Study:
     if missing:
         raise MedvolError(path, f"study file lacks {', '.join(missing)}")
     evaluate = data["evaluate"]
+    _check_published(path, data["published"], [str(m) for m in data["metrics"]])
     return Study(
         name=str(data["name"]),
         path=path,
@@ -110,7 +145,30 @@ def load_study(name_or_path: str | Path) -> Study:
         metrics=[str(m) for m in data["metrics"]],
         published=dict(data["published"]),
         data=parse_sources(data.get("data"), path),
+        labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
     )
+
+
+def _check_published(path: Path, published: Any, metrics: list[str]) -> None:
+    """Every published row names its method, a figure of a table column, and its source.
+
+    A row's ``source`` is a key of ``published.sources`` (paper, table and year); a study
+    whose rows all come from one place may give ``published.source`` instead.
+    """
+    if not isinstance(published, dict) or not isinstance(published.get("rows"), list):
+        raise MedvolError(path, "published must be a mapping with rows: [{method, METRIC: value, source}]")
+    sources = published.get("sources") or {}
+    for number, row in enumerate(published["rows"], start=1):
+        if not isinstance(row, dict) or "method" not in row:
+            raise MedvolError(path, f"published row {number} has no method")
+        if not any(metric in row for metric in metrics):
+            raise MedvolError(path, f"published row {number} ({row['method']}) gives none of {metrics}")
+        if row.get("source") not in sources and not published.get("source"):
+            raise MedvolError(
+                path,
+                f"published row {number} ({row['method']}) cites no source: give source: KEY of "
+                f"published.sources ({', '.join(map(str, sources)) or 'none'}): paper, table and year",
+            )
 
 
 def reproduce(
@@ -120,6 +178,7 @@ def reproduce(
     out: Path,
     overrides: list[str] | None = None,
     data_dir: Path | None = None,
+    publish: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``seeds`` runs of a study's budget; write ``results.json`` and ``results.md``.
 
@@ -131,6 +190,8 @@ def reproduce(
         overrides: ``KEY=VALUE`` config overrides applied to every run; the
             table says that the protocol was changed.
         data_dir: the data folder (default ``medvol.fetch.data_folder()``).
+        publish: a folder to copy the results and each evaluation's files to
+            (:func:`publish_results`).
 
     Returns:
         The content of ``results.json``.
@@ -138,7 +199,7 @@ def reproduce(
     from medvol.config import dump_config, load_config
     from medvol.engine.run_folder import RunFolder
     from medvol.engine.train import train
-    from medvol.evaluation import aggregate, evaluate_run
+    from medvol.evaluation import evaluate_run
 
     if budget not in study.budgets:
         raise MedvolError(study.path, f"no budget {budget!r}; this study has {sorted(study.budgets)}")
@@ -146,8 +207,8 @@ def reproduce(
         raise MedvolError(None, f"--seeds must be at least 1, got {seeds}")
     overrides = list(overrides or [])
     data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
-    summaries: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
+    folders: list[tuple[int, RunFolder]] = []
     for seed in track(range(seeds), f"reproduce {study.name}", "seed", logger):
         name = f"{study.name}-{budget}-seed{seed}"
         config = load_config(
@@ -181,26 +242,18 @@ def reproduce(
             )
         else:
             print(f"[{study.name} seed {seed}] already evaluated: {evaluation_dir}", flush=True)
-        summary = evaluation.read_summary()
-        summaries.append(summary)
-        runs.append(
-            {
-                "seed": seed,
-                "run_dir": str(run_dir),
-                "train_seconds": _train_seconds(run_dir),
-                "session_seconds": round(time.perf_counter() - started, 1),
-                "epoch": summary.get("epoch"),
-                "metrics": {m: _seed_metric(summary, m) for m in study.metrics},
-            }
-        )
+        entry = _seed_entry(study, seed, run, evaluation)
+        entry["session_seconds"] = round(time.perf_counter() - started, 1)
+        runs.append(entry)
+        folders.append((seed, run))
         (out / "configs").mkdir(parents=True, exist_ok=True)
         (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
-    over_seeds = aggregate(summaries)["metrics"]
     results = {
         "study": study.name,
         "description": study.description,
         "budget": budget,
         "config": str(study.budgets[budget]),
+        "recipe": study.budgets[budget].name,
         "overrides": overrides,
         "protocol_changed": bool(overrides),
         "evaluated": {
@@ -211,14 +264,246 @@ def reproduce(
         "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
         "runs": runs,
-        "over_seeds": {m: over_seeds.get(m) for m in study.metrics},
+        "over_seeds": _over_seeds(runs),
+        "intervals": "mean over seeds with its Student-t interval, clipped to the metric's range "
+        "(clipped: true, marked † in the table); min and max over seeds; each seed with a "
+        "percentile bootstrap interval over cases",
+        "baseline": _majority_baseline(folders[0][1], runs[0]),
+        "test_evaluations": record_test_evaluations(out, folders, study.budgets[budget].name),
         "published": study.published,
+        "labels": study.labels,
         "environment": _environment(Path(runs[0]["run_dir"])),
     }
-    write_json(out / "results.json", results)
+    write_json(out / "results.json", json_safe(results), allow_nan=False)
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
+    if publish is not None:
+        publish_results(out, results, publish)
     return results
+
+
+def _seed_entry(study: Study, seed: int, run: RunFolder, evaluation: EvaluationFolder) -> dict[str, Any]:
+    """One seed's line of ``results.json``: its metrics, and its validation threshold if it has one."""
+    summary = evaluation.read_summary()
+    entry: dict[str, Any] = {
+        "seed": seed,
+        "run_dir": str(run.path),
+        "folder": f"runs/{run.name}",
+        "evaluations": [evaluation.path.name],
+        "train_seconds": _train_seconds(run.path),
+        "epoch": summary.get("epoch"),
+        "metrics": {m: _seed_metric(summary, m) for m in study.metrics},
+    }
+    if _chooses_threshold(study, summary):
+        chosen = threshold_on_validation(run, summary, evaluation)
+        entry["evaluations"].append(run.reproduction("val").path.name)
+        entry["val_threshold"] = chosen["val_threshold"]
+        entry["metrics"].update(chosen["metrics"])
+    return entry
+
+
+def _over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each column over the seeds (:func:`medvol.evaluation.aggregate.over_runs`)."""
+    sources = [f"seed {run['seed']}" for run in runs]
+    columns = [m for m in runs[0]["metrics"] if all(m in run["metrics"] for run in runs)]
+    return {
+        m: over_runs(
+            [_number(run["metrics"][m]["estimate"]) for run in runs],
+            sources,
+            AT_VALIDATION_THRESHOLD.get(m, m),
+        )
+        for m in columns
+    }
+
+
+def _chooses_threshold(study: Study, summary: dict[str, Any]) -> bool:
+    """A binary classifier scored on its test split: its threshold is chosen on validation."""
+    return (
+        study.split == "test"
+        and study.cases is None
+        and summary.get("task") == "classification"
+        and summary.get("n_classes") == 2
+    )
+
+
+def threshold_on_validation(
+    run: RunFolder, test_summary: dict[str, Any], test: EvaluationFolder
+) -> dict[str, Any]:
+    """Choose a threshold on the validation cases of the tested checkpoint; score the test cases at it.
+
+    The validation split of the same checkpoint is evaluated once into ``reproduce-val``
+    (a look at validation data, which chose the checkpoint already); the threshold that
+    maximises its balanced accuracy is applied to the test probabilities in ``cases.csv``.
+
+    Returns:
+        ``{"val_threshold": {"threshold", "rule", "val_balanced_accuracy", "val_cases"},
+        "metrics": {"accuracy_at_val_threshold": {...}, "balanced_accuracy_at_val_threshold": {...}}}``.
+
+    Raises:
+        MedvolError: the validation evaluation is of another epoch than the test evaluation.
+    """
+    from medvol.evaluation import evaluate_run
+    from medvol.evaluation.classification import (
+        choose_threshold,
+        read_classification_cases,
+        scores_at_threshold,
+    )
+    from medvol.metrics import classification_statistic
+
+    validation = run.reproduction("val")
+    if not validation.summary.is_file():
+        print(f"[{run.name}] evaluating val ({test_summary['checkpoint']}) to choose a threshold", flush=True)
+        evaluate_run(run.path, split="val", checkpoint=test_summary["checkpoint"], out=validation.path)
+    val_summary = validation.read_summary()
+    if val_summary.get("epoch") != test_summary.get("epoch"):
+        raise MedvolError(
+            validation.path,
+            f"is of epoch {val_summary.get('epoch')}, the test evaluation of epoch "
+            f"{test_summary.get('epoch')}; remove it to evaluate the tested checkpoint",
+        )
+    _, val_targets, val_probabilities = read_classification_cases(validation.cases)
+    threshold = choose_threshold(val_targets, val_probabilities)
+    _, targets, probabilities = read_classification_cases(test.cases)
+    bootstrap = test_summary.get("bootstrap") or {}
+    scores = scores_at_threshold(
+        targets,
+        probabilities,
+        threshold,
+        int(bootstrap.get("n_resamples", 2000)),
+        float(bootstrap.get("confidence", 0.95)),
+        int(bootstrap.get("seed", 0)),
+    )
+    val_balanced = classification_statistic("balanced_accuracy", threshold)(val_targets, val_probabilities)
+    return {
+        "val_threshold": {
+            "threshold": threshold,
+            "rule": THRESHOLD_RULE,
+            "val_balanced_accuracy": val_balanced,
+            "val_cases": int(val_targets.size),
+        },
+        "metrics": {f"{name}_at_val_threshold": value for name, value in scores.items()},
+    }
+
+
+def _majority_baseline(run: RunFolder, first: dict[str, Any]) -> dict[str, Any] | None:
+    """The majority-class row of a classification study (``None`` for segmentation)."""
+    from medvol.evaluation.classification import majority_class_scores, read_classification_cases
+
+    evaluation = run.path / first["evaluations"][0]
+    summary = EvaluationFolder(evaluation).read_summary()
+    if summary.get("task") != "classification":
+        return None
+    train_counts = (run.read_json(run.fingerprint).get("class_counts") or {}).get("train")
+    if not train_counts:
+        return None
+    _, targets, _ = read_classification_cases(EvaluationFolder(evaluation).cases)
+    baseline = majority_class_scores(train_counts, targets, int(summary["n_classes"]))
+    return {**baseline, "method": "majority class of the training split, for every case (no model)"}
+
+
+def recipe_fingerprint(config: ExperimentConfig) -> str:
+    """12 hex digits naming a recipe: its resolved config without the seed, output and data location."""
+    from medvol.config import dump_config
+
+    recipe = yaml.safe_load(dump_config(config))
+    recipe.pop("tracking", None)
+    recipe.get("train", {}).pop("seed", None)
+    recipe.get("data", {}).pop("root", None)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def record_test_evaluations(out: Path, runs: list[tuple[int, RunFolder]], recipe: str) -> dict[str, Any]:
+    """Add the runs' test evaluations to ``OUT/test-evaluations.json``; the record and a summary of it.
+
+    Every ``summary.json`` of a test evaluation in a run folder (``reproduce-test``, and
+    ``evaluation-test`` from ``medvol evaluate``) is one entry, found by run, folder and
+    creation time; an entry is never removed, so the count survives a run that is removed
+    and trained again. ``test_evaluation_number`` is ``medvol evaluate``'s own count for the run.
+
+    Returns:
+        ``{"count", "record": TEST_LEDGER, "by_recipe": [{"recipe", "fingerprint", "seeds"}]}``,
+        ``seeds`` listing one seed per evaluation.
+    """
+    path = out / TEST_LEDGER
+    entries = _read_test_evaluations(path)
+    seen = {(e["run"], e["folder"], e["created"]) for e in entries}
+    for seed, run in runs:
+        for folder in (run.reproduction("test"), run.evaluation("test")):
+            if not folder.summary.is_file():
+                continue
+            summary = folder.read_summary()
+            key = (run.name, folder.path.name, summary.get("created"))
+            if key in seen:
+                continue
+            seen.add(key)
+            entries.append(
+                {
+                    "run": run.name,
+                    "folder": folder.path.name,
+                    "created": summary.get("created"),
+                    "seed": seed,
+                    "recipe": recipe,
+                    "fingerprint": recipe_fingerprint(run.read_config()),
+                    "checkpoint": summary.get("checkpoint"),
+                    "epoch": summary.get("epoch"),
+                    "test_evaluation_number": summary.get("test_evaluation_number", 1),
+                    "medvol_version": summary.get("medvol_version"),
+                }
+            )
+    if entries:
+        write_json(path, {"split": "test", "evaluations": entries})
+    groups: dict[tuple[str, str], list[int]] = {}
+    for entry in entries:
+        groups.setdefault((entry["recipe"], entry["fingerprint"]), []).append(int(entry["seed"]))
+    return {
+        "count": len(entries),
+        "record": TEST_LEDGER,
+        "by_recipe": [{"recipe": r, "fingerprint": f, "seeds": sorted(s)} for (r, f), s in groups.items()],
+    }
+
+
+def _read_test_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The entries of ``test-evaluations.json`` (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())["evaluations"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MedvolError(
+            path, f"cannot read the record of test evaluations ({error}); restore it"
+        ) from error
+    if not isinstance(entries, list):
+        raise MedvolError(path, "the record of test evaluations must list them under 'evaluations'")
+    return entries
+
+
+def publish_results(out: Path, results: dict[str, Any], target: Path) -> list[Path]:
+    """Copy what every figure of ``results.json`` comes from into ``target``, in the same layout.
+
+    ``results.json``, ``test-evaluations.json``, ``configs/RUN.yaml`` and, for each run,
+    ``runs/RUN/EVALUATION/summary.json`` and ``cases.csv`` (kilobytes; no checkpoint, no
+    prediction).
+
+    Returns:
+        The files written.
+    """
+    relative = [Path("results.json"), Path(TEST_LEDGER)]
+    for run in results["runs"]:
+        relative.append(Path("configs") / f"{Path(run['folder']).name}.yaml")
+        for evaluation in run["evaluations"]:
+            relative += [
+                Path(run["folder"]) / evaluation / "summary.json",
+                Path(run["folder"]) / evaluation / "cases.csv",
+            ]
+    written = []
+    for path in relative:
+        if not (out / path).is_file():
+            continue
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target / path) as temporary:
+            shutil.copyfile(out / path, temporary)
+        written.append(target / path)
+    return written
 
 
 def prepare_data(
@@ -308,6 +593,10 @@ def _seed_metric(summary: dict[str, Any], name: str) -> dict[str, Any]:
     return {"estimate": entry.get("mean"), "low": entry.get("low"), "high": entry.get("high")}
 
 
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
 def _environment(run_dir: Path) -> dict[str, Any]:
     from medvol.engine.run_folder import RunFolder
 
@@ -315,43 +604,116 @@ def _environment(run_dir: Path) -> dict[str, Any]:
     return run.read_json(run.environment) if run.environment.is_file() else {}
 
 
-def format_results(results: dict[str, Any]) -> str:
-    """The comparison table in Markdown."""
+def format_results(results: dict[str, Any], title: bool = True) -> str:
+    """The comparison table in Markdown and what was scored how often; ``title=False``: no heading."""
     metrics = list(results["over_seeds"])
-    header = "| | " + " | ".join(metrics) + " |"
-    rule = "|---|" + "---|" * len(metrics)
-    lines = [
-        f"# {results['study']} ({results['budget']} budget)",
-        "",
-        results["description"],
-        "",
-        f"Evaluated once per seed on: {results['evaluated']['cases'] or results['evaluated']['split']}"
-        f" (checkpoint {results['evaluated']['checkpoint']}); seeds {results['seeds']}.",
-    ]
+    labels = {**COLUMN_NAMES, **(results.get("labels") or {})}
+    lines = [f"# {results['study']} ({results['budget']} budget)", ""] if title else []
+    lines += [results["description"], "", _scored_line(results), ""]
     if results["protocol_changed"]:
-        lines += ["", f"**Protocol changed by overrides {results['overrides']}: not the study's numbers.**"]
-    lines += ["", header, rule]
+        lines += [f"**Protocol changed by overrides {results['overrides']}: not the study's numbers.**", ""]
+    thresholds = [run["val_threshold"]["threshold"] for run in results["runs"] if "val_threshold" in run]
+    if thresholds:
+        lines += [
+            "ACC and balanced ACC at 0.5 threshold the class-1 probability at 0.5; at val. threshold, "
+            f"at the threshold that {THRESHOLD_RULE}, chosen per seed: "
+            + ", ".join(f"{t:.4f}" for t in thresholds)
+            + ".",
+            "",
+        ]
+    lines += ["| | " + " | ".join(labels.get(m, m) for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
+    count = len(results["seeds"])
     over = results["over_seeds"]
-    cells = []
-    for metric in metrics:
-        entry = over.get(metric) or {}
-        cells.append(format_interval(entry.get("mean"), entry.get("low"), entry.get("high")))
     lines.append(
-        f"| medvol, mean over {len(results['seeds'])} seed(s) [95% t-CI] | " + " | ".join(cells) + " |"
+        f"| medvol, mean over {count} seed(s) [95% t-interval] | "
+        + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
+        + " |"
     )
+    if count > 1:
+        lines.append(
+            f"| medvol, lowest – highest of {count} seeds | "
+            + " | ".join(_range_cell(over.get(m) or {}) for m in metrics)
+            + " |"
+        )
     for run in results["runs"]:
-        seed_cells = [
+        cells = [
             format_interval(*(run["metrics"][m].get(k) for k in ("estimate", "low", "high"))) for m in metrics
         ]
-        lines.append(f"| seed {run['seed']} [95% bootstrap CI] | " + " | ".join(seed_cells) + " |")
-    for row in results["published"].get("rows", []):
-        values = [f"{row[m]:.4f}" if m in row else "—" for m in metrics]
-        lines.append(f"| {row['method']} (published) | " + " | ".join(values) + " |")
-    lines += ["", f"Published figures: {results['published'].get('source', 'see the study file')}.", ""]
+        lines.append(
+            f"| seed {run['seed']} [95% bootstrap interval over cases] | " + " | ".join(cells) + " |"
+        )
+    baseline = results.get("baseline")
+    if baseline:
+        counts = baseline["train_counts"]
+        cells = [_plain(baseline["metrics"].get(m)) for m in metrics]
+        lines.append(
+            f"| majority class (class {baseline['class']}: {counts[str(baseline['class'])]} of "
+            f"{sum(counts.values())} training cases), no model | " + " | ".join(cells) + " |"
+        )
+    published = results["published"]
+    keys = _source_keys(published)
+    for row in published.get("rows", []):
+        values = [_plain(row.get(m)) for m in metrics]
+        lines.append(
+            f"| {row['method']} (published [{keys.index(_row_source(row, published)) + 1}]) | "
+            + " | ".join(values)
+            + " |"
+        )
+    lines.append("")
+    if any((over.get(m) or {}).get("clipped") for m in metrics):
+        lines += ["† The t-interval reached outside the metric's range and was clipped to it.", ""]
+    for number, key in enumerate(keys, start=1):
+        lines += [f"[{number}] {(published.get('sources') or {}).get(key, key)}", ""]
     for data in results.get("data", []):
         checked = "verified" if data["verified"] else "not verified: extracted without medvol"
         what = f"archive {data['archive']}" if data["archive"] else data["path"]
-        lines += [f"Data: {data['location']} ({what}, MD5 {data['md5']}, {checked}).", ""]
+        lines += [f"Data: `{data['path']}` in the data folder ({what}, MD5 {data['md5']}, {checked}).", ""]
     times = ", ".join(f"seed {r['seed']}: {r['train_seconds'] / 60:.1f} min" for r in results["runs"])
-    lines += [f"Training time (sum of epoch times): {times}.", ""]
+    epochs = ", ".join(f"seed {r['seed']}: {r['epoch']}" for r in results["runs"])
+    lines += [f"Training time (sum of epoch times): {times}. Evaluated epochs: {epochs}.", ""]
     return "\n".join(lines)
+
+
+def _scored_line(results: dict[str, Any]) -> str:
+    """How many times the held-out cases were scored, and for which recipes."""
+    evaluated = results["evaluated"]
+    seeds = len(results["seeds"])
+    if evaluated["split"] != "test" or evaluated["cases"]:
+        return (
+            f"**Scored: the {evaluated['cases'] or evaluated['split']} cases, once per seed "
+            f"({seeds} seed(s)), checkpoint {evaluated['checkpoint']}.** The study has no test split."
+        )
+    record = results.get("test_evaluations") or {"count": 0, "by_recipe": []}
+    recipes = "; ".join(
+        f"recipe `{group['recipe']}` ({group['fingerprint']}), seeds {', '.join(map(str, group['seeds']))}"
+        for group in record["by_recipe"]
+    )
+    return (
+        f"**Test split scored {record['count']} time(s) from this output folder** "
+        f"(`{record.get('record', TEST_LEDGER)}`): {recipes}. Checkpoint {evaluated['checkpoint']}, "
+        "chosen on validation data only."
+    )
+
+
+def _mean_cell(entry: dict[str, Any]) -> str:
+    cell = format_interval(entry.get("mean"), entry.get("low"), entry.get("high"))
+    return f"**{cell}**†" if entry.get("clipped") else f"**{cell}**"
+
+
+def _range_cell(entry: dict[str, Any]) -> str:
+    if entry.get("min") is None or entry.get("max") is None:
+        return "undefined"
+    return f"{entry['min']:.4f} – {entry['max']:.4f}"
+
+
+def _plain(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "—"
+
+
+def _row_source(row: dict[str, Any], published: dict[str, Any]) -> str:
+    return str(row.get("source") or published.get("source"))
+
+
+def _source_keys(published: dict[str, Any]) -> list[str]:
+    """The sources the rows cite, in order of first use."""
+    return list(dict.fromkeys(_row_source(row, published) for row in published.get("rows", [])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import subprocess
 import sys
@@ -57,6 +58,33 @@ def test_every_verb_has_a_page(generator: ModuleType) -> None:
     assert not missing, f"no page for: {missing}; run `{generator.COMMAND}` and fill in the stub"
     pages = {path.stem for path in (DOCS / "cli").glob("*.md")} - {"overview"}
     assert not pages - set(verbs), f"pages for verbs the CLI does not have: {sorted(pages - set(verbs))}"
+
+
+def test_results_tables_are_made_from_committed_results(
+    generator: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A block of docs/results.md is the table of the results.json it names; prose stays as written."""
+    from medvol.reproduce import format_results
+    from tests.test_reproduce_tables import _results
+
+    (tmp_path / "results" / "study-cpu").mkdir(parents=True)
+    (tmp_path / "results" / "study-cpu" / "results.json").write_text(json.dumps(_results()))
+    page = tmp_path / "results.md"
+    marker = (
+        "<!-- BEGIN GENERATED: results/study-cpu/results.json, by hand -->\nold table\n<!-- END GENERATED -->"
+    )
+    page.write_text(f"# Results\n\nProse before.\n\n{marker}\n\nProse after.\n")
+    monkeypatch.setattr(generator, "DOCS", tmp_path)
+    monkeypatch.setattr(generator, "RESULTS_PAGE", page)
+    text = generator.results_page()[page]
+    assert text.startswith(
+        "# Results\n\nProse before.\n\n<!-- BEGIN GENERATED: results/study-cpu/results.json"
+    )
+    assert format_results(_results(), title=False) + generator.END_MARKER + "\n\nProse after.\n" in text
+    assert "old table" not in text and generator.results_page()[page] == text
+    page.write_text(marker.replace("study-cpu", "missing-cpu"))
+    with pytest.raises(SystemExit, match=r"names results/missing-cpu/results\.json, which is not in docs/"):
+        generator.results_page()
 
 
 def test_every_page_is_in_the_nav() -> None:

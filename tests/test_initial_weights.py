@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from monai.networks.nets import resnet18
 
 from medvol.engine.initial_weights import load_initial_weights
@@ -138,3 +139,114 @@ def test_a_run_started_from_weights_records_them(tmp_path: Path) -> None:
     trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     stem = trained["stem.0.weight"]
     torch.testing.assert_close(stem, source.state_dict()["stem.0.weight"], rtol=0, atol=1e-6)
+
+
+# -- MedicalNet's published layout, written by hand from its architecture ---------------------------
+
+MEDICALNET_WIDTHS = (64, 128, 256, 512)
+#: stride and dilation of MedicalNet's layer1..layer4 (Chen et al., Med3D; output stride 8)
+MEDICALNET_STAGES = ((1, 1), (2, 1), (1, 2), (1, 4))
+
+
+def medicalnet_layout(blocks: tuple[int, ...], shortcut: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The tensors of a MedicalNet ``resnet_*.pth`` of basic blocks, as its files name them.
+
+    ``module.`` prefix (saved from ``DataParallel``); ``conv1``/``bn1`` stem; ``layerN.B.conv1``,
+    ``bn1``, ``conv2``, ``bn2``; ``downsample.0`` (1×1×1 conv) and ``downsample.1`` (BatchNorm)
+    where a block changes the grid or width and ``shortcut`` is ``"B"`` (type ``"A"`` shortcuts
+    have no parameters); the segmentation head ``conv_seg``. Random values, BatchNorm statistics
+    away from their defaults.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def uniform(shape: tuple[int, ...], low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(shape, generator=generator)
+
+    def conv(name: str, out: int, into: int, kernel: int) -> None:
+        scale = (2.0 / (into * kernel**3)) ** 0.5
+        state[f"{name}.weight"] = (
+            torch.randn((out, into, kernel, kernel, kernel), generator=generator) * scale
+        )
+
+    def batchnorm(name: str, channels: int) -> None:
+        state[f"{name}.weight"] = uniform((channels,), 0.5, 1.5)
+        state[f"{name}.bias"] = uniform((channels,), -0.1, 0.1)
+        state[f"{name}.running_mean"] = uniform((channels,), -0.2, 0.2)
+        state[f"{name}.running_var"] = uniform((channels,), 0.5, 1.5)
+        state[f"{name}.num_batches_tracked"] = torch.tensor(100)
+
+    conv("conv1", 64, 1, 7)
+    batchnorm("bn1", 64)
+    inplanes = 64
+    for layer, (planes, count) in enumerate(zip(MEDICALNET_WIDTHS, blocks, strict=True), start=1):
+        for block in range(count):
+            prefix = f"layer{layer}.{block}"
+            conv(f"{prefix}.conv1", planes, inplanes, 3)
+            batchnorm(f"{prefix}.bn1", planes)
+            conv(f"{prefix}.conv2", planes, planes, 3)
+            batchnorm(f"{prefix}.bn2", planes)
+            if block == 0 and inplanes != planes and shortcut == "B":
+                conv(f"{prefix}.downsample.0", planes, inplanes, 1)
+                batchnorm(f"{prefix}.downsample.1", planes)
+            inplanes = planes
+    state["conv_seg.0.weight"] = torch.zeros(512, 32, 2, 2, 2)  # ConvTranspose3d
+    state["conv_seg.0.bias"] = torch.zeros(32)
+    batchnorm("conv_seg.1", 32)
+    conv("conv_seg.3", 32, 32, 3)
+    batchnorm("conv_seg.4", 32)
+    conv("conv_seg.6", 2, 32, 1)
+    return {f"module.{name}": tensor for name, tensor in state.items()}
+
+
+def medicalnet_features(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """MedicalNet's encoder (eval mode) computed from its file's tensors: pooled features ``(B, 512)``."""
+    w = {name.removeprefix("module."): tensor for name, tensor in state.items()}
+
+    def bn(t: torch.Tensor, name: str) -> torch.Tensor:
+        return F.batch_norm(
+            t, w[f"{name}.running_mean"], w[f"{name}.running_var"], w[f"{name}.weight"], w[f"{name}.bias"]
+        )
+
+    x = F.max_pool3d(F.relu(bn(F.conv3d(x, w["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    for layer, (stride, dilation) in enumerate(MEDICALNET_STAGES, start=1):
+        block = 0
+        while f"layer{layer}.{block}.conv1.weight" in w:
+            p, s = f"layer{layer}.{block}", stride if block == 0 else 1
+            out = F.conv3d(x, w[f"{p}.conv1.weight"], stride=s, padding=dilation, dilation=dilation)
+            out = F.relu(bn(out, f"{p}.bn1"))
+            out = bn(F.conv3d(out, w[f"{p}.conv2.weight"], padding=dilation, dilation=dilation), f"{p}.bn2")
+            shortcut = x
+            if f"{p}.downsample.0.weight" in w:
+                shortcut = bn(F.conv3d(x, w[f"{p}.downsample.0.weight"], stride=s), f"{p}.downsample.1")
+            x, block = F.relu(out + shortcut), block + 1
+    return x.mean(dim=(2, 3, 4))
+
+
+def test_a_medicalnet_resnet10_file_gives_medicalnets_dilated_encoder(tmp_path: Path) -> None:
+    """``dilated: true`` with MedicalNet's resnet_10.pth layout computes MedicalNet's features."""
+    state = medicalnet_layout((1, 1, 1, 1), shortcut="B")
+    torch.save({"state_dict": state}, tmp_path / "resnet_10.pth")
+    model = create_model("resnet10", in_channels=1, num_classes=2, dilated=True)
+    report = load_initial_weights(model, tmp_path / "resnet_10.pth")
+    assert report.layout == "medicalnet" and report.missing == ["fc.weight", "fc.bias"]
+    assert report.mismatched == [] and report.adapted == []
+    assert sorted(report.unexpected) == sorted(k.removeprefix("module.") for k in state if "conv_seg" in k)
+    x = torch.randn(2, 1, 40, 48, 36)
+    with torch.no_grad():
+        expected = medicalnet_features(state, x)
+        torch.testing.assert_close(features(model.eval(), x), expected, rtol=1e-4, atol=1e-5)
+        plain = create_model("resnet10", in_channels=1, num_classes=2)
+        load_initial_weights(plain, tmp_path / "resnet_10.pth")
+        assert not torch.allclose(features(plain.eval(), x), expected, atol=1e-2), "strides differ"
+
+
+def test_a_medicalnet_resnet18_file_with_parameter_free_shortcuts_is_reported(tmp_path: Path) -> None:
+    """resnet_18.pth (shortcut type A) into a 3-channel model: projections and head stay random."""
+    torch.save({"state_dict": medicalnet_layout((2, 2, 2, 2), shortcut="A")}, tmp_path / "resnet_18.pth")
+    model = create_model("resnet18", in_channels=3, num_classes=4, dilated=True)
+    report = load_initial_weights(model, tmp_path / "resnet_18.pth")
+    assert report.adapted == ["stem.0.weight"]
+    shortcuts = {name for name in model.state_dict() if ".shortcut." in name}
+    assert len(shortcuts) == 3 * 6 and set(report.missing) == shortcuts | {"fc.weight", "fc.bias"}
+    assert report.loaded == len(model.state_dict()) - len(report.missing)

@@ -189,3 +189,77 @@ def test_synthetic_images_keep_the_source_modality(tmp_path: Path) -> None:
     )
     (written,) = report.written
     assert load(written).meta["modality"] == "CT"
+
+
+def only(**stages: object) -> AugmentConfig:
+    """An ``AugmentConfig`` with every stage off except ``stages`` (values given)."""
+    off = {f.name: 0.0 for f in dataclasses.fields(AugmentConfig) if f.name.endswith("_prob")}
+    return AugmentConfig(**{**off, **stages})  # type: ignore[arg-type]
+
+
+def write_case(folder: Path, image: np.ndarray, label: np.ndarray, name: str = "case") -> tuple[Path, Path]:
+    """``image`` and ``label`` ``(1, X, Y, Z)`` as NIfTI files with a 1 mm identity affine."""
+    from medvol.io import save
+    from medvol.volume import Volume
+
+    paths = folder / "images" / f"{name}.nii.gz", folder / "labels" / f"{name}.nii.gz"
+    save(Volume(image, np.eye(4)), paths[0])
+    save(Volume(label, np.eye(4)), paths[1])
+    return paths
+
+
+def test_labels_to_image_leaves_no_frame_at_the_border() -> None:
+    """Blur with zero padding darkened the border faces by over a background std; edges are extended."""
+    label = np.zeros((1, 40, 40, 40), np.uint8)
+    label[0, 15:25, 15:25, 15:25] = 1
+    plain = SynthesisConfig(bias_coeff_range=(0.0, 0.0), noise_std=0.0, blur_sigma_vox=(1.0, 1.5))
+    for seed in range(8):
+        image = labels_to_image(label, seed, plain)[0][0]
+        faces = np.concatenate(
+            [image[[0, -1]].ravel(), image[:, [0, -1]].ravel(), image[..., [0, -1]].ravel()]
+        )
+        interior = image[3:-3, 3:-3, 3:-3][label[0, 3:-3, 3:-3, 3:-3] == 0]
+        assert abs(faces.mean() - interior.mean()) < 0.5 * interior.std(), seed
+
+
+def test_rotations_fill_with_the_background_not_the_mean(tmp_path: Path) -> None:
+    """Voxels rotated in from outside the field of view get the border's value (10), not the mean (≈ 47)."""
+    from scipy import ndimage
+
+    image = np.full((1, 30, 30, 30), 10.0, np.float32)
+    label = np.zeros((1, 30, 30, 30), np.uint8)
+    image[0, 10:20, 10:20, 10:20], label[0, 10:20, 10:20, 10:20] = 1000.0, 1
+    rotate = only(affine_prob=1.0, rotate_deg=45.0, scale_range=0.0)
+    report = synthesize_cases(
+        [write_case(tmp_path, image, label)], 3, tmp_path / "out", seed=0, augment=rotate
+    )
+    assert report.errors == [] and len(report.written) == 3
+    for path in report.written:
+        variant = load(path).array[0]
+        moved = load(path.parents[1] / "labels" / path.name).array[0]
+        far = ~ndimage.binary_dilation(moved == 1, iterations=3)
+        np.testing.assert_allclose(variant[far], 10.0, atol=1e-3)
+
+
+def test_variants_of_a_case_are_never_byte_identical(tmp_path: Path) -> None:
+    """Flips alone have 7 outcomes other than the source: 6 variants must be 6 distinct ones."""
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(1, 12, 14, 10)).astype(np.float32)
+    label = (image > 1).astype(np.uint8)
+    flips = only(flip_axes=(0, 1, 2), flip_prob=0.5)
+    source = write_case(tmp_path, image, label)
+    report = synthesize_cases([source], 6, tmp_path / "out", seed=0, augment=flips)
+    assert report.errors == [] and len(report.written) == 6
+    contents = [load(path).array.tobytes() for path in report.written]
+    assert len(set(contents)) == 6 and image.tobytes() not in contents
+
+    # A lost variant is redone identically (it must differ from the variants before it only).
+    lost = report.written[3]
+    lost.unlink()
+    synthesize_cases([source], 6, tmp_path / "out", seed=0, augment=flips)
+    assert load(lost).array.tobytes() == contents[3]
+
+    # One flippable axis has one outcome: a second variant cannot differ, and the case says so.
+    one_axis = only(flip_axes=(0,), flip_prob=0.5)
+    report = synthesize_cases([source], 2, tmp_path / "one", seed=0, augment=one_axis)
+    assert len(report.written) == 1 and "repeated an earlier variant" in report.errors[0][1]

@@ -102,11 +102,13 @@ def test_classifier_learns_and_writes_a_complete_run(adrenal_subset: Path, tmp_p
 
 @pytest.mark.parametrize("where", ["batch", "sample"])
 def test_killed_run_resumes_to_the_same_weights(adrenal_subset: Path, tmp_path: Path, where: str) -> None:
-    """With augmentation either way (``augment.where``): the resumed run draws what the whole one did."""
+    """With augmentation either way (``augment.where``) and MixUp: the resumed run draws what the
+    whole one did."""
 
     def augmented(name: str) -> dict[str, Any]:
         config = exact(classifier_config(adrenal_subset, tmp_path / "runs", name, epochs=3))
         config["augment"] = {"flip_axes": [0, 1, 2], "affine_prob": 0.5, "noise_prob": 0.3, "where": where}
+        config["augment"] |= {"mix": "mixup", "mix_prob": 0.5}
         return config
 
     reference = augmented("whole")

@@ -20,6 +20,9 @@ from medvol.errors import MedvolError
 Seed = int | np.random.SeedSequence
 Range = tuple[float, float]
 
+#: ``mix`` values and the task each is for (``medvol.augment.mixing``).
+MIXES = {"carvemix": "segmentation", "mixup": "classification", "cutmix": "classification"}
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -81,6 +84,17 @@ class AugmentConfig:
             workers, which already augment in parallel with the model
             (measured in ``docs/benchmarks-training.md``). Same stages,
             distributions and seeding either way; only the random numbers differ.
+        mix: mixing two cases of a training batch, after the other stages
+            (``medvol.augment.mixing``): ``none`` (default), ``carvemix``
+            (segmentation: a case's labelled structures pasted into another,
+            image and label together), ``mixup`` or ``cutmix``
+            (classification, with soft targets). Always per batch on the
+            training device, whatever ``where`` says.
+        mix_prob: probability that a sample of the batch is mixed with another.
+        mix_alpha: the α of the Beta(α, α) distribution of the MixUp weight and of
+            the share of voxels CutMix keeps.
+        carve_margin_vox: range of the margin (voxels) by which CarveMix
+            dilates the structures it carves, so some context comes along.
     """
 
     flip_axes: tuple[int, ...] = ()
@@ -117,6 +131,10 @@ class AugmentConfig:
     gamma_prob: float = 0.15
     gamma_range: Range = (0.7, 1.5)
     where: Literal["auto", "batch", "sample"] = "auto"
+    mix: Literal["none", "carvemix", "mixup", "cutmix"] = "none"
+    mix_prob: float = 0.5
+    mix_alpha: float = 1.0
+    carve_margin_vox: Range = (0.0, 3.0)
 
     def __post_init__(self) -> None:
         problems = []
@@ -128,6 +146,10 @@ class AugmentConfig:
                 problems.append(f"{f.name} must be a number ≥ 0, got {value!r}")
             elif isinstance(f.default, tuple) and len(f.default) == 2 and not _is_range(value):
                 problems.append(f"{f.name} must be two numbers [low, high] with low ≤ high, got {value!r}")
+        if self.mix not in ("none", *MIXES):
+            problems.append(f"mix must be 'none', 'carvemix', 'mixup' or 'cutmix', got {self.mix!r}")
+        if _is_number(self.mix_alpha) and self.mix_alpha <= 0:
+            problems.append(f"mix_alpha must be > 0, got {self.mix_alpha!r}")
         if self.where not in ("auto", "batch", "sample"):
             problems.append(f"where must be 'auto', 'batch' or 'sample', got {self.where!r}")
         if not (isinstance(self.flip_axes, tuple) and all(a in (0, 1, 2) for a in self.flip_axes)):

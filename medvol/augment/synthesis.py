@@ -204,14 +204,18 @@ def synthesize_cases(
                                                       output and source paths)
         out_dir/preview.png                           middle slices with label overlays
 
-    ``augment`` mode standardises each channel, applies ``augment`` (default
-    ``AugmentConfig()``) and maps intensities back to the source's scale, so a
-    variant can be preprocessed like a real case. ``labels-to-image`` mode
+    ``augment`` mode standardises each channel (around its edge value, so
+    voxels rotated in from outside the field of view get the background's
+    value), applies ``augment`` (default ``AugmentConfig()``) and maps
+    intensities back to the source's scale, so a variant can be preprocessed
+    like a real case. ``labels-to-image`` mode
     ignores the source image and draws one with ``labels_to_image``, using the
     spatial stages of ``augment``.
 
     Variant ``k`` of a case is seeded from ``(seed, case id, k)`` only, so the
-    output is the same whatever the order or number of cases, and a rerun skips
+    output is the same whatever the order or number of cases. No two variants
+    of a case are byte-identical: a draw that repeats an earlier variant
+    ``j < k`` is drawn again from the next child seed. A rerun skips
     the variants already written (writes are atomic) and adds missing ones;
     the manifest also keeps the variants written by earlier calls. A
     case that cannot be read is recorded in ``errors`` and the others go on.
@@ -266,12 +270,15 @@ def synthesize_cases(
         try:
             if todo:
                 image, label = load_source(image_paths, label_path)
+            made = _variant_digests(targets[: max(todo, default=0)])
             for k in todo:
                 variant_seed = spawn_seed(seed, _case_key(case_id), k)
+                earlier = {digest for j, digest in made.items() if j < k}
                 if mode == "augment":
-                    array, label_array = _augment(image.array, label.array, augment, variant_seed)
+                    array, label_array = _augment(image.array, label.array, augment, variant_seed, earlier)
                 else:
-                    array, label_array = labels_to_image(label.array, variant_seed, synthesis, augment)
+                    array, label_array = _synthesize(label.array, variant_seed, synthesis, augment, earlier)
+                made[k] = _digest(array, label_array)
                 meta = {"source_path": str(label_path), "synthesis": mode, "seed": seed, "variant": k}
                 save(Volume(label_array, label.affine, meta), targets[k][1])
                 # the source's modality travels with the image (its sidecar), for `medvol plan`
@@ -349,23 +356,84 @@ def load_source(image_paths: list[Path], label_path: Path) -> tuple[Volume, Volu
 MAX_DRAWS = 32
 
 
+def _digest(image: np.ndarray, label: np.ndarray) -> bytes:
+    """A variant's identity: the SHA-256 of its float32 image and int64 label voxels."""
+    digest = hashlib.sha256(np.ascontiguousarray(image, np.float32).tobytes())
+    digest.update(np.ascontiguousarray(label, np.int64).tobytes())
+    return digest.digest()
+
+
+def _variant_digests(targets: Sequence[tuple[Path, Path]]) -> dict[int, bytes]:
+    """``{k: digest}`` of a case's variants on disk (a variant redone on resume must not repeat them)."""
+    return {
+        k: _digest(load(image).array, load(label).array)
+        for k, (image, label) in enumerate(targets)
+        if image.is_file() and label.is_file()
+    }
+
+
+def _synthesize(
+    label: np.ndarray,
+    seed: np.random.SeedSequence,
+    synthesis: SynthesisConfig,
+    spatial: AugmentConfig,
+    made: set[bytes],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``labels_to_image`` with ``seed``; drawn again (from its children) if it repeats an earlier variant."""
+    for draw in [seed, *seed.spawn(MAX_DRAWS - 1)]:
+        image, moved = labels_to_image(label, draw, synthesis, spatial)
+        if _digest(image, moved) not in made:
+            return image, moved
+    raise MedvolError(None, f"every one of {MAX_DRAWS} draws repeated an earlier variant")
+
+
 def _augment(
-    image: np.ndarray, label: np.ndarray, config: AugmentConfig, seed: np.random.SeedSequence
+    image: np.ndarray,
+    label: np.ndarray,
+    config: AugmentConfig,
+    seed: np.random.SeedSequence,
+    made: set[bytes] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Augment in standardised units, then return to the source's intensity scale.
 
+    The image is standardised around its edge value (``edge_value``), not its
+    mean, so the voxels a rotation or shift brings in from outside the field of
+    view (0 in standardised units) get the value of the volume's border, the
+    background, rather than a flat mean grey.
+
     A draw in which no stage fired would copy the case (which ``medvol index``
-    then flags as a duplicate); it is drawn again from the next child seed, so
-    every variant differs from its source and the result stays deterministic.
+    then flags as a duplicate), and one equal to an earlier variant of the case
+    (digest in ``made``; possible when only discrete stages such as flips
+    fire) would repeat it: such draws are drawn again from the next child seed,
+    so every variant differs from its source and from the others, and the
+    result stays deterministic.
     """
-    mean = image.mean(axis=(1, 2, 3), keepdims=True)
+    made = made if made is not None else set()
+    edge = edge_value(image)
     std = image.std(axis=(1, 2, 3), keepdims=True) + 1e-8
-    standardised = ((image - mean) / std).astype(np.float32)
+    standardised = ((image - edge) / std).astype(np.float32)
     for draw in seed.spawn(MAX_DRAWS):
         sample = build_augmenter(config, draw)({"image": standardised, "label": label})
-        if not (np.array_equal(sample["image"], standardised) and np.array_equal(sample["label"], label)):
-            return (sample["image"] * std + mean).astype(np.float32), sample["label"]
-    raise MedvolError(None, f"the augmentation changed nothing in {MAX_DRAWS} draws; raise its probabilities")
+        if np.array_equal(sample["image"], standardised) and np.array_equal(sample["label"], label):
+            continue
+        variant = (sample["image"] * std + edge).astype(np.float32)
+        if _digest(variant, sample["label"]) not in made:
+            return variant, sample["label"]
+    raise MedvolError(
+        None,
+        f"in {MAX_DRAWS} draws the augmentation changed nothing or repeated an earlier variant; "
+        "raise its probabilities or ask for fewer variants per case",
+    )
+
+
+def edge_value(image: np.ndarray) -> np.ndarray:
+    """The median of the voxels on the six faces of each channel: ``(C, 1, 1, 1)`` (the background)."""
+    faces = [
+        np.moveaxis(image, axis, 1)[:, index].reshape(len(image), -1)
+        for axis in (1, 2, 3)
+        for index in (0, -1)
+    ]
+    return np.median(np.concatenate(faces, axis=1), axis=1).reshape(-1, 1, 1, 1).astype(np.float32)
 
 
 def _csv_text(rows: list[dict[str, str]]) -> str:

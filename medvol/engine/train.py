@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from medvol.augment import worker_seed
 from medvol.augment.batched import BatchAugmenter
+from medvol.augment.mixing import BatchMixer
 from medvol.config import ExperimentConfig, dump_config
 from medvol.engine import distributed
 from medvol.engine.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -60,7 +61,7 @@ from medvol.logs import get_logger
 from medvol.losses import create_loss
 from medvol.models import create_model
 from medvol.tasks import TaskData, task_for
-from medvol.tasks.base import training_batch_augmenter
+from medvol.tasks.base import training_batch_augmenter, training_mixer
 
 logger = get_logger(__name__)
 
@@ -154,9 +155,16 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
     )
     loader = _loader(data.train, config, sampler, runtime)
     augment = training_batch_augmenter(config, runtime)
+    mixer = training_mixer(config)
     if runtime.is_main and config.augment is not None:
         where = "per batch on the training device" if augment else "per sample in the data loader"
         logger.info("augmentation: %s (augment.where: %s)", where, config.augment.where)
+        if mixer is not None:
+            logger.info(
+                "mixing: %s of %.0f%% of each batch's samples",
+                config.augment.mix,
+                100 * config.augment.mix_prob,
+            )
     autocast = precision.autocast(runtime.device)
     scaler = torch.amp.GradScaler(enabled=precision.amp == "fp16")
 
@@ -166,13 +174,23 @@ def _train(config: ExperimentConfig, runtime: Runtime, resume: bool) -> Path:
             started = time.perf_counter()
             sampler.set_epoch(epoch)
             data.train.set_epoch(epoch)
-            if augment is not None:
-                augment.reseed(worker_seed(config.train.seed, runtime.rank, 0, epoch))
+            for stage in (augment, mixer):
+                if stage is not None:
+                    stage.reseed(worker_seed(config.train.seed, runtime.rank, 0, epoch))
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "lr": optimizer.param_groups[0]["lr"],
                 **_train_one_epoch(
-                    trained, loader, augment, loss_fn, optimizer, scaler, precision, config, runtime, epoch
+                    trained,
+                    loader,
+                    (augment, mixer),
+                    loss_fn,
+                    optimizer,
+                    scaler,
+                    precision,
+                    config,
+                    runtime,
+                    epoch,
                 ),
             }
             schedule.step()
@@ -341,7 +359,7 @@ def _restore_epoch_times(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def _train_one_epoch(
     model: nn.Module,
     loader: DataLoader[Any],
-    augment: BatchAugmenter | None,
+    stages: tuple[BatchAugmenter | None, BatchMixer | None],
     loss_fn: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
@@ -350,7 +368,7 @@ def _train_one_epoch(
     runtime: Runtime,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass over this rank's training share; ``augment`` augments each batch on the device.
+    """One pass over this rank's training share; ``stages`` augment, then mix, each batch on the device.
 
     Returns:
         ``train_loss`` (mean over all ranks' batches), ``samples_per_s`` (all
@@ -358,6 +376,7 @@ def _train_one_epoch(
         spent waiting for the next batch rather than computing.
     """
     model.train()
+    augment, mixer = stages
     autocast = precision.autocast(runtime.device)
     total, batches, samples, waited = 0.0, 0, 0, 0.0
     started = time.perf_counter()
@@ -376,6 +395,8 @@ def _train_one_epoch(
             maps = targets.ndim == images.ndim  # label maps move with the image; class indices do not
             images, moved = augment(images, targets if maps else None)
             targets = moved if moved is not None else targets
+        if mixer is not None:
+            images, targets = mixer(images, targets)
         images = precision.prepare_input(images)
         optimizer.zero_grad(set_to_none=True)
         with autocast:

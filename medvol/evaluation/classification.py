@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from sklearn.metrics import roc_curve
 
 from medvol.engine.run_folder import EvaluationFolder
 from medvol.errors import MedvolError
@@ -173,3 +174,123 @@ def _write_classification_csv(
         )
         for case_id, target, row, guess in zip(case_ids, targets, probabilities, predicted, strict=True):
             writer.writerow([case_id, int(target), *(repr(float(p)) for p in row), int(guess)])
+
+
+def read_classification_cases(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Case ids, targets ``(N,)`` and probabilities ``(N, K)`` from a classification ``cases.csv``.
+
+    Raises:
+        MedvolError: the file is missing, unreadable, or not a classification ``cases.csv``.
+    """
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        raise MedvolError(path, f"cannot read the evaluated cases ({error.strerror or error})") from error
+    columns = sorted((c for c in (rows[0] if rows else {}) if c.startswith("probability_")), key=_class_of)
+    if not rows or not columns or "target" not in rows[0]:
+        raise MedvolError(path, "is not a classification cases.csv (columns case_id, target, probability_K)")
+    try:
+        targets = np.array([int(row["target"]) for row in rows], dtype=int)
+        probabilities = np.array([[float(row[c]) for c in columns] for row in rows], dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise MedvolError(path, f"has a target or probability that is not a number ({error})") from error
+    return [row["case_id"] for row in rows], targets, probabilities
+
+
+def _class_of(column: str) -> int:
+    return int(column.rpartition("_")[2])
+
+
+def choose_threshold(targets: np.ndarray, probabilities: np.ndarray) -> float:
+    """The decision threshold on the class-1 probability that maximises balanced accuracy.
+
+    Meant for validation cases: the threshold is then applied, unchanged, to the test cases.
+    The candidates are the cases' class-1 probabilities (class 1 is predicted where the
+    probability is ``>=`` the threshold), i.e. the thresholds of scikit-learn's ROC curve.
+    Balanced accuracy is ``(TPR + 1 − FPR) / 2``, so the choice is the ROC point with the
+    largest Youden index ``TPR − FPR``. Ties go to the highest threshold.
+
+    Args:
+        targets: ``(N,)`` classes 0 and 1, both present.
+        probabilities: ``(N, 2)``, or ``(N,)`` the class-1 probability.
+
+    Raises:
+        ValueError: not a binary problem, or one class only.
+    """
+    targets = np.asarray(targets, dtype=int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    if probabilities.ndim == 2:
+        if probabilities.shape[1] != 2:
+            raise ValueError(f"a threshold is chosen for two classes only, got {probabilities.shape[1]}")
+        probabilities = probabilities[:, 1]
+    if set(np.unique(targets).tolist()) != {0, 1}:
+        raise ValueError(
+            f"choosing a threshold needs cases of both classes 0 and 1, got {np.unique(targets)}"
+        )
+    false_positive_rate, true_positive_rate, thresholds = roc_curve(
+        targets, probabilities, drop_intermediate=False
+    )
+    youden = (true_positive_rate - false_positive_rate)[1:]  # the first threshold (inf) predicts no case
+    best = np.flatnonzero(np.isclose(youden, youden.max(), rtol=0.0, atol=1e-12))  # ties up to rounding
+    return float(thresholds[1:][best[0]])
+
+
+def scores_at_threshold(
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Accuracy and balanced accuracy at ``threshold``, each with its case-level bootstrap CI.
+
+    Args:
+        targets: ``(N,)`` classes.
+        probabilities: ``(N, K)`` as in ``cases.csv``.
+        threshold: decision threshold on the class-1 probability (binary problems).
+
+    Returns:
+        ``{"accuracy": {"estimate", "low", "high"}, "balanced_accuracy": {...}}``.
+    """
+    scores: dict[str, dict[str, Any]] = {}
+    for name in ("accuracy", "balanced_accuracy"):
+        interval = bootstrap_ci(
+            (targets, probabilities), classification_statistic(name, threshold), n_resamples, confidence, seed
+        )
+        scores[name] = {"estimate": interval.estimate, "low": interval.low, "high": interval.high}
+    return scores
+
+
+def majority_class_scores(
+    train_counts: dict[str, int], targets: np.ndarray, n_classes: int
+) -> dict[str, Any]:
+    """The scores of always predicting the class most frequent in the training split.
+
+    The baseline any classifier must beat: its accuracy is the share of that class among
+    ``targets``; its balanced accuracy is ``1 / K``; its AUC is 0.5 (one score for every case).
+
+    Args:
+        train_counts: cases per class in the training split, ``{"0": 929, "1": 259}``
+            (ties go to the lowest class).
+        targets: ``(N,)`` classes of the scored cases.
+        n_classes: ``K``.
+
+    Returns:
+        ``{"class", "train_counts", "metrics": {"auc", "accuracy", "balanced_accuracy"}}``.
+    """
+    counts = {int(k): int(v) for k, v in train_counts.items()}
+    majority = max(sorted(counts), key=lambda k: counts[k])
+    probabilities = np.zeros((len(targets), n_classes))
+    probabilities[:, majority] = 1.0
+    targets = np.asarray(targets, dtype=int)
+    return {
+        "class": majority,
+        "train_counts": {str(k): v for k, v in sorted(counts.items())},
+        "metrics": {
+            "auc": classification_statistic("auc")(targets, probabilities),
+            "accuracy": classification_statistic("accuracy")(targets, probabilities),
+            "balanced_accuracy": classification_statistic("balanced_accuracy")(targets, probabilities),
+        },
+    }

@@ -99,10 +99,14 @@ def norm_layer(norm: str, channels: int) -> nn.Module:
     return nn.GroupNorm(1, channels)
 
 
-def _conv(in_channels: int, out_channels: int, kernel: int | Triple, stride: int | Triple = 1) -> nn.Conv3d:
+def _conv(
+    in_channels: int, out_channels: int, kernel: int | Triple, stride: int | Triple = 1, dilation: int = 1
+) -> nn.Conv3d:
     kernel, stride = _triple(kernel), _triple(stride)
-    padding = (kernel[0] // 2, kernel[1] // 2, kernel[2] // 2)
-    return nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
+    padding = (dilation * (kernel[0] // 2), dilation * (kernel[1] // 2), dilation * (kernel[2] // 2))
+    return nn.Conv3d(
+        in_channels, out_channels, kernel, stride=stride, padding=padding, dilation=dilation, bias=False
+    )
 
 
 def _triple(value: int | Sequence[int]) -> Triple:
@@ -111,19 +115,25 @@ def _triple(value: int | Sequence[int]) -> Triple:
 
 
 def spatiotemporal_conv(
-    conv: Conv, in_channels: int, out_channels: int, kernel: Triple, stride: Triple, norm: str
+    conv: Conv,
+    in_channels: int,
+    out_channels: int,
+    kernel: Triple,
+    stride: Triple,
+    norm: str,
+    dilation: int = 1,
 ) -> nn.Module:
     """A ``kernel`` convolution of the kind ``conv`` (see the module docstring).
 
     ``"2+1d"``: spatial ``(kx, ky, 1)`` → norm → ReLU → temporal ``(1, 1, kt)``,
     with ``M = ⌊kt·kx·ky·Cin·Cout / (kx·ky·Cin + kt·Cout)⌋`` intermediate
     channels (R(2+1)D), strides split the same way. ``"2d"``: ``(kx, ky, 1)``
-    without temporal stride.
+    without temporal stride. ``dilation`` (MedicalNet's dilated stages) is for ``"3d"`` only.
     """
     kx, ky, kt = kernel
     sx, sy, st = stride
     if conv == "3d" or kt == 1:
-        return _conv(in_channels, out_channels, kernel, stride if conv != "2d" else (sx, sy, 1))
+        return _conv(in_channels, out_channels, kernel, stride if conv != "2d" else (sx, sy, 1), dilation)
     if conv == "2d":
         return _conv(in_channels, out_channels, (kx, ky, 1), (sx, sy, 1))
     middle = max(
@@ -145,12 +155,14 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: str, conv: Conv = "3d") -> None:
+    def __init__(
+        self, in_channels: int, width: int, stride: int, norm: str, conv: Conv = "3d", dilation: int = 1
+    ) -> None:
         super().__init__()
         out_channels = width * self.expansion
-        self.conv1 = spatiotemporal_conv(conv, in_channels, width, (3, 3, 3), _triple(stride), norm)
+        self.conv1 = spatiotemporal_conv(conv, in_channels, width, (3, 3, 3), _triple(stride), norm, dilation)
         self.norm1 = norm_layer(norm, width)
-        self.conv2 = spatiotemporal_conv(conv, width, out_channels, (3, 3, 3), (1, 1, 1), norm)
+        self.conv2 = spatiotemporal_conv(conv, width, out_channels, (3, 3, 3), (1, 1, 1), norm, dilation)
         self.norm2 = norm_layer(norm, out_channels)
         self.relu = nn.ReLU(inplace=True)
         self.shortcut = _shortcut(in_channels, out_channels, _time_stride(conv, stride), norm)
@@ -169,12 +181,14 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, width: int, stride: int, norm: str, conv: Conv = "3d") -> None:
+    def __init__(
+        self, in_channels: int, width: int, stride: int, norm: str, conv: Conv = "3d", dilation: int = 1
+    ) -> None:
         super().__init__()
         out_channels = width * self.expansion
         self.conv1 = _conv(in_channels, width, 1)
         self.norm1 = norm_layer(norm, width)
-        self.conv2 = spatiotemporal_conv(conv, width, width, (3, 3, 3), _triple(stride), norm)
+        self.conv2 = spatiotemporal_conv(conv, width, width, (3, 3, 3), _triple(stride), norm, dilation)
         self.norm2 = norm_layer(norm, width)
         self.conv3 = _conv(width, out_channels, 1)
         self.norm3 = norm_layer(norm, out_channels)
@@ -218,6 +232,11 @@ class ResNet3d(nn.Module):
             stem and in every block (see :func:`norm_layer`).
         conv: ``"3d"``, ``"2+1d"`` or ``"2d"``: how the stem and the 3×3×3
             convolutions treat the last axis (time, for clips; see the module docstring).
+        dilated: MedicalNet's encoder (Chen et al., Med3D): the last two stages
+            keep the grid (stride 1) and dilate their 3×3×3 convolutions by 2 and
+            4, so the features are at 1/8 of the input (with the default stem)
+            instead of 1/32. Use it with MedicalNet's weights (``model.init``),
+            which were trained so. ``conv: 3d`` only.
 
     Input ``(B, C, X, Y, Z)``; output logits ``(B, K)``. Every stage after the
     first halves the grid (rounding up), so any input of at least one voxel per
@@ -236,6 +255,7 @@ class ResNet3d(nn.Module):
         dropout: float = 0.0,
         norm: str = "batch",
         conv: Conv = "3d",
+        dilated: bool = False,
     ) -> None:
         super().__init__()
         if depth not in DEPTHS:
@@ -247,6 +267,8 @@ class ResNet3d(nn.Module):
         kernel, stem_strides = _axes("stem_kernel", stem_kernel, odd=True), _axes("stem_stride", stem_stride)
         if conv not in CONVS:
             raise ConfigurationError(f"conv must be one of {', '.join(CONVS)}; got {conv!r}")
+        if dilated and conv != "3d":
+            raise ConfigurationError(f"dilated (MedicalNet's encoder) needs conv: 3d; got {conv!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigurationError(f"dropout must be in [0, 1); got {dropout!r}")
         check_norm(norm)
@@ -268,9 +290,10 @@ class ResNet3d(nn.Module):
         channels = stage_widths[0]
         for index, (width, count) in enumerate(zip(stage_widths, blocks, strict=True)):
             layers: list[nn.Module] = []
+            dilation = 2 ** (index - 1) if dilated and index >= 2 else 1
             for position in range(count):
-                stride = 2 if index > 0 and position == 0 else 1
-                layers.append(block(channels, width, stride, norm, conv))
+                stride = 2 if index > 0 and position == 0 and dilation == 1 else 1
+                layers.append(block(channels, width, stride, norm, conv, dilation))
                 channels = width * block.expansion
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)

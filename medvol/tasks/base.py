@@ -22,6 +22,7 @@ from medvol.logs import get_logger
 if TYPE_CHECKING:
     from medvol.augment import Augmenter
     from medvol.augment.batched import BatchAugmenter
+    from medvol.augment.mixing import BatchMixer
     from medvol.config import ExperimentConfig
     from medvol.data.cases import Case, IndexReport
     from medvol.data.clips import ClipDataset
@@ -264,6 +265,16 @@ def training_batch_augmenter(config: ExperimentConfig, runtime: Runtime) -> Batc
     if augment is None or resolve_where(augment, runtime.device, config.data.num_workers) != "batch":
         return None
     return BatchAugmenter(augment, seed=config.train.seed)
+
+
+def training_mixer(config: ExperimentConfig) -> BatchMixer | None:
+    """The batch mixing of ``augment.mix`` (``None`` when off); reseeded every epoch like the
+    batch augmenter."""
+    from medvol.augment.mixing import BatchMixer
+
+    if config.augment is None or config.augment.mix == "none":
+        return None
+    return BatchMixer(config.augment, config.data.num_classes, seed=config.train.seed)
 
 
 def choose_fold(
