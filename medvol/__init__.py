@@ -6,6 +6,9 @@ Scans
     ``load``, ``load_all``, ``save``, ``Volume``, ``MedvolError``;
     ``load_medmnist`` (MedMNIST 3D ``.npz`` files with their official split);
     ``sample`` (paths of the samples bundled with medvol).
+Clips
+    ``write_clip_file`` (generated clips whose class only the order of the
+    frames shows, as a MedMNIST-style ``.npz`` with time last).
 Datasets
     ``validate`` (discover and check every case of a folder or manifest),
     ``write_manifest``.
@@ -63,6 +66,7 @@ if TYPE_CHECKING:
     from medvol.report import write_report
     from medvol.reproduce import available_studies, load_study
     from medvol.reproduce import reproduce as reproduce_study
+    from medvol.synthetic_clips import write_clip_file
     from medvol.transforms import PreprocessConfig, invert, preprocess
     from medvol.volume import Volume
 
@@ -100,6 +104,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "load_study": ("medvol.reproduce", "load_study"),
     "available_studies": ("medvol.reproduce", "available_studies"),
     "reproduce_study": ("medvol.reproduce", "reproduce"),
+    "write_clip_file": ("medvol.synthetic_clips", "write_clip_file"),
 }
 
 __all__ = [
@@ -134,6 +139,7 @@ __all__ = [
     "synthesize_cases",
     "train",
     "validate",
+    "write_clip_file",
     "write_manifest",
     "write_report",
 ]

@@ -174,8 +174,8 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
     index.add_argument(
         "root",
         type=Path,
-        help="dataset folder (imagesTr/labelsTr, images/labels, ID_image + ID_label files or DICOM series), "
-        "a .csv or a MedMNIST .npz",
+        help="dataset folder (imagesTr/labelsTr, images/labels, ID_image + ID_label files, a folder per "
+        "class of clips, or DICOM series), a .csv or a MedMNIST .npz",
     )
     index.add_argument(
         "--out", type=Path, required=True, help="manifest CSV to write (its paths are relative to its folder)"
@@ -213,6 +213,13 @@ def _add_index(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="with DICOM series of several volumes (echoes, time points...): use this one for every case "
         "(its number as `medvol info` lists them), or 'all' to take every volume as a channel; written to "
         "the manifest's volume column",
+    )
+    index.add_argument(
+        "--min-frames",
+        type=int,
+        metavar="N",
+        help="clips (videos, DICOM cine loops) with fewer frames than N are errors (too_short); "
+        "training uses data.clip's span, (frames - 1) × stride + 1",
     )
     index.add_argument("--json", action="store_true", help="print the validation report as JSON")
     index.set_defaults(run=run_index)
@@ -563,7 +570,7 @@ def run_index(args: argparse.Namespace) -> int:
     from medvol.io.medmnist import is_medmnist_file
 
     if is_medmnist_file(args.root):
-        options = ("pair", "classes", "mask_series", "image_series")
+        options = ("pair", "classes", "mask_series", "image_series", "min_frames")
         given = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name)]
         if given:
             verb = "is" if len(given) == 1 else "are"
@@ -582,6 +589,7 @@ def run_index(args: argparse.Namespace) -> int:
         recheck=args.recheck,
         progress=progress,
         volume=args.volume,
+        min_frames=args.min_frames,
     )
     write_manifest(report, args.out)
     report_path = args.out.with_suffix(".report.json")

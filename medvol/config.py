@@ -101,6 +101,48 @@ class SplitConfig(Section):
         return self
 
 
+class ClipConfig(Section):
+    """How clips (videos, DICOM cine loops: ``(C, X, Y, T)``) become model inputs ``(C, X, Y, frames)``.
+
+    A clip is ``frames`` frames taken every ``stride`` frames of a video, so
+    it spans ``(frames - 1) × stride + 1`` frames; a shorter video is an error
+    (``too_short`` in ``medvol index``). Frames are resized to ``resize`` (if
+    given), then cropped (padded where smaller) to ``size``. Nothing else
+    changes their geometry: ``preprocess`` (reorientation, resampling in mm)
+    is refused with clips, since it would act along time. Jitter and reversal
+    apply in training only; evaluation and prediction average the model's
+    logits over ``eval_clips`` clips spread evenly over the video, centre-cropped.
+    """
+
+    frames: int = Field(16, ge=1)  # frames per clip: the model's third input axis
+    stride: int = Field(1, ge=1)  # take every stride-th frame
+    size: tuple[int, int]  # the model's frame size [X, Y] in pixels
+    resize: tuple[int, int] | None = None  # frames resized to [X, Y] pixels (bilinear) before the crop
+    sampling: Literal["random", "centre"] = "random"  # where a training clip starts in its video
+    crop: Literal["random", "centre"] = "random"  # where a training crop lies in the frame
+    eval_clips: int = Field(1, ge=1)  # clips per video at validation, evaluation, prediction (1: centre)
+    brightness: float = Field(0.0, ge=0, lt=1)  # training: intensities × a factor in [1 - b, 1 + b]
+    contrast: float = Field(0.0, ge=0, lt=1)  # training: deviation from the clip mean × [1 - c, 1 + c]
+    saturation: float = Field(0.0, ge=0, le=1)  # training, colour: deviation from grey × [1 - s, 1 + s]
+    reverse_prob: float = Field(0.0, ge=0, le=1)  # training: probability of playing a clip backwards
+    reverse_preserves_label: bool = False  # declare that direction of motion does not carry the class
+
+    @model_validator(mode="after")
+    def _reversal_declared(self) -> ClipConfig:
+        if self.reverse_prob > 0 and not self.reverse_preserves_label:
+            raise ValueError(
+                "data.clip.reverse_prob plays clips backwards, which changes the class wherever the "
+                "direction of motion carries it; set data.clip.reverse_preserves_label: true to declare "
+                "that it does not"
+            )
+        return self
+
+    @property
+    def span(self) -> int:
+        """Frames of the video one clip covers: ``(frames - 1) × stride + 1``."""
+        return (self.frames - 1) * self.stride + 1
+
+
 class DataConfig(Section):
     """Where the cases are and how they are read."""
 
@@ -114,6 +156,7 @@ class DataConfig(Section):
     patch_size: tuple[int, int, int] | None = None
     foreground_fraction: float = Field(FOREGROUND_FRACTION, ge=0, le=1)
     input_shape: tuple[int, int, int] | None = None
+    clip: ClipConfig | None = None  # classification of clips: their sampling, crop and jitter
     cache_dir: Path | None = None
     num_workers: int = Field(0, ge=0)
     prefetch: bool = True
@@ -128,10 +171,19 @@ class DataConfig(Section):
             raise ValueError(
                 "data.patch_size is the segmentation patch; a classifier's input shape is data.input_shape"
             )
-        if self.task == "classification" and self.input_shape is None:
+        if self.clip is not None and self.task != "classification":
+            raise ValueError(
+                f"data.clip is for classification of clips (data.task: classification), not {self.task}"
+            )
+        if self.clip is not None and self.input_shape is not None:
+            raise ValueError(
+                "with data.clip the model's input is [size X, size Y, frames] of data.clip: "
+                "remove data.input_shape"
+            )
+        if self.task == "classification" and self.input_shape is None and self.clip is None:
             raise ValueError(
                 "classification from scan files needs data.input_shape, the model's input shape "
-                "[X, Y, Z] in voxels (every case is centre-cropped/padded to it)"
+                "[X, Y, Z] in voxels (every case is centre-cropped/padded to it), or data.clip for clips"
             )
         if self.foreground_fraction != FOREGROUND_FRACTION and (
             self.task != "segmentation" or self.patch_size is None
@@ -389,6 +441,32 @@ class ExperimentConfig(Section):
                     ("data", "classes"),
                     f"{declared} does not match data.num_classes {classes}: segmentation labels are the "
                     f"class indices 0 to {classes - 1}, background 0 included",
+                )
+            )
+        if problems:
+            raise _located(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _clips_keep_their_time_axis(self) -> ExperimentConfig:
+        if self.data.clip is None:
+            return self
+        problems: list[Problem] = []
+        if self.preprocess != PreprocessConfig():
+            problems.append(
+                (
+                    ("preprocess",),
+                    "reorients and resamples scans in mm, which would act along the time axis of clips; "
+                    "with data.clip, frames are resized by data.clip.resize: remove preprocess",
+                )
+            )
+        if self.augment is not None:
+            problems.append(
+                (
+                    ("augment",),
+                    "its stages act on 3D scans (rotations, flips, elastic and k-space artefacts would mix "
+                    "time with space); clips are augmented by data.clip (crop, brightness, contrast, "
+                    "saturation, reverse_prob): remove augment",
                 )
             )
         if problems:

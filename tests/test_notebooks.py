@@ -33,12 +33,21 @@ TINY: dict[str, dict[str, Any]] = {
     "02_augmentation_and_synthetic_data": {"DRAWS": 2, "SYNTHETIC_CASES": 1, "SYNTHETIC_PER_CASE": 1},
     "03_classifier_adrenalmnist3d": {"EPOCHS": 1, "TRAIN_CASES": 64, "BOOTSTRAP_RESAMPLES": 100},
     "04_segmenter_hippocampus": {"EPOCHS": 1, "VAL_EVERY": 1, "TRAIN_CASES": 4, "BOOTSTRAP_RESAMPLES": 100},
+    "05_clips_temporal_context": {
+        "EPOCHS": 1,
+        "TRAIN_CLIPS": 32,
+        "VAL_CLIPS": 8,
+        "TEST_CLIPS": 8,
+        "BOOTSTRAP_RESAMPLES": 100,
+        "DEVICE": "cpu",
+    },
 }
 TIMEOUT_S = {
     "01_load_and_inspect": 120,
     "02_augmentation_and_synthetic_data": 120,
     "03_classifier_adrenalmnist3d": 180,
     "04_segmenter_hippocampus": 180,
+    "05_clips_temporal_context": 120,
 }
 HEAVY_MODULES = ("torch", "SimpleITK", "monai", "nibabel", "pydicom")
 

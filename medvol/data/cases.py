@@ -60,6 +60,8 @@ class IndexReport:
     digests: dict[str, str] = field(default_factory=dict)
     #: cases outside ``validate``'s ``only`` whose files changed since the last check (never usable)
     unchecked: set[str] = field(default_factory=set)
+    #: for the folder-per-class layout of clips: class index (text) → class folder name
+    class_names: dict[str, str] | None = None
     checked: int = 0  # cases whose files were read
     reused: int = 0  # cases whose stored check was reused
 
@@ -87,6 +89,7 @@ class IndexReport:
             "usable_pairs": len(self.usable),
             "unusable": sorted(self.unusable_ids),
             "findings_by_kind": dict(sorted(kinds.items())),
+            **({"class_names": self.class_names} if self.class_names else {}),
         }
 
     def to_json(self) -> dict[str, object]:
@@ -118,8 +121,10 @@ def validate(
     store: bool = True,
     progress: bool | None = None,
     volume: str | None = None,
+    min_frames: int | None = None,
 ) -> IndexReport:
-    """Discover and check every case: readability, grids, label values, dtypes, duplicates.
+    """Discover and check every case: readability, grids, label values, dtypes, duplicates; for
+    clips (``meta["axes"] == "XYT"``) too few frames and mixed frame sizes.
 
     A case whose files kept their size and modification time since the last
     check is not read again: its stored check is reused
@@ -143,6 +148,8 @@ def validate(
             ``None``: a bar on a terminal, plain lines elsewhere).
         volume: for every case whose images are DICOM, which volume of a series
             of several to read (``Case.volume``: a number, or ``"all"`` as channels).
+        min_frames: the fewest frames a clip must have (``data.clip``'s span:
+            ``(frames - 1) × stride + 1``); a shorter clip is a ``too_short`` error.
     """
     root = Path(root)
     layout, cases, findings = discover(root, pair, dicom_pairing)
@@ -150,6 +157,10 @@ def validate(
         cases = [replace(case, volume=volume) if _dicom_without_volume(case) else case for case in cases]
     classes = classes if classes is not None else declared_classes(root)
     report = IndexReport(root=root, layout=layout, cases=cases, findings=findings)
+    if layout == "classes":
+        from medvol.data.layouts import class_folders, class_targets
+
+        report.class_names = {index: name for name, index in class_targets(class_folders(root)).items()}
     stored = CheckCache(root, {"classes": classes})
     if not recheck:
         stored.load()
@@ -175,6 +186,7 @@ def validate(
     report.digests = {case_id: check.digest for case_id, check in checks.items() if check.digest is not None}
     known = {**report.digests, **_digests_of_same_sizes(cases, report.unchecked, checks)}
     report.findings += _dataset_findings(cases, checks, known, classes)
+    report.findings += clip_findings(cases, checks, min_frames, layout == "classes")
     if store and (report.checked or set(stored.stored) != set(checks)):
         stored.save(checks)
     logger.debug(
@@ -263,6 +275,36 @@ def _dataset_findings(
     return findings
 
 
+def clip_findings(
+    cases: list[Case], checks: dict[str, CaseCheck], min_frames: int | None, clips_only: bool
+) -> list[Finding]:
+    """What only clips have: too few frames (an error, with ``min_frames``), frame sizes that differ
+    between clips (a warning: they are resized or cropped to one), and in a folder-per-class layout
+    (``clips_only``) a file that is not a clip (an error)."""
+    findings = []
+    sizes: Counter[tuple[int, int]] = Counter()
+    for case in cases:
+        check = checks.get(case.case_id)
+        if check is None or not check.shapes:
+            continue
+        if check.frames is None:
+            if clips_only and not any(f.severity == "error" for f in check.findings):
+                message = "not a clip (no frames in time): a folder per class holds video or DICOM clip files"
+                findings.append(Finding("not_a_clip", "error", case.case_id, str(case.images[0]), message))
+            continue
+        sizes[(check.shapes[0][1], check.shapes[0][2])] += 1
+        if min_frames is not None and check.frames < min_frames:
+            message = (
+                f"{check.frames} frame(s), fewer than the {min_frames} one clip needs (data.clip's span)"
+            )
+            findings.append(Finding("too_short", "error", case.case_id, str(case.images[0]), message))
+    if len(sizes) > 1:
+        counts = ", ".join(f"{n} of {x}×{y}" for (x, y), n in sizes.most_common())
+        message = f"clips have {len(sizes)} frame sizes (X×Y pixels): {counts}"
+        findings.append(Finding("mixed_frame_sizes", "warning", None, None, message))
+    return findings
+
+
 def unusual_label_values(label_values: dict[str, tuple[Path, set[int]]]) -> list[Finding]:
     """A warning for each label map holding values that most label maps do not hold.
 
@@ -323,6 +365,8 @@ def _check_case(case: Case, classes: list[int] | None, stats: list[Stat] | None)
     for image in images:
         check.dtypes.append(str(image.array.dtype))
         check.shapes.append(list(image.array.shape))
+    if images[0].meta.get("axes") == "XYT":
+        check.frames = int(images[0].array.shape[3])
     try:
         check.digest = content_digest(case)
     except (MedvolError, OSError) as error:

@@ -42,7 +42,7 @@ from medvol.version import __version__
 logger = get_logger(__name__)
 
 #: Bump when what a record holds or what a check finds changes: older records are then ignored.
-CHECK_FORMAT = 1
+CHECK_FORMAT = 2  # 2: clips record their frame count
 
 Stat = tuple[str, int, int]  # absolute path, size in bytes, modification time in ns
 
@@ -60,6 +60,7 @@ class CaseCheck:
         shapes: the image channels' shapes ``(C, X, Y, Z)``.
         label_values: the label map's integer values; ``None`` when not read or not integers.
         findings: the case's own findings (duplicates are found across cases, later).
+        frames: for a clip (``meta["axes"] == "XYT"``), its number of frames; ``None`` for a scan.
     """
 
     files: list[Stat]
@@ -70,6 +71,7 @@ class CaseCheck:
     label_values: list[int] | None
     findings: list[Finding]
     volume: str | None = None
+    frames: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,6 +87,7 @@ class CaseCheck:
             label_values=data["label_values"],
             findings=[Finding(**finding) for finding in data["findings"]],
             volume=data.get("volume"),
+            frames=data.get("frames"),
         )
 
 

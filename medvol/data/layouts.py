@@ -11,6 +11,11 @@ Layouts understood:
   ``Case00_segmentation.mhd``);
 - pairs named by patterns the user gives (``--pair '{id}_t1.nii.gz'
   '{id}_roi.nii.gz'``, paths relative to the folder, ``{id}`` the case id);
+- a folder per class (clips): ``root/<class>/...`` where the class folders
+  hold video files (``medvol.io.discovery.VIDEO_SUFFIXES``) or DICOM clip
+  files (``.dcm``, a multi-frame cine or ultrasound loop), searched
+  recursively; each file is a case named by its file name, its class the
+  folder's (:func:`class_folders`);
 - any other folder: every DICOM image series below it is a case, named
   ``dicom-<hash>`` by a stable hash of its series UID (never by patient
   data); its label is the DICOM SEG or mask series paired with it by the
@@ -23,7 +28,9 @@ Layouts understood:
   DICOM series of an image folder), ``label_series`` (which DICOM series
   of a label folder is the mask) and ``volume`` (which volume of a DICOM
   series of several, e.g. an echo: its number, or ``all`` for every volume as
-  a channel); relative paths are relative to the CSV
+  a channel); a column ``clip`` stands for ``image`` in a manifest of
+  clips, whose ``label`` is then the class (a clip has no label map);
+  relative paths are relative to the CSV
   file (``medvol index`` writes them relative to the manifest's own folder,
   so a manifest written anywhere reads back as the same cases).
 
@@ -41,7 +48,7 @@ from medvol.data.case import SAFE_CASE_ID, Case, Finding, valid_volume
 from medvol.data.dicom_pairs import DicomPairing, pair_series
 from medvol.errors import MedvolError
 from medvol.io.atomic import full_suffix
-from medvol.io.discovery import SCAN_FILE_SUFFIXES, dicom_case_id, list_files
+from medvol.io.discovery import DICOM_SUFFIXES, SCAN_FILE_SUFFIXES, VIDEO_SUFFIXES, dicom_case_id, list_files
 
 CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 CHANNEL_COLUMN = re.compile(r"^image_\d{4}$")
@@ -93,6 +100,8 @@ def discover(
         layout, image_dir, label_dir = "flat", root / "images", root / "labels"
     elif any(_label_suffix(_file_stem(path)) for path in _scan_files(root)):
         return ("pairs", *discover_suffix_pairs(root))
+    elif class_folders(root):
+        return ("classes", *discover_class_folders(root))
     else:
         return ("dicom", *discover_dicom(root, dicom_pairing or DicomPairing()))
     findings: list[Finding] = []
@@ -338,6 +347,73 @@ def discover_dicom(root: Path, pairing: DicomPairing | None = None) -> tuple[lis
     return sorted(cases.values(), key=lambda c: c.case_id), findings
 
 
+def _clip_files(folder: Path) -> list[Path]:
+    """The video and ``.dcm`` files below ``folder`` (recursively, hidden names skipped), sorted."""
+    return [path for path in list_files(folder) if full_suffix(path) in VIDEO_SUFFIXES + DICOM_SUFFIXES]
+
+
+def class_folders(root: Path) -> list[str]:
+    """The class folder names of a folder-per-class layout of clips, sorted; ``[]`` when ``root`` is not one.
+
+    It is one when ``root`` holds no scan file of its own, and each of its (at
+    least two) subfolders holds a video file, or a DICOM file whose first
+    one is a clip (a multi-frame file whose frames follow in time) rather than
+    a slice of a series. Only the folder structure tells classes apart, so a
+    folder of DICOM clip files kept in one subfolder per patient reads as a
+    folder per class too (``medvol index`` names the classes it found in
+    ``class_names``); list such clips in a manifest instead.
+    """
+    from medvol.io.dicom_headers import SliceHeader, read_header
+
+    if _scan_files(root):
+        return []
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if len(folders) < 2:
+        return []
+    for folder in folders:
+        files = _clip_files(folder)
+        if any(full_suffix(path) in VIDEO_SUFFIXES for path in files):
+            continue
+        header = read_header(files[0]) if files else None
+        if not (isinstance(header, SliceHeader) and header.is_clip):
+            return []
+    return [folder.name for folder in folders]
+
+
+def class_targets(names: list[str]) -> dict[str, str]:
+    """Class folder name → class index (text): the names themselves when all are integers
+    (``0/``, ``1/``), else their position in sorted order (``abnormal/`` 0, ``normal/`` 1)."""
+    if all(name.isdigit() for name in names):
+        return {name: str(int(name)) for name in names}
+    return {name: str(index) for index, name in enumerate(sorted(names))}
+
+
+def discover_class_folders(root: Path) -> tuple[list[Case], list[Finding]]:
+    """One case per clip file below each class folder (:func:`class_folders`), named by its file name.
+
+    Two files of one name (in two class folders, or two subfolders) are a
+    ``duplicate_case`` error for all but the first: rename them, or list the
+    clips in a manifest with a ``case_id`` column.
+    """
+    findings: list[Finding] = []
+    cases: dict[str, Case] = {}
+    targets = class_targets(class_folders(root))
+    for name, target in targets.items():
+        for path in _clip_files(root / name):
+            case_id = _file_stem(path)
+            if not SAFE_CASE_ID.match(case_id):
+                message = (
+                    f"case id {case_id!r} must use only letters, digits, '.', '_' and '-'; rename the file"
+                )
+                findings.append(Finding("unsafe_case_id", "error", None, str(path), message))
+            elif case_id in cases:
+                message = f"another clip is named {case_id}: {cases[case_id].images[0]}"
+                findings.append(Finding("duplicate_case", "error", case_id, str(path), message))
+            else:
+                cases[case_id] = Case(case_id, (path,), None, target)
+    return sorted(cases.values(), key=lambda c: c.case_id), findings
+
+
 def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
     """Cases from a CSV manifest (see the module docstring for its columns).
 
@@ -352,11 +428,16 @@ def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
             columns = list(rows[0]) if rows else []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise MedvolError(path, f"cannot read the CSV manifest ({error})") from error
-    image_columns = sorted(c for c in columns if c in ("image", "images") or CHANNEL_COLUMN.match(c))
+    image_columns = sorted(c for c in columns if c in ("image", "images", "clip") or CHANNEL_COLUMN.match(c))
+    clips = "clip" in image_columns
     if not image_columns:
-        raise MedvolError(path, f"no 'image' column in the manifest (columns: {columns or 'none'})")
-    if "images" in image_columns and len(image_columns) > 1:
-        raise MedvolError(path, f"use either 'images' or 'image'/'image_NNNN' columns, not both: {columns}")
+        raise MedvolError(
+            path, f"no 'image' (or 'clip') column in the manifest (columns: {columns or 'none'})"
+        )
+    if ("images" in image_columns or clips) and len(image_columns) > 1:
+        raise MedvolError(
+            path, f"use one of 'images', 'clip' or 'image'/'image_NNNN' columns, not several: {columns}"
+        )
     findings: list[Finding] = []
     cases: list[Case] = []
     seen: set[str] = set()
@@ -389,8 +470,8 @@ def read_manifest(path: Path) -> tuple[list[Case], list[Finding]]:
             )
             continue
         seen.add(case_id)
-        label = _manifest_path(path, row["label"]) if row.get("label") else None
-        target = (row.get("class") or "").strip() or None
+        label = _manifest_path(path, row["label"]) if row.get("label") and not clips else None
+        target = (row.get("class") or (row.get("label") if clips else None) or "").strip() or None
         if not images:
             findings.append(
                 Finding("missing_image", "error", case_id, str(path), f"row {number} has no image", number)

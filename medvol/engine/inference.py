@@ -216,15 +216,20 @@ def keep_largest_components(label: np.ndarray) -> np.ndarray:
 
 
 def classify(trained: TrainedModel, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Class probabilities ``(N, K)`` for prepared inputs ``(N, C, X, Y, Z)`` float32 (``prepare_input``)."""
+    """Class probabilities ``(N, K)`` for prepared inputs ``(N, C, X, Y, Z)`` float32 (``prepare_input``).
+
+    Inputs ``(N, M, C, X, Y, T)`` are M clips per video (``data.clip.eval_clips``):
+    the model's logits are averaged over each video's M clips before the softmax.
+    """
     if trained.task.output != "classification":
         raise MedvolError(trained.run_dir, "this run is a segmenter; use segment()")
-    rows = [
-        softmax(
-            trained.network(np.ascontiguousarray(inputs[start : start + batch_size], dtype=np.float32)), 1
-        )
-        for start in range(0, len(inputs), batch_size)
-    ]
+    clips = inputs.shape[1] if inputs.ndim == 6 else 1
+    flat = inputs.reshape(-1, *inputs.shape[-4:])
+    step = max(1, batch_size // clips) * clips  # whole videos per batch
+    rows = []
+    for start in range(0, len(flat), step):
+        logits = trained.network(np.ascontiguousarray(flat[start : start + step], dtype=np.float32))
+        rows.append(softmax(logits.reshape(-1, clips, logits.shape[-1]).mean(axis=1), 1))
     if not rows:
         return np.zeros((0, trained.num_classes), dtype=np.float32)
     return np.concatenate(rows).astype(np.float32)

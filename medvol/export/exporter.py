@@ -234,7 +234,7 @@ def package_spec(trained: TrainedModel, package: PackageFolder, check: ExportChe
         "output": trained.task.output,
         "classes": class_names(trained),
         "input": spec.to_dict(),
-        "input_description": trained.task.input_description,
+        "input_description": trained.task.describe_input(),
         "preprocess": preprocess_record(config),
         "normalizer": trained.normalizer.to_dict() if trained.normalizer is not None else None,
         "inference": {

@@ -2,8 +2,9 @@
 
 Formats are chosen by what the path is: a folder is scanned for DICOM series;
 ``.nii``/``.nii.gz`` go through nibabel; ``.nrrd``/``.nhdr``/``.mha``/``.mhd``
-through SimpleITK; any other file is read as DICOM when it has the DICOM
-preamble.
+through SimpleITK; video files (``.mp4``, ``.avi``, ``.mov``, ``.mkv``...,
+``medvol.io.discovery.VIDEO_SUFFIXES``) through PyAV as clips ``(3, X, Y, T)``;
+any other file is read as DICOM when it has the DICOM preamble.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from medvol.io.atomic import atomic_path, full_suffix, missing_reason
 from medvol.io.dicom import scan_folder, select_series
 from medvol.io.dicom_headers import is_dicom_file
 from medvol.io.dicom_load import VolumeChoice, load_dicom, load_dicom_volumes, load_series_volumes
-from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES
+from medvol.io.discovery import ITK_READ_SUFFIXES, NIFTI_SUFFIXES, VIDEO_SUFFIXES
 from medvol.io.itk import load_itk, save_itk
 from medvol.io.nifti import load_nifti, save_nifti
 from medvol.io.sidecar import read_sidecar, sidecar_path, write_sidecar
@@ -77,8 +78,8 @@ def load(
     """Load a scan from disk with its geometry.
 
     Args:
-        path: a DICOM folder (searched recursively) or file, or a NIfTI, NRRD
-            or MetaImage file.
+        path: a DICOM folder (searched recursively) or file, a NIfTI, NRRD
+            or MetaImage file, or a video file (a clip, ``medvol.io.video``).
         series: for a folder holding several DICOM series, which one: its
             1-based number in the listing the error shows, or its UID.
         volume: for a DICOM series holding several volumes at the same
@@ -89,7 +90,9 @@ def load(
         allow_nan: accept NaN/infinite voxels instead of raising.
 
     Returns:
-        A ``Volume`` with array ``(C, X, Y, Z)`` and a voxel→RAS mm affine.
+        A ``Volume`` with array ``(C, X, Y, Z)`` and a voxel→RAS mm affine;
+        for a clip (a video, a DICOM cine loop) ``(C, X, Y, T)``, frames along
+        the third axis, with ``meta["axes"] == "XYT"``.
 
     Raises:
         medvol.errors.MedvolError: a subclass naming the file and the problem.
@@ -109,11 +112,19 @@ def load(
             )
         loaded = load_nifti(path) if suffix in NIFTI_SUFFIXES else load_itk(path)
         loaded.meta.update(read_sidecar(path))  # scan.json: modality, patient position, image type
+    elif suffix in VIDEO_SUFFIXES:
+        if volume is not None or series is not None:
+            raise UnreadableFileError(path, "series= and volume= choose within DICOM data; this is a video")
+        from medvol.io.video import load_video
+
+        loaded = load_video(path)
     elif is_dicom_file(path):
         loaded = load_dicom(path, volume=volume)
     else:
         raise UnreadableFileError(
-            path, "unknown format: not a DICOM file, nor .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd"
+            path,
+            "unknown format: not a DICOM file, nor .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd, "
+            f"nor a video ({'/'.join(VIDEO_SUFFIXES)})",
         )
     if not allow_nan:
         check_finite(loaded)

@@ -33,6 +33,7 @@ META_KEYS = (
     "multiframe",
     "colour",
     "photometric_interpretation",
+    "codec",
     "axes",
     "frames",
     "frame_interval_ms",

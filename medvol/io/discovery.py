@@ -15,8 +15,10 @@ from pathlib import Path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
-SCAN_FILE_SUFFIXES = NIFTI_SUFFIXES + ITK_READ_SUFFIXES
-"""Files read as one scan each, by their full suffix (``medvol.io.atomic.full_suffix``)."""
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm")
+"""Video files, read as clips ``(3, X, Y, T)`` through PyAV (``medvol.io.video``)."""
+SCAN_FILE_SUFFIXES = NIFTI_SUFFIXES + ITK_READ_SUFFIXES + VIDEO_SUFFIXES
+"""Files read as one scan (or clip) each, by their full suffix (``medvol.io.atomic.full_suffix``)."""
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 """Names that promise a DICOM file: an error, not an ignored file, when the file is not one."""
 

@@ -207,4 +207,4 @@ def classify_scans(
             )
         finally:
             flush()
-    return {"shape": list(spec.shape or ()), "channels": spec.channels, "how": trained.task.input_description}
+    return {"shape": list(spec.shape or ()), "channels": spec.channels, "how": trained.task.describe_input()}

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from medvol.augment.mixing import BatchMixer
     from medvol.config import ExperimentConfig
     from medvol.data.cases import Case, IndexReport
+    from medvol.data.clips import ClipDataset
     from medvol.data.dataset import ArrayClassificationDataset, FileClassificationDataset, SegmentationDataset
     from medvol.data.splits import Fold
     from medvol.engine.distributed import Runtime
@@ -50,8 +51,8 @@ class TaskData:
         input_spec: written to ``input.json``: what inference must prepare.
     """
 
-    train: SegmentationDataset | FileClassificationDataset | ArrayClassificationDataset
-    val: SegmentationDataset | FileClassificationDataset | ArrayClassificationDataset
+    train: SegmentationDataset | FileClassificationDataset | ArrayClassificationDataset | ClipDataset
+    val: SegmentationDataset | FileClassificationDataset | ArrayClassificationDataset | ClipDataset
     split: dict[str, Any]
     fingerprint: dict[str, Any]
     normalizer: Normalizer | None
@@ -80,7 +81,8 @@ class ModelInput:
 
     Attributes:
         array: ``(C, X, Y, Z)`` float32, what the network sees (a segmenter's
-            sliding windows run over it).
+            sliding windows run over it); for a clip classifier ``(K, C, X, Y, T)``,
+            K clips whose logits are averaged (``medvol.engine.inference.classify``).
         affine: its voxel → RAS mm affine.
         record: how to map an output on this grid back to the scan's own grid
             (``medvol.transforms.invert``); ``None`` where no output is mapped back.
@@ -125,6 +127,11 @@ class Task(ABC):
     @abstractmethod
     def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
         """``scan`` ``(C, X, Y, Z)`` as the model's input, exactly as training prepared it."""
+
+    def describe_input(self) -> str:
+        """How a scan becomes the model's input, in a sentence (``input_description`` unless the
+        config changes it)."""
+        return self.input_description
 
     def load_normalizer(self, stored: dict[str, Any] | None) -> Normalizer | None:
         """The fitted normaliser a checkpoint recorded (per-scan z-score when none was)."""
@@ -191,7 +198,7 @@ class Task(ABC):
 
 def index_cases(config: ExperimentConfig, runtime: Runtime, classes: list[int] | None = None) -> IndexReport:
     """``medvol index``'s checks of the dataset; says how many cases are skipped, refuses none usable."""
-    return _indexed(config.data.root, runtime, classes, "")
+    return _indexed(config.data.root, runtime, classes, "", min_frames(config))
 
 
 def index_validation_cases(
@@ -201,13 +208,20 @@ def index_validation_cases(
     root = config.data.split.val_root
     if config.data.split.method != "separate" or root is None:
         return None
-    return _indexed(root, runtime, classes, " in split.val_root")
+    return _indexed(root, runtime, classes, " in split.val_root", min_frames(config))
 
 
-def _indexed(root: Path, runtime: Runtime, classes: list[int] | None, which: str) -> IndexReport:
+def min_frames(config: ExperimentConfig) -> int | None:
+    """The fewest frames a clip needs (``data.clip``'s span); ``None`` without ``data.clip``."""
+    return None if config.data.clip is None else config.data.clip.span
+
+
+def _indexed(
+    root: Path, runtime: Runtime, classes: list[int] | None, which: str, shortest: int | None
+) -> IndexReport:
     from medvol.data.cases import validate
 
-    report = validate(root, classes=classes, store=runtime.is_main)
+    report = validate(root, classes=classes, store=runtime.is_main, min_frames=shortest)
     if not report.usable:
         raise MedvolError(root, f"no usable cases{which} (see `medvol index`)")
     if runtime.is_main:
@@ -423,7 +437,7 @@ def select_cases(
             raise MedvolError(manifest, "manifest not found")
         if manifest.suffix.lower() != ".csv":
             raise MedvolError(manifest, f"--cases expects a .csv manifest (case_id, image, {column} columns)")
-        report = validate(manifest, classes=classes)
+        report = validate(manifest, classes=classes, min_frames=min_frames(config))
         found = [case.label if column == "label" else case.target for case in report.cases]
         if not any(value is not None for value in found):
             what = "label map" if column == "label" else "class"
@@ -438,7 +452,7 @@ def select_cases(
         root = config.data.root
         if split == "val" and config.data.split.method == "separate" and config.data.split.val_root:
             root = config.data.split.val_root  # the run validated on another folder or manifest
-        report = validate(root, classes=classes, only=set(wanted))
+        report = validate(root, classes=classes, only=set(wanted), min_frames=min_frames(config))
         source = f"split.json {split} ({root})"
     by_id = {case.case_id: case for case in report.usable}
     problems: dict[str, list[str]] = {}

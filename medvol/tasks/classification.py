@@ -3,7 +3,11 @@
 ``data.task: classification`` trains on scan files listed in a CSV manifest
 with a ``class`` column: every case is preprocessed, normalised with
 statistics fitted on the training fold, and centre-cropped/padded to the
-fixed input shape ``data.input_shape``.
+fixed input shape ``data.input_shape``. With ``data.clip`` the cases are
+clips (videos, DICOM cine loops; a manifest or a folder per class): frames
+are resized, normalised and cut into clips of ``data.clip.frames`` frames
+(``medvol.transforms.clips``), never preprocessed as scans; evaluation and
+prediction average the logits of ``data.clip.eval_clips`` clips per video.
 
 ``data.task: medmnist-classification`` trains on a MedMNIST 3D ``.npz`` with
 its official split: ``uint8`` volumes scaled by ``1/255`` (``medmnist_input``),
@@ -82,24 +86,48 @@ class ScanClassificationTask(ClassificationTask):
         "centre-cropped/padded to data.input_shape"
     )
 
+    def describe_input(self) -> str:
+        clip = self.config.data.clip
+        if clip is None:
+            return self.input_description
+        return (
+            f"trained on clips: frames resized and normalised as in training, clips of {clip.frames} "
+            f"frames every {clip.stride}th frame, centre-cropped to {clip.size[0]}×{clip.size[1]}; "
+            f"class probabilities from the logits averaged over {clip.eval_clips} evenly spread clip(s)"
+        )
+
     def card_data(self, split: dict[str, Any], fingerprint: dict[str, Any]) -> list[tuple[str, str]]:
         counts = fingerprint.get("class_counts") or {}
         rows = [(f"Classes ({side})", _counts_text(counts.get(side) or {})) for side in ("train", "val")]
         return [*super().card_data(split, fingerprint), *rows]
 
     def card_inputs(self, normalizer: dict[str, Any] | None) -> list[str]:
+        clip = self.config.data.clip
+        if clip is not None:
+            return [
+                f"Clips of {clip.frames} frames, every {clip.stride}th frame, frames resized to "
+                f"{clip.resize or 'their own size'} and cropped to {clip.size[0]}×{clip.size[1]} pixels; "
+                f"training clips start at {clip.sampling} and are cropped at {clip.crop}, evaluation and "
+                f"prediction average {clip.eval_clips} evenly spread centre-cropped clip(s).",
+                *super().card_inputs(normalizer)[1:],  # no scan preprocessing
+            ]
         size = "×".join(str(n) for n in self.shape)
         crop = f"Every case centre-cropped/padded to {size} voxels (padding with its minimum)."
         return [*super().card_inputs(normalizer), crop]
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """The model's input ``(X, Y, Z)`` in voxels (``data.input_shape``, required by the config)."""
+        """The model's input ``(X, Y, Z)`` in voxels (``data.input_shape``), or for clips
+        ``(X, Y, frames)`` (``data.clip``); the config requires one of them."""
+        clip = self.config.data.clip
+        if clip is not None:
+            return (clip.size[0], clip.size[1], clip.frames)
         assert self.config.data.input_shape is not None
         return self.config.data.input_shape
 
     def build_data(self, runtime: Runtime, run: RunFolder) -> TaskData:
         from medvol.data.cache import VolumeCache
+        from medvol.data.clips import ClipDataset, fit_clip_normalizer
         from medvol.data.dataset import FileClassificationDataset, class_index, fit_normalizer
 
         config = self.config
@@ -129,11 +157,21 @@ class ScanClassificationTask(ClassificationTask):
         labels = [targets[c] for c in ids]
         fold = choose_fold(config, ids, [by_id[c].patient_id for c in ids], labels, validation)
         train_cases, val_cases = cases_of_fold(config, fold, by_id, validation)
-        fitted = fit_normalizer(config.normalizer(), train_cases, preprocess, use_labels=False)
+        if config.data.clip is not None:
+            fitted = fit_clip_normalizer(config.normalizer(), train_cases, config.data.clip)
+        else:
+            fitted = fit_normalizer(config.normalizer(), train_cases, preprocess, use_labels=False)
         cache = VolumeCache(config.data.cache_dir or run.cache)
 
-        def dataset(cases: list[Any], augment: Any) -> FileClassificationDataset:
+        clip = config.data.clip
+
+        def dataset(cases: list[Any], augment: Any) -> FileClassificationDataset | ClipDataset:
             labels = [targets[case.case_id] for case in cases]
+            if clip is not None:
+                training = augment is not False
+                return ClipDataset(
+                    cases, labels, clip, fitted, cache, training, config.train.seed, runtime.rank
+                )
             return FileClassificationDataset(
                 cases, labels, preprocess, fitted, cache, shape, augment, config.train.seed, runtime.rank
             )
@@ -156,13 +194,13 @@ class ScanClassificationTask(ClassificationTask):
                         else "the validation AUC is undefined (NaN) and cannot select the checkpoint",
                     )
         return TaskData(
-            train=dataset(train_cases, training_augmenter(config, runtime)),
-            val=dataset(val_cases, None),
+            train=dataset(train_cases, training_augmenter(config, runtime) if clip is None else True),
+            val=dataset(val_cases, None if clip is None else False),
             split=split_record(config, fold, report, validation),
             fingerprint={
                 **report.summary(),
                 **({} if validation is None else {"validation": validation.summary()}),
-                "input": "scan files",
+                "input": "scan files" if clip is None else "clips",
                 "shape": list(shape),
                 "class_counts": counts,
             },
@@ -171,10 +209,17 @@ class ScanClassificationTask(ClassificationTask):
         )
 
     def prepare_input(self, recipe: InputRecipe, scan: Volume) -> ModelInput:
-        """Preprocess, normalise, centre-crop/pad as ``FileClassificationDataset`` does."""
+        """Preprocess, normalise, centre-crop/pad as ``FileClassificationDataset`` does; for clips,
+        ``data.clip.eval_clips`` uniform clips ``(K, C, X, Y, frames)`` (``medvol.transforms.clips``)."""
+        from medvol.transforms.clips import evaluation_clips, prepare_video
         from medvol.transforms.inputs import classifier_crop, prepare_image
 
         self.check_channels(recipe, scan)
+        clip = self.config.data.clip
+        if clip is not None:
+            assert recipe.normalizer is not None
+            video = prepare_video(scan, clip, recipe.normalizer)
+            return ModelInput(evaluation_clips(video.array, clip), video.affine)
         assert recipe.normalizer is not None and recipe.spec.shape is not None
         image, _, _ = prepare_image(scan, None, recipe.preprocess, recipe.normalizer)
         return ModelInput(classifier_crop(image.array, recipe.spec.shape), image.affine)

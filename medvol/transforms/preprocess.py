@@ -34,6 +34,12 @@ the way back. Arrays are handed to ITK with identity geometry (world = voxel
 index), and the exact index-to-index map is passed as the transform: no LPS/RAS
 conversion and no rounding of the geometry happens on the way.
 
+Clips (``meta["axes"] == "XYT"``: videos, DICOM cine loops) are refused by
+``preprocess``, ``reorient`` and ``resample`` with a ``GeometryError``: their
+third axis is time, which reorientation would swap with space and resampling
+in mm would interpolate. Clips are prepared by ``medvol.transforms.clips`` (frames
+resized in X and Y only).
+
 Sheared affines (gantry tilt, kept exactly by ``medvol.io``): by default the
 resampling step puts them onto an orthogonal grid. The acquired slice plane
 (the two most nearly perpendicular index axes) is kept, the third axis becomes
@@ -220,9 +226,10 @@ def preprocess(
         needs; the record is also stored as ``meta["preprocess"]`` of both.
 
     Raises:
-        GeometryError: the label is not on the image's grid, or the affine is
-            sheared and ``config.on_shear == "error"``.
+        GeometryError: the label is not on the image's grid, the affine is
+            sheared and ``config.on_shear == "error"``, or the image is a clip.
     """
+    refuse_clip(image, "preprocess")
     config = config or PreprocessConfig()
     label = _label_on_image_grid(image, label)
     image_fill = float(image.array.min()) if config.image_fill_value is None else config.image_fill_value
@@ -321,6 +328,17 @@ def invert(
     return volume
 
 
+def refuse_clip(volume: Volume, step: str) -> None:
+    """Raise ``GeometryError`` when ``volume`` is a clip (``meta["axes"] == "XYT"``): ``step`` would act
+    along its time axis."""
+    if volume.meta.get("axes") == "XYT":
+        raise GeometryError(
+            volume.meta.get("source_path"),
+            f"is a clip (frames in time along the third axis): {step} treats the third axis as space "
+            "and would act along time; clips are classified with data.clip, which resizes frames only",
+        )
+
+
 def reorient(volume: Volume, orientation: str = "RAS") -> tuple[Volume, Entry]:
     """Permute and flip the index axes so they point along ``orientation``.
 
@@ -333,7 +351,11 @@ def reorient(volume: Volume, orientation: str = "RAS") -> tuple[Volume, Entry]:
 
     Returns:
         The reoriented volume and its record entry.
+
+    Raises:
+        GeometryError: ``volume`` is a clip (``refuse_clip``).
     """
+    refuse_clip(volume, "reorientation")
     _check_orientation(orientation)
     transform = nib.orientations.ornt_transform(
         nib.orientations.io_orientation(volume.affine), nib.orientations.axcodes2ornt(tuple(orientation))
@@ -375,8 +397,10 @@ def resample(
         The resampled volume and its record entry.
 
     Raises:
-        GeometryError: the affine is sheared and ``on_shear == "error"``.
+        GeometryError: the affine is sheared and ``on_shear == "error"``, or
+            ``volume`` is a clip (``refuse_clip``).
     """
+    refuse_clip(volume, "resampling")
     sheared = is_sheared(volume.affine)
     if sheared and on_shear == "error":
         raise GeometryError(
