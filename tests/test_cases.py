@@ -130,7 +130,7 @@ def test_csv_manifest_for_classification_with_patients(tmp_path: Path) -> None:
 
 def test_manifest_without_image_column_is_refused(tmp_path: Path) -> None:
     (tmp_path / "cases.csv").write_text("scan,label\nx.nii.gz,y.nii.gz\n")
-    with pytest.raises(MedvolError, match="no 'image' column"):
+    with pytest.raises(MedvolError, match=r"no 'image' \(or 'clip'\) column"):
         validate(tmp_path / "cases.csv")
 
 

@@ -288,8 +288,9 @@ def test_reproduce_downloads_the_study_data_into_the_data_folder_and_trains_on_i
     assert not results["protocol_changed"]
     config = yaml.safe_load((Path(results["runs"][0]["run_dir"]) / "config.yaml").read_text())
     assert config["data"]["root"] == str(location)
+    checksum = md5(location.read_bytes())
     assert (
-        f"Data: {location} (tiny/adrenal.npz, MD5 {md5(location.read_bytes())}, verified)"
+        f"Data: `tiny/adrenal.npz` in the data folder (tiny/adrenal.npz, MD5 {checksum}, verified)"
         in (out / "results.md").read_text()
     )
 
