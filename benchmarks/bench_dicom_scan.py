@@ -62,6 +62,7 @@ READERS = ("pydicom_loop", "medvol_scan_folder", "medvol_scan_one_process", "sit
 MiB = 1024 * 1024
 
 log = make_log("bench_dicom_scan")
+sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warns of every folder without a series
 
 
 # ------------------------------------------------------------------ synthetic tree
@@ -311,18 +312,20 @@ def peak_memory(folder: Path) -> dict[str, Any]:
 
 
 def flatness(small: dict[str, Any], large: dict[str, Any]) -> dict[str, Any]:
-    """Memory per extra file between two sizes: peak growth vs what the result keeps."""
+    """Memory per extra file between two sizes: peak growth vs what the returned records keep."""
     files = large["files"] - small["files"]
     out: dict[str, Any] = {}
     for reader in READERS:
         a, b = small["memory"][reader], large["memory"][reader]
-        row = {"vmhwm_bytes_per_file": round((b["vmhwm_growth_mib"] - a["vmhwm_growth_mib"]) * MiB / files)}
+        row = {
+            f"{key}_bytes_per_file": round((b[f"{key}_mib"] - a[f"{key}_mib"]) * MiB / files)
+            for key in ("vmhwm_growth", "traced_peak", "traced_kept")
+            if f"{key}_mib" in a
+        }
         if "traced_peak_mib" in a:
-            row["traced_peak_bytes_per_file"] = round((b["traced_peak_mib"] - a["traced_peak_mib"]) * MiB / files)
-            row["traced_kept_bytes_per_file"] = round((b["traced_kept_mib"] - a["traced_kept_mib"]) * MiB / files)
-            transient_a = a["traced_peak_mib"] - a["traced_kept_mib"]
-            transient_b = b["traced_peak_mib"] - b["traced_kept_mib"]
-            row["traced_transient_mib"] = [round(transient_a, 1), round(transient_b, 1)]
+            row["traced_transient_mib"] = [
+                round(x["traced_peak_mib"] - x["traced_kept_mib"], 1) for x in (a, b)
+            ]
         out[reader] = row
     return out
 

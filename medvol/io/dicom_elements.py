@@ -22,16 +22,18 @@ import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
+from io import FileIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import pydicom
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import empty_value_for_VR
 from pydicom.valuerep import EXPLICIT_VR_LENGTH_16, EXPLICIT_VR_LENGTH_32
 
-FIRST_READ = 16 * 1024
-"""Bytes read at once: most headers (preamble, file meta and data set) fit."""
+FIRST_READ = 8 * 1024
+"""Bytes read at once (one read of an unbuffered file): most headers fit, and a scan reads
+at most this much beyond the header."""
 PREAMBLE = 132  # 128-byte preamble and b"DICM"
 UNDEFINED = 0xFFFFFFFF
 PIXEL_TAGS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
@@ -96,7 +98,7 @@ class RawHeader:
 class _Window:
     """The bytes of an open file around the walk's position, read in chunks as it moves on."""
 
-    def __init__(self, handle: BinaryIO, size: int) -> None:
+    def __init__(self, handle: FileIO, size: int) -> None:
         self.handle, self.size = handle, size
         self.base = 0
         self.data = handle.read(FIRST_READ)
@@ -124,7 +126,7 @@ def read_elements(path: Path, tags: Sequence[int]) -> RawHeader | None:
     """
     wanted = _wanted(tuple(tags))
     try:
-        with open(path, "rb") as handle:
+        with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
             window = _Window(handle, size)
             if size < PREAMBLE or window.data[128:PREAMBLE] != b"DICM":
@@ -190,9 +192,12 @@ def _walk(
     end of a sequence item (``in_item``), else at the pixel data or the end of
     the file. Returns the offset where it stopped (after an item's end).
     """
-    while position < window.size:
-        index = window.fetch(position, 8)
-        group, element, length = ELEMENT.unpack_from(window.data, index)
+    size = window.size
+    while position < size:
+        index, data = position - window.base, window.data
+        if index < 0 or index + 12 > len(data):  # 12: the longest element header
+            index, data = window.fetch(position, min(12, size - position)), window.data
+        group, element, length = ELEMENT.unpack_from(data, index)
         tag = group << 16 | element
         if meta_group and group != 2:
             return position
@@ -200,16 +205,12 @@ def _walk(
             return position + 8
         if not in_item and tag in PIXEL_TAGS:
             return position
-        if implicit:
-            vr_bytes, header = b"", 8
-        else:
-            _, _, vr_bytes, length = EXPLICIT.unpack_from(window.data, index)
+        vr_bytes, header = b"", 8
+        if not implicit:
+            _, _, vr_bytes, length = EXPLICIT.unpack_from(data, index)
             if vr_bytes in LONG_VRS:
-                length = LONG_LENGTH.unpack_from(window.data, window.fetch(position + 8, 4))[0]
-                header = 12
-            elif vr_bytes in SHORT_VRS:
-                header = 8
-            else:
+                length, header = LONG_LENGTH.unpack_from(data, index + 8)[0], 12
+            elif vr_bytes not in SHORT_VRS:
                 raise _Unusual(f"VR {vr_bytes!r}")
         keep = tag in wanted.keywords
         if length == UNDEFINED:
@@ -228,7 +229,7 @@ def _walk(
 
 
 def _skip_items(window: _Window, position: int, implicit: bool) -> int:
-    """Skip the items of an undefined-length sequence (or pixel data fragments); return the offset after it."""
+    """Skip an undefined-length sequence's items (or pixel data fragments); return the offset after it."""
     while True:
         group, element, length = ELEMENT.unpack_from(window.data, window.fetch(position, 8))
         if (group, element) == SEQUENCE_END:
@@ -252,7 +253,7 @@ def _value(vr: str, raw: bytes) -> Any:
     if not raw:
         return empty_value_for_VR(vr)
     if vr in NUMBER_FORMATS:
-        size = struct.calcsize(NUMBER_FORMATS[vr])
+        size = struct.calcsize("<" + NUMBER_FORMATS[vr])
         if len(raw) % size:
             raise _Unusual(f"{vr} value of {len(raw)} bytes")
         numbers = list(struct.unpack(f"<{len(raw) // size}{NUMBER_FORMATS[vr]}", raw))
