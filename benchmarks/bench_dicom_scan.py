@@ -52,6 +52,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+import medvol
+
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SLICES_PER_SERIES = 100
 SERIES_PER_PATIENT = 10
@@ -375,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = generate(args.cache / f"files-{files}", files)
             cases[str(files)] = measure(folder, files, args.repeats, not args.no_memory)
     report: dict[str, Any] = {
+        "medvol_imported_from": str(Path(medvol.__file__).parent),
         "quick": args.quick,
         "timing": "best of the rounds, wall-clock, warm page cache; readers interleaved in each round",
         "environment": machine,
