@@ -24,9 +24,9 @@ times, interleaved, best of ``--repeats``:
   ``GetGDCMSeriesFileNames`` per subfolder (GDCM does not recurse).
 
 Peak memory is measured for each reader and size in a fresh process: growth of
-VmHWM over the imports (``rss``), and with tracemalloc the Python heap's peak
-and what the returned records keep (``traced``); the pool workers' own peak is
-``children_maxrss_mib``. The JSON report goes to stdout (and ``--out``);
+VmHWM over the imports, the pool workers' own peak (``children_maxrss_mib``),
+and for the one-process Python readers, in another process, tracemalloc's
+peak of the Python heap and what the returned records keep. The JSON report goes to stdout (and ``--out``);
 progress goes to stderr.
 """
 
@@ -61,6 +61,7 @@ MATRIX = 32
 EXTRA_FILES = 6  # per generated folder: 3 not DICOM, 3 broken DICOM
 LISTING_TAGS = ["SeriesInstanceUID", "SeriesNumber", "SeriesDescription", "Modality", "Rows", "Columns"]
 READERS = ("pydicom_loop", "medvol_scan_folder", "medvol_scan_one_process", "sitk_gdcm_series")
+TRACED_READERS = ("pydicom_loop", "medvol_scan_one_process")
 MiB = 1024 * 1024
 
 log = make_log("bench_dicom_scan")
@@ -283,28 +284,35 @@ def status_mib(field: str) -> float:
 
 
 def memory_child(reader: str, folder: Path, traced: bool) -> None:
-    """In a fresh process: one call, then print its memory figures as JSON."""
+    """In a fresh process: one call, then print its memory figures as JSON.
+
+    Untraced: growth of VmHWM over the imports, and the largest pool worker's
+    peak RSS. Traced (tracemalloc, which itself costs memory): the Python heap's
+    peak during the call and what the returned records keep.
+    """
     import medvol.io.dicom  # noqa: F401  (imports are not the scan's memory)
 
     if traced:
         tracemalloc.start()
     before = status_mib("VmHWM")
     result = CALLS[reader](folder)
-    out: dict[str, Any] = {"vmhwm_growth_mib": round(status_mib("VmHWM") - before, 1)}
     if traced:
         kept, peak = tracemalloc.get_traced_memory()
-        out.update({"traced_peak_mib": round(peak / MiB, 1), "traced_kept_mib": round(kept / MiB, 1)})
-    out["children_maxrss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
-    out["series"] = len(result)
-    print(json.dumps(out))
+        out = {"traced_peak_mib": round(peak / MiB, 1), "traced_kept_mib": round(kept / MiB, 1)}
+    else:
+        out = {
+            "vmhwm_growth_mib": round(status_mib("VmHWM") - before, 1),
+            "children_maxrss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+        }
+    print(json.dumps({**out, "series": len(result)}))
 
 
 def peak_memory(folder: Path) -> dict[str, Any]:
-    """Every reader's memory in fresh processes: untraced (RSS) and, for Python readers, traced."""
+    """Every reader's memory in fresh processes; the one-process Python readers also traced."""
     out: dict[str, Any] = {}
     for reader in READERS:
         figures: dict[str, Any] = {}
-        for traced in (False, True) if reader != "sitk_gdcm_series" else (False,):
+        for traced in (False, True) if reader in TRACED_READERS else (False,):
             command = [sys.executable, __file__, "--memory-child", reader, str(folder)]
             command += ["--traced"] if traced else []
             done = subprocess.run(command, capture_output=True, text=True, check=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import os
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import FileIO
@@ -261,10 +262,10 @@ def _value(vr: str, raw: bytes) -> Any:
     if not raw.isascii() or b"\x1b" in raw:
         raise _Unusual("text beyond ASCII: pydicom decodes it with the character set")
     text = raw.decode("ascii")
-    if vr in ("UI", "CS"):
-        items: list[Any] = text.rstrip(" \x00").split("\\")
+    if vr in ("UI", "CS"):  # interned: the slices of a series share one copy of each UID and code
+        items: list[Any] = [sys.intern(item) for item in text.rstrip(" \x00").split("\\")]
     elif vr in ("SH", "LO"):
-        items = [item.rstrip("\x00 ") for item in text.split("\\")]
+        items = [sys.intern(item.rstrip("\x00 ")) for item in text.split("\\")]
     elif vr == "DS":
         strings = text.strip().rstrip(" \x00").split("\\")
         if not all(item.strip() and DS_CHARACTERS.issuperset(item) for item in strings):
