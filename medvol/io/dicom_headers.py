@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
 from medvol.errors import MedvolError, UnreadableFileError
+from medvol.io.dicom_elements import HeaderValues, read_elements
 from medvol.io.dicom_labels import CLASSIC_TAGS, Labels, frame_labels, image_labels
 
 # SOP classes that hold no image volume: DICOMDIR, SR, SEG, RT objects,
@@ -208,7 +209,10 @@ def is_dicom_file(path: Path) -> bool:
 
 
 def read_header(path: str | Path) -> SliceHeader | SkippedFile:
-    """Read one file's header (no pixel data).
+    """Read one file's header (no pixel data), opening the file once.
+
+    The common file is read by ``medvol.io.dicom_elements``; any other (big
+    endian, enhanced multi-frame, non-ASCII text, cut short...) by pydicom.
 
     Returns:
         A ``SliceHeader`` for an image, or ``SkippedFile`` for a file that is
@@ -220,6 +224,18 @@ def read_header(path: str | Path) -> SliceHeader | SkippedFile:
             (uncompressed) cut short.
     """
     path = Path(path)
+    raw = read_elements(path, HEADER_TAG_NUMBERS)
+    if raw is None:
+        return _read_header_with_pydicom(path)
+    if raw.size == 0:
+        raise UnreadableFileError(path, "empty file (0 bytes)")
+    if raw.values is None:
+        return SkippedFile(str(path), "not a DICOM file (no DICM preamble)")
+    return _header(path, raw.values, raw.size, raw.stop, raw.pixel_element)
+
+
+def _read_header_with_pydicom(path: Path) -> SliceHeader | SkippedFile:
+    """``read_header`` by pydicom's ``dcmread``: for the files ``read_elements`` leaves to it."""
     size = path.stat().st_size
     if size == 0:
         raise UnreadableFileError(path, "empty file (0 bytes)")
@@ -231,18 +247,28 @@ def read_header(path: str | Path) -> SliceHeader | SkippedFile:
             # pydicom stops (and rewinds) at the pixel data element, if it finds one.
             stop = handle.tell()
             pixel_element = handle.read(12)
-        result = _header_from_dataset(path, dataset)
-    except MedvolError:
-        raise
     except Exception as error:  # pydicom raises many types for corrupt files
         raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error
-    _check_complete(path, dataset, result, size, stop, pixel_element)
+    return _header(path, dataset, size, stop, pixel_element)
+
+
+def _header(
+    path: Path, ds: Dataset | HeaderValues, size: int, stop: int, pixel_element: bytes
+) -> SliceHeader | SkippedFile:
+    """The header of a read file, checked for completeness (``_check_complete``)."""
+    try:
+        result = _header_from_dataset(path, ds)
+    except MedvolError:
+        raise
+    except Exception as error:  # a value of an unexpected type or number
+        raise UnreadableFileError(path, f"corrupt or truncated DICOM header ({error})") from error
+    _check_complete(path, ds, result, size, stop, pixel_element)
     return result
 
 
 def _check_complete(
     path: Path,
-    ds: Dataset,
+    ds: Dataset | HeaderValues,
     result: SliceHeader | SkippedFile,
     size: int,
     stop: int,
@@ -381,7 +407,7 @@ def _short_pixel_data(header: SliceHeader, length: int, frame_bytes: int) -> str
     )
 
 
-def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
+def _header_from_dataset(path: Path, ds: Dataset | HeaderValues) -> SliceHeader | SkippedFile:
     sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
     if path.name.upper() == "DICOMDIR" or sop_class.startswith(NON_IMAGE_SOP_PREFIXES):
         name = pydicom.uid.UID(sop_class).name if sop_class else "DICOMDIR"
@@ -427,7 +453,7 @@ def _header_from_dataset(path: Path, ds: Dataset) -> SliceHeader | SkippedFile:
     )
 
 
-def _frame_increment(ds: Dataset) -> tuple[str, ...]:
+def _frame_increment(ds: Dataset | HeaderValues) -> tuple[str, ...]:
     """The keywords FrameIncrementPointer names (what changes from frame to frame), ``()`` without one."""
     value = ds.get("FrameIncrementPointer")
     if value in (None, ""):
@@ -443,7 +469,7 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def _frame_count(path: Path, ds: Dataset) -> int:
+def _frame_count(path: Path, ds: Dataset | HeaderValues) -> int:
     """NumberOfFrames (1 when absent); a file that says it holds no frame is unreadable."""
     value = ds.get("NumberOfFrames")
     if value in (None, ""):
@@ -466,7 +492,7 @@ def _multi_value(value: Any) -> tuple[str, ...]:
 
 
 def _plane_geometry(
-    ds: Dataset,
+    ds: Dataset | HeaderValues,
 ) -> tuple[
     tuple[float, ...] | None,
     tuple[float, float, float] | None,
@@ -476,7 +502,7 @@ def _plane_geometry(
 ]:
     """Orientation, position, pixel spacing and rescale, from the top level or
     (enhanced multi-frame) the shared / first per-frame functional groups."""
-    sources: list[Dataset] = [ds]
+    sources: list[Dataset | HeaderValues] = [ds]
     for sequence_name in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
         sequence = ds.get(sequence_name)
         if sequence:
@@ -509,7 +535,7 @@ def _plane_geometry(
     )
 
 
-def _frame_positions(ds: Dataset) -> tuple[tuple[float, float, float], ...] | None:
+def _frame_positions(ds: Dataset | HeaderValues) -> tuple[tuple[float, float, float], ...] | None:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if not per_frame:
         return None

@@ -17,6 +17,8 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from medvol.io.dicom_elements import HeaderValues
+
 Labels = tuple[tuple[str, float | str], ...]
 """``(key, value)`` pairs, keys in :data:`LABEL_KEYS` order; numbers are floats."""
 
@@ -69,7 +71,7 @@ CLASSIC_TAGS = [
 IN_STACK_POINTERS = {Tag("InStackPositionNumber"), Tag("ImagePositionPatient"), Tag("StackID")}
 
 
-def image_labels(ds: Dataset) -> Labels:
+def image_labels(ds: Dataset | HeaderValues) -> Labels:
     """The labels of a single-frame image, from its top-level attributes."""
     found: dict[str, float | str] = {}
     _put_number(found, "echo", ds.get("EchoNumbers"))
@@ -83,7 +85,7 @@ def image_labels(ds: Dataset) -> Labels:
     return _ordered(found)
 
 
-def frame_labels(ds: Dataset) -> tuple[Labels, ...] | None:
+def frame_labels(ds: Dataset | HeaderValues) -> tuple[Labels, ...] | None:
     """The labels of every frame of an enhanced multi-frame file, from its per-frame groups.
 
     Returns ``None`` when the file has no PerFrameFunctionalGroupsSequence.
@@ -127,7 +129,7 @@ def _one_frame(item: Dataset, in_stack: set[int]) -> Labels:
     return _ordered(found)
 
 
-def _in_stack_indices(ds: Dataset) -> set[int]:
+def _in_stack_indices(ds: Dataset | HeaderValues) -> set[int]:
     """Which DimensionIndexValues entries give the stack or the position in it (not a volume)."""
     pointers = ds.get("DimensionIndexSequence") or []
     return {i for i, item in enumerate(pointers) if item.get("DimensionIndexPointer") in IN_STACK_POINTERS}
