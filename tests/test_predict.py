@@ -1,11 +1,12 @@
 """``medvol predict``: batch inference over messy folders, resumable and shardable.
 
-Two tiny runs are trained once per module (a U-Net on 4 hippocampus cases at
-4 mm, a ResNet on 40 AdrenalMNIST3D cases); the checks are what a user relies
-on: outputs exactly for the valid scans on each scan's own grid, failures in
-``errors.csv`` with exit code 1, reruns that redo nothing, resumption after an
-interruption, shards that partition the inputs, and no patient identifiers in
-any file name or CSV.
+Two tiny runs are trained once per test session (``tests/conftest.py``: a
+U-Net on 4 bundled hippocampus cases at 4 mm, a ResNet on 48 bundled
+AdrenalMNIST3D cases); the checks are what a user relies on: outputs exactly
+for the valid scans on each scan's own grid, failures in ``errors.csv`` with
+exit code 1, reruns that redo nothing, resumption after an interruption,
+shards that partition the inputs, and no patient identifiers in any file
+name or CSV.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import pytest
 import torch
 
 import medvol
-from medvol import demo
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
@@ -44,42 +44,9 @@ from medvol.prediction import (
 )
 from tests.dicom_factory import IDENTIFIERS, Geometry, write_series
 from tests.geometry_oracle import index_map
-from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset, write_config
 
-HIPPOCAMPUS_TRAIN = ("001", "003", "004", "006")
 CT_SERIES = "dicom/ct-jpeg2000-series"
 CT_REFERENCE_SEGMENTATION = "dicom/ct-jpeg2000-series-reference/segmentation.nii.gz"
-
-
-@pytest.fixture(scope="module")
-def segmenter(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net trained for one epoch on 4 hippocampus cases at 4 mm (geometry checks only)."""
-    root = tmp_path_factory.mktemp("segmenter")
-    copy_hippocampus_pairs(shared_data, root / "data", HIPPOCAMPUS_TRAIN)
-    config = demo.hippocampus_segmenter(
-        root / "data",
-        epochs=1,
-        output_dir=root / "runs",
-        name="seg",
-        patch_size=(16, 16, 16),
-        spacing_mm=(4.0, 4.0, 4.0),
-        split={"n_splits": 2},
-    )
-    config["preprocess"]["pad_to_shape"] = [16, 16, 16]
-    assert main(["train", str(write_config(root / "seg.yaml", config))]) == 0
-    return root / "runs" / "seg"
-
-
-@pytest.fixture(scope="module")
-def classifier(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny ResNet trained for one epoch on 40 AdrenalMNIST3D 28³ cases."""
-    root = tmp_path_factory.mktemp("classifier")
-    write_adrenal_subset(shared_data, root / "adrenal.npz", {"train": 24, "val": 16, "test": 4})
-    config = demo.medmnist_classifier(
-        root / "adrenal.npz", epochs=1, output_dir=root / "runs", name="clf", widths=4, batch_size=8
-    )
-    assert main(["train", str(write_config(root / "clf.yaml", config))]) == 0
-    return root / "runs" / "clf"
 
 
 def mixed_folder(root: Path, shared_data: Path) -> Path:
