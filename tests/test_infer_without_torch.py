@@ -32,6 +32,7 @@ from medvol import demo
 from medvol.cli import main
 from medvol.export import export_run
 from tests.conftest import HOLDOUT_CASE
+from tests.wheel import install_wheel
 
 pytest.importorskip("onnxruntime")
 
@@ -157,27 +158,7 @@ def link_distribution(name: str, site: Path) -> None:
 @pytest.fixture(scope="module")
 def infer_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """medvol's wheel and the distributions of its base and ``infer`` requirements, nothing else."""
-    work = tmp_path_factory.mktemp("infer-wheel")
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout.decode()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: the wheel is built from the files git lists")
-    for name in filter(None, listed.split("\0")):
-        if (ROOT / name).is_file():
-            (work / "source" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, work / "source" / name)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    build = [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", "dist", "./source"]
-    subprocess.run(build, cwd=work, check=True, capture_output=True)
-    (wheel,) = (work / "dist").glob("medvol-*.whl")
-    install = [*pip, "install", "--no-deps", "--no-index", "--target", "site", str(wheel)]
-    subprocess.run(install, cwd=work, check=True, capture_output=True)
-    site = work / "site"
+    site = install_wheel(tmp_path_factory.mktemp("infer-wheel"))
     (dist_info,) = site.glob("medvol-*.dist-info")
     requirements = metadata.PathDistribution(dist_info).requires or []
     closure = declared_closure(requirements, {"infer"})

@@ -13,8 +13,7 @@ import pytest
 
 from tests.file_server import Served, md5, serve, write_study
 from tests.shared_samples import write_medmnist_subset
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.wheel import install_wheel
 
 
 def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -26,27 +25,7 @@ def run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> sub
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder medvol's wheel, built from the checkout's files, was installed into (no dependencies)."""
-    work = tmp_path_factory.mktemp("wheel")
-    try:
-        listed = subprocess.run(
-            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            cwd=ROOT,
-            capture_output=True,
-            check=True,
-        ).stdout.decode()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: the wheel is built from the files git lists")
-    for name in filter(None, listed.split("\0")):
-        if (ROOT / name).is_file():  # a copy, so no build/ folder of an earlier build adds stale files
-            (work / "source" / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, work / "source" / name)
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    run(
-        [*pip, "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", "dist", "./source"], cwd=work
-    )
-    (wheel,) = (work / "dist").glob("medvol-*.whl")
-    run([*pip, "install", "--no-deps", "--no-index", "--target", "site", str(wheel)], cwd=work)
-    return work / "site"
+    return install_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 def medvol(installed: Path, cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
