@@ -25,6 +25,8 @@ repeat, so drift hits all four alike):
   background thread reads and crops the next batches while the model computes);
 - ``batch-0`` (only with ``--mode``): ``augment.where: batch``, ``data.num_workers: 0``, no
   prefetch: for a recipe with workers, what dropping them costs without the thread;
+- ``none`` (only with ``--mode``): no augmentation at all, ``data.num_workers: 0`` and
+  ``data.prefetch: true``: the floor set by the model's step alone;
 - ``monai``: a hand-written loop doing the same augmentation the plain MONAI way: MONAI
   dictionary transforms per sample (``RandFlipd``, ``RandAffined``, ``RandBiasFieldd``,
   ``RandGaussianSmoothd``, ``RandGaussianNoised``, ``RandScaleIntensityd``,
@@ -79,7 +81,7 @@ from tests.shared_samples import copy_hippocampus_pairs, write_adrenal_subset  #
 log = make_log("bench_augment")
 DATA = ROOT.parent / "shared" / "data"
 MODES = ("sample", "batch", "prefetch", "monai")  # the default; --mode chooses others
-ALL_MODES = (*MODES, "batch-0")
+ALL_MODES = (*MODES, "batch-0", "none")
 SIZES = {"adrenal": 384, "hippocampus": 60}  # --adrenal-cases, --hippocampus-cases
 
 
@@ -131,10 +133,12 @@ def with_run(config: dict[str, Any], work: Path, name: str, epochs: int, mode: s
     out = json.loads(json.dumps(config))
     out["train"].update({"epochs": epochs, "val_every": epochs, "early_stop_patience": None})
     out["tracking"] = {"output_dir": str(work / "runs"), "name": name, "tensorboard": False}
-    out["data"]["prefetch"] = mode == "prefetch"
-    if mode in ("prefetch", "batch-0"):
+    out["data"]["prefetch"] = mode in ("prefetch", "none")
+    if mode in ("prefetch", "batch-0", "none"):
         out["data"]["num_workers"] = 0
-    if mode != "monai":
+    if mode == "none":
+        out["augment"] = None
+    elif mode != "monai":
         out["augment"] = {**(out.get("augment") or {}), "where": "sample" if mode == "sample" else "batch"}
     return out
 
@@ -305,7 +309,9 @@ def measure(
         "augmentation_alone": cost,
         "today": before,
     }
-    for new, old in (("batch", "sample"), ("batch", "monai"), ("prefetch", before), ("prefetch", "monai")):
+    pairs = [("batch", "sample"), ("batch", "monai"), ("prefetch", before), ("prefetch", "monai")]
+    pairs += [("prefetch", "sample"), ("prefetch", "none")]  # before the issue; the step-only floor
+    for new, old in dict.fromkeys(pairs):
         if new in speed and old in speed:
             label = "today" if old == before and new == "prefetch" else old
             report[f"{new}_over_{label}"] = round(speed[new] / speed[old], 3)
