@@ -615,7 +615,7 @@ def format_results(results: dict[str, Any], title: bool = True) -> str:
     thresholds = [run["val_threshold"]["threshold"] for run in results["runs"] if "val_threshold" in run]
     if thresholds:
         lines += [
-            "ACC and balanced ACC at 0.5 threshold the class-1 probability at 0.5; at val. threshold, "
+            "ACC and balanced ACC *at 0.5* threshold the class-1 probability at 0.5; *at val. threshold*, "
             f"at the threshold that {THRESHOLD_RULE}, chosen per seed: "
             + ", ".join(f"{t:.4f}" for t in thresholds)
             + ".",
@@ -689,10 +689,14 @@ def _scored_line(results: dict[str, Any]) -> str:
         for group in record["by_recipe"]
     )
     return (
-        f"**Test split scored {record['count']} time(s) from this output folder** "
+        f"**Test split scored {_times(record['count'])} from this output folder** "
         f"(`{record.get('record', TEST_LEDGER)}`): {recipes}. Checkpoint {evaluated['checkpoint']}, "
         "chosen on validation data only."
     )
+
+
+def _times(count: int) -> str:
+    return "once" if count == 1 else f"{count} times"
 
 
 def _mean_cell(entry: dict[str, Any]) -> str:

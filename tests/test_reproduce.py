@@ -99,7 +99,7 @@ def test_classification_study_over_two_seeds_resumes_without_retraining(
     table = (out / "results.md").read_text()
     assert "ResNet-18+ACS (published [1]) | 0.8390 | 0.7540 | — | — | — |" in table
     assert "Protocol changed by overrides" in table
-    assert "Test split scored 2 time(s) from this output folder" in table
+    assert "Test split scored 2 times from this output folder" in table
     assert (
         "| majority class (class 0: 32 of 64 training cases), no model | 0.5000 | 0.5000 | 0.5000 |" in table
     )

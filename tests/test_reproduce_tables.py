@@ -162,7 +162,7 @@ def _results() -> dict:
 
 def test_table_states_looks_baseline_range_clipping_and_sources() -> None:
     table = format_results(_results())
-    assert "**Test split scored 6 time(s) from this output folder**" in table
+    assert "**Test split scored 6 times from this output folder**" in table
     assert (
         "recipe `a.yaml` (111111111111), seeds 0, 1, 2; recipe `b.yaml` (222222222222), seeds 0, 1, 2"
         in table
