@@ -71,9 +71,9 @@ CONFIG_SOURCE = ROOT / "medvol" / "config.py"
 COMMAND = "python docs/generate.py"
 HELP_WIDTH = 88
 END_MARKER = "<!-- END GENERATED -->"
-BEGIN_PATTERN = re.compile(r"<!-- BEGIN GENERATED: .*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL)
+BEGIN_PATTERN = re.compile(r"<!-- BEGIN GENERATED: [^\n]*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL)
 RESULTS_BLOCK = re.compile(
-    r"<!-- BEGIN GENERATED: (results/[\w.-]+/results\.json)\b.*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL
+    r"<!-- BEGIN GENERATED: (results/[\w.-]+/results\.json)\b[^\n]*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL
 )
 
 #: Descriptions of config keys that have neither a ``Field(description=...)`` nor

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
 STUDIES_DIR = Path(__file__).resolve().parent / "studies"
 TEST_LEDGER = "test-evaluations.json"
 THRESHOLD_RULE = "maximises balanced accuracy on the validation split (same checkpoint)"
+SPLIT_NAMES = {"val": "validation", "train": "training"}  # how a split is named in a table
 #: Columns added for a binary classifier scored on its test split, and the metric each one is.
 AT_VALIDATION_THRESHOLD = {
     "accuracy_at_val_threshold": "accuracy",
@@ -625,7 +626,7 @@ def format_results(results: dict[str, Any], title: bool = True) -> str:
     count = len(results["seeds"])
     over = results["over_seeds"]
     lines.append(
-        f"| medvol, mean over {count} seed(s) [95% t-interval] | "
+        f"| medvol, mean over {_count(count, 'seed')} [95% t-interval] | "
         + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
         + " |"
     )
@@ -680,8 +681,9 @@ def _scored_line(results: dict[str, Any]) -> str:
     seeds = len(results["seeds"])
     if evaluated["split"] != "test" or evaluated["cases"]:
         return (
-            f"**Scored: the {evaluated['cases'] or evaluated['split']} cases, once per seed "
-            f"({seeds} seed(s)), checkpoint {evaluated['checkpoint']}.** The study has no test split."
+            f"**Scored: the {evaluated['cases'] or SPLIT_NAMES.get(evaluated['split'], evaluated['split'])} "
+            f"cases, once per seed ({_count(seeds, 'seed')}), checkpoint {evaluated['checkpoint']}.** "
+            "The study has no test split."
         )
     record = results.get("test_evaluations") or {"count": 0, "by_recipe": []}
     recipes = "; ".join(
@@ -697,6 +699,10 @@ def _scored_line(results: dict[str, Any]) -> str:
 
 def _times(count: int) -> str:
     return "once" if count == 1 else f"{count} times"
+
+
+def _count(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _mean_cell(entry: dict[str, Any]) -> str:

@@ -178,6 +178,6 @@ def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_pa
     table = (out / "results.md").read_text()
     assert "nnU-Net 3d_fullres (5-fold CV) (published [1]) | 0.8975 | 0.8807" in table
     assert "| | Dice anterior (1) | Dice posterior (2) |" in table
-    assert "Scored: the val cases, once per seed (1 seed(s)), checkpoint last" in table
+    assert "Scored: the validation cases, once per seed (1 seed), checkpoint last" in table
     assert "baseline" in results and results["baseline"] is None
     assert not (out / "test-evaluations.json").exists()
