@@ -448,7 +448,9 @@ def cross_validation(metrics: list[str], runs: list[dict[str, Any]], n_folds: in
         },
         "per_fold": per_fold,
         "over_folds": {
-            m: over_runs([_number(entry["over_seeds"][m]["mean"]) for entry in per_fold], sources, m)
+            m: over_runs(
+                [_number(entry["over_seeds"].get(m, {}).get("mean")) for entry in per_fold], sources, m
+            )
             for m in metrics
         },
     }
