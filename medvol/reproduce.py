@@ -227,13 +227,14 @@ def reproduce(
     data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
     runs: list[dict[str, Any]] = []
     folders: list[tuple[int, RunFolder]] = []
-    plan = [(fold, seed) for fold in folds or [None] for seed in range(seeds)]
+    each_fold: list[int | None] = [None] if folds is None else list(folds)
+    plan = [(fold, seed) for fold in each_fold for seed in range(seeds)]
     unit = "seed" if folds is None else "run"
     for fold, seed in track(plan, f"reproduce {study.name}", unit, logger):
         entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root)
         runs.append(entry)
         folders.append((seed, run))
-    results = {
+    results: dict[str, Any] = {
         "study": study.name,
         "description": study.description,
         "budget": budget,
