@@ -40,6 +40,13 @@ table states how many times the test split was scored and for which recipes.
 ``--publish DIR`` copies ``results.json``, that record, each seed's config and
 each evaluation's ``summary.json`` and ``cases.csv`` to ``DIR``: the small
 files every figure of the table can be derived from again.
+
+``--folds 0-4`` (a segmentation study scored on validation cases, whose recipe
+is split into folds) runs every seed on each fold given, one run folder per
+fold and seed, and heads the table with nnU-Net's cross-validation mean: per
+seed, the per-case values of all the folds' validation cases pooled and
+averaged (:func:`cross_validation`), then over seeds; with the spread over
+folds and seeds and a row per fold.
 """
 
 from __future__ import annotations
@@ -76,6 +83,11 @@ AT_VALIDATION_THRESHOLD = {
     "accuracy_at_val_threshold": "accuracy",
     "balanced_accuracy_at_val_threshold": "balanced_accuracy",
 }
+SEED_INTERVALS = (
+    "mean over seeds with its Student-t interval, clipped to the metric's range (clipped: true, "
+    "marked † in the table); min and max over seeds; each seed with a percentile bootstrap interval "
+    "over cases"
+)
 #: ``data.split.method`` values whose recipes train one fold of several (``data.split.fold``).
 FOLD_METHODS = ("nnunet", "kfold", "file")
 CROSS_VALIDATION_INTERVALS = (
@@ -234,6 +246,7 @@ def reproduce(
         entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root)
         runs.append(entry)
         folders.append((seed, run))
+    cv = None if n_folds is None else cross_validation(study.metrics, runs, n_folds)
     results: dict[str, Any] = {
         "study": study.name,
         "description": study.description,
@@ -250,20 +263,16 @@ def reproduce(
         "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
         "runs": runs,
-        "over_seeds": _over_seeds(runs),
-        "intervals": "mean over seeds with its Student-t interval, clipped to the metric's range "
-        "(clipped: true, marked † in the table); min and max over seeds; each seed with a "
-        "percentile bootstrap interval over cases",
+        "over_seeds": _over_seeds(runs) if cv is None else cv.pop("over_seeds"),
+        "intervals": SEED_INTERVALS if cv is None else CROSS_VALIDATION_INTERVALS,
         "baseline": _majority_baseline(folders[0][1], runs[0]),
         "test_evaluations": record_test_evaluations(out, folders, study.budgets[budget].name),
         "published": study.published,
         "labels": study.labels,
         "environment": _environment(Path(runs[0]["run_dir"])),
     }
-    if folds is not None and n_folds is not None:
-        results["cross_validation"] = cross_validation(study.metrics, runs, n_folds)
-        results["over_seeds"] = results["cross_validation"].pop("over_seeds")
-        results["intervals"] = CROSS_VALIDATION_INTERVALS
+    if cv is not None:
+        results["cross_validation"] = cv
     results = json_safe(results)  # the table from what results.json holds: None, not NaN, where undefined
     write_json(out / "results.json", results, allow_nan=False)
     with atomic_path(out / "results.md") as temporary:
