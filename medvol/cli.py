@@ -400,6 +400,11 @@ def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
     reproduce.add_argument("--list", action="store_true", help="list the studies")
     reproduce.add_argument("--budget", default="cpu", help="cpu (2 cores) or full (the published protocol)")
     reproduce.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..K-1 (default 3)")
+    reproduce.add_argument(
+        "--folds",
+        help="cross-validation folds to run, each with every seed, e.g. 0-4 (the field's 5-fold "
+        "protocol) or 0,2; the table pools their validation cases (default: the recipe's own fold)",
+    )
     reproduce.add_argument("--out", type=Path, help="output folder (default reproductions/NAME-BUDGET)")
     reproduce.add_argument(
         "--set",
@@ -805,7 +810,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 def run_reproduce(args: argparse.Namespace) -> int:
     from medvol.errors import MedvolError
-    from medvol.reproduce import available_studies, format_results, load_study, reproduce
+    from medvol.reproduce import available_studies, format_results, load_study, parse_folds, reproduce
 
     if args.list:
         for name in available_studies():
@@ -814,10 +819,18 @@ def run_reproduce(args: argparse.Namespace) -> int:
         return 0
     if args.name is None:
         raise MedvolError(None, "name a study (see `medvol reproduce --list`)")
+    folds = None if args.folds is None else parse_folds(args.folds)
     study = load_study(args.name)
     out = args.out or Path("reproductions") / f"{study.name}-{args.budget}"
     results = reproduce(
-        study, args.budget, args.seeds, out, args.overrides, data_dir=args.data_dir, publish=args.publish
+        study,
+        args.budget,
+        args.seeds,
+        out,
+        args.overrides,
+        data_dir=args.data_dir,
+        publish=args.publish,
+        folds=folds,
     )
     print(format_results(results))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")

@@ -40,12 +40,20 @@ table states how many times the test split was scored and for which recipes.
 ``--publish DIR`` copies ``results.json``, that record, each seed's config and
 each evaluation's ``summary.json`` and ``cases.csv`` to ``DIR``: the small
 files every figure of the table can be derived from again.
+
+``--folds 0-4`` (a segmentation study scored on validation cases, whose recipe
+is split into folds) runs every seed on each fold given, one run folder per
+fold and seed, and heads the table with nnU-Net's cross-validation mean: per
+seed, the per-case values of all the folds' validation cases pooled and
+averaged (:func:`cross_validation`), then over seeds; with the spread over
+folds and seeds and a row per fold.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -76,6 +84,29 @@ AT_VALIDATION_THRESHOLD = {
     "accuracy_at_val_threshold": "accuracy",
     "balanced_accuracy_at_val_threshold": "balanced_accuracy",
 }
+SEED_INTERVALS = (
+    "mean over seeds with its Student-t interval, clipped to the metric's range (clipped: true, "
+    "marked † in the table); min and max over seeds; each seed with a percentile bootstrap interval "
+    "over cases"
+)
+#: ``data.split.method`` values whose recipes train one fold of several (``data.split.fold``).
+FOLD_METHODS = ("nnunet", "kfold", "file")
+CROSS_VALIDATION_INTERVALS = (
+    "per seed, the per-case values of every fold's validation cases pooled and averaged over "
+    "cases (undefined cases left out), as nnU-Net's cross-validation summary; over_seeds: the mean "
+    "of that over seeds with its Student-t interval over seeds, clipped to the metric's range, and "
+    "min and max over seeds; over_folds: the same over the fold means (each fold's mean over its "
+    "cases, averaged over seeds); each run with a percentile bootstrap interval over its cases"
+)
+CROSS_VALIDATION_NOTE = (
+    "Cross-validation mean as nnU-Net's cross-validation summary computes it: the validation cases "
+    "of the folds run, each segmented by the model of its fold (which did not train on it), pooled; "
+    "per seed, each column is the mean over the pooled cases (a case where the value is undefined "
+    "left out), and the table gives its mean over seeds with the 95% Student-t interval over seeds, "
+    "clipped to the metric's range (none with one seed). Spread over folds: the lowest and highest "
+    "fold mean (each fold's mean over its cases, averaged over seeds); results.json also gives the "
+    "t-interval over folds (cross_validation.over_folds)."
+)
 COLUMN_NAMES = {
     "auc": "AUC",
     "accuracy": "ACC at 0.5",
@@ -180,6 +211,7 @@ def reproduce(
     overrides: list[str] | None = None,
     data_dir: Path | None = None,
     publish: Path | None = None,
+    folds: list[int] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``seeds`` runs of a study's budget; write ``results.json`` and ``results.md``.
 
@@ -193,63 +225,30 @@ def reproduce(
         data_dir: the data folder (default ``medvol.fetch.data_folder()``).
         publish: a folder to copy the results and each evaluation's files to
             (:func:`publish_results`).
+        folds: cross-validation folds to run (:func:`parse_folds`), each with every seed, and
+            pooled (:func:`cross_validation`); ``None``: the recipe's own fold, one run per seed.
 
     Returns:
         The content of ``results.json``.
     """
-    from medvol.config import dump_config, load_config
-    from medvol.engine.run_folder import RunFolder
-    from medvol.engine.train import train
-    from medvol.evaluation import evaluate_run
-
     if budget not in study.budgets:
         raise MedvolError(study.path, f"no budget {budget!r}; this study has {sorted(study.budgets)}")
     if seeds < 1:
         raise MedvolError(None, f"--seeds must be at least 1, got {seeds}")
     overrides = list(overrides or [])
+    n_folds = None if folds is None else check_folds(study, budget, overrides, folds)
     data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
     runs: list[dict[str, Any]] = []
     folders: list[tuple[int, RunFolder]] = []
-    for seed in track(range(seeds), f"reproduce {study.name}", "seed", logger):
-        name = f"{study.name}-{budget}-seed{seed}"
-        config = load_config(
-            study.budgets[budget],
-            [
-                *overrides,
-                f"train.seed={seed}",
-                f"tracking.output_dir={out / 'runs'}",
-                f"tracking.name={name}",
-            ],
-        )
-        if data_root is not None:
-            config = _with_data_root(config, data_root)
-        run = RunFolder(out / "runs" / name)
-        run_dir = run.path
-        _check_same_recipe(run, dump_config(config))
-        evaluation = run.reproduction(study.split if study.cases is None else "cases")
-        evaluation_dir = evaluation.path
-        started = time.perf_counter()
-        if not evaluation.summary.is_file():
-            if not _finished(run, config.train.epochs, config.train.early_stop_patience):
-                print(f"[{study.name} seed {seed}] training {run_dir}", flush=True)
-                train(config, resume=run.checkpoint("last").is_file())
-            print(f"[{study.name} seed {seed}] evaluating ({study.split}, {study.checkpoint})", flush=True)
-            evaluate_run(
-                run_dir,
-                split="val" if study.split == "val" else "test",
-                cases=study.cases,
-                checkpoint="last" if study.checkpoint == "last" else "best",
-                out=evaluation_dir,
-            )
-        else:
-            print(f"[{study.name} seed {seed}] already evaluated: {evaluation_dir}", flush=True)
-        entry = _seed_entry(study, seed, run, evaluation)
-        entry["session_seconds"] = round(time.perf_counter() - started, 1)
+    each_fold: list[int | None] = [None] if folds is None else list(folds)
+    plan = [(fold, seed) for fold in each_fold for seed in range(seeds)]
+    unit = "seed" if folds is None else "run"
+    for fold, seed in track(plan, f"reproduce {study.name}", unit, logger):
+        entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root)
         runs.append(entry)
         folders.append((seed, run))
-        (out / "configs").mkdir(parents=True, exist_ok=True)
-        (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
-    results = {
+    cv = None if n_folds is None else cross_validation(study.metrics, runs, n_folds)
+    results: dict[str, Any] = {
         "study": study.name,
         "description": study.description,
         "budget": budget,
@@ -265,22 +264,241 @@ def reproduce(
         "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
         "runs": runs,
-        "over_seeds": _over_seeds(runs),
-        "intervals": "mean over seeds with its Student-t interval, clipped to the metric's range "
-        "(clipped: true, marked † in the table); min and max over seeds; each seed with a "
-        "percentile bootstrap interval over cases",
+        "over_seeds": _over_seeds(runs) if cv is None else cv.pop("over_seeds"),
+        "intervals": SEED_INTERVALS if cv is None else CROSS_VALIDATION_INTERVALS,
         "baseline": _majority_baseline(folders[0][1], runs[0]),
         "test_evaluations": record_test_evaluations(out, folders, study.budgets[budget].name),
         "published": study.published,
         "labels": study.labels,
         "environment": _environment(Path(runs[0]["run_dir"])),
     }
-    write_json(out / "results.json", json_safe(results), allow_nan=False)
+    if cv is not None:
+        results["cross_validation"] = cv
+    results = json_safe(results)  # the table from what results.json holds: None, not NaN, where undefined
+    write_json(out / "results.json", results, allow_nan=False)
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     if publish is not None:
         publish_results(out, results, publish)
     return results
+
+
+def _reproduce_run(
+    study: Study,
+    budget: str,
+    fold: int | None,
+    seed: int,
+    out: Path,
+    overrides: list[str],
+    data_root: Path | None,
+) -> tuple[dict[str, Any], RunFolder]:
+    """Train (unless finished) and evaluate (unless evaluated) one run; its ``results.json`` entry.
+
+    The run folder is ``OUT/runs/STUDY-BUDGET-seedS``, or ``STUDY-BUDGET-foldF-seedS`` for a
+    fold named by ``--folds`` (``fold`` not ``None``: ``data.split.fold`` is set to it).
+    """
+    from medvol.config import dump_config, load_config
+    from medvol.engine.train import train
+    from medvol.evaluation import evaluate_run
+
+    name = (
+        f"{study.name}-{budget}-seed{seed}"
+        if fold is None
+        else f"{study.name}-{budget}-fold{fold}-seed{seed}"
+    )
+    label = f"[{study.name} seed {seed}]" if fold is None else f"[{study.name} fold {fold} seed {seed}]"
+    config = load_config(
+        study.budgets[budget],
+        [
+            *overrides,
+            *([] if fold is None else [f"data.split.fold={fold}"]),
+            f"train.seed={seed}",
+            f"tracking.output_dir={out / 'runs'}",
+            f"tracking.name={name}",
+        ],
+    )
+    if data_root is not None:
+        config = _with_data_root(config, data_root)
+    run = RunFolder(out / "runs" / name)
+    _check_same_recipe(run, dump_config(config))
+    evaluation = run.reproduction(study.split if study.cases is None else "cases")
+    started = time.perf_counter()
+    if not evaluation.summary.is_file():
+        if not _finished(run, config.train.epochs, config.train.early_stop_patience):
+            print(f"{label} training {run.path}", flush=True)
+            train(config, resume=run.checkpoint("last").is_file())
+        print(f"{label} evaluating ({study.split}, {study.checkpoint})", flush=True)
+        evaluate_run(
+            run.path,
+            split="val" if study.split == "val" else "test",
+            cases=study.cases,
+            checkpoint="last" if study.checkpoint == "last" else "best",
+            out=evaluation.path,
+        )
+    else:
+        print(f"{label} already evaluated: {evaluation.path}", flush=True)
+    entry = _seed_entry(study, seed, run, evaluation)
+    if fold is not None:
+        entry = {"fold": fold, **entry}
+    entry["session_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
+    return entry, run
+
+
+def parse_folds(text: str) -> list[int]:
+    """The folds of ``--folds``: ``0-4`` (both ends included), ``0,2`` or both (``0-2,4``), sorted.
+
+    Raises:
+        MedvolError: anything else (a negative number, a backwards range, a fold given twice).
+    """
+    folds: list[int] = []
+    for part in text.split(","):
+        first, dash, last = (piece.strip() for piece in part.partition("-"))
+        if not first.isdigit() or (dash and not last.isdigit()):
+            raise MedvolError(
+                None, f"--folds {text!r}: give fold numbers from 0, e.g. 0-4 or 0,2 (not {part.strip()!r})"
+            )
+        low, high = int(first), int(last) if dash else int(first)
+        if high < low:
+            raise MedvolError(
+                None, f"--folds {text!r}: the range {part.strip()} runs backwards ({high}-{low}?)"
+            )
+        folds += range(low, high + 1)
+    twice = sorted({fold for fold in folds if folds.count(fold) > 1})
+    if twice:
+        raise MedvolError(None, f"--folds {text!r}: fold(s) {', '.join(map(str, twice))} given twice")
+    return sorted(folds)
+
+
+def check_folds(study: Study, budget: str, overrides: list[str], folds: list[int]) -> int:
+    """Refuse ``--folds`` where it cannot be a cross-validation; the number of folds of the recipe's split.
+
+    The budget's recipe must train one fold of several (``data.split.method`` nnunet, kfold
+    or file), the study must score a segmentation's validation cases (each fold's own), and
+    every fold must exist.
+
+    Raises:
+        MedvolError: naming the recipe or study file and what is wrong, in one line.
+    """
+    from medvol.config import load_config
+    from medvol.data.splits import load_folds
+
+    recipe = study.budgets[budget]
+    config = load_config(recipe, overrides)
+    split = config.data.split
+    if split.method not in FOLD_METHODS:
+        raise MedvolError(
+            recipe,
+            f"--folds needs a recipe split into folds (data.split.method {', '.join(FOLD_METHODS)}); "
+            f"this one uses split.method {split.method!r}: run it without --folds",
+        )
+    if config.data.task != "segmentation" or study.split != "val" or study.cases is not None:
+        raise MedvolError(
+            study.path,
+            "--folds pools each fold's validation cases of a segmentation study; this study scores "
+            f"the {'cases of ' + str(study.cases) if study.cases else study.split + ' split'} of a "
+            f"{config.data.task} task: run it without --folds",
+        )
+    if any(override.partition("=")[0].strip() == "data.split.fold" for override in overrides):
+        raise MedvolError(None, "--folds sets data.split.fold of each run: remove --set data.split.fold")
+    count = len(load_folds(split.file)) if split.method == "file" and split.file else split.n_splits
+    outside = [fold for fold in folds if fold >= count]
+    if outside:
+        raise MedvolError(
+            recipe,
+            f"--folds names fold(s) {', '.join(map(str, outside))}, but the split has {count} folds "
+            f"(0-{count - 1})",
+        )
+    return count
+
+
+def cross_validation(metrics: list[str], runs: list[dict[str, Any]], n_folds: int) -> dict[str, Any]:
+    """Each column over the folds and seeds of a cross-validation, as nnU-Net summarises one.
+
+    Per seed, the per-case values of every fold's evaluation (``cases.csv``) are pooled and
+    averaged over cases, NaN (undefined) cases left out: nnU-Net's cross-validation mean
+    (its validation predictions of all folds gathered and scored as one folder).
+
+    Args:
+        metrics: the study's columns, ``METRIC_CLASS`` (``dice_1``).
+        runs: ``results.json`` entries with ``fold``, ``seed``, ``run_dir`` and ``evaluations``.
+        n_folds: the number of folds of the split (5 for nnU-Net's).
+
+    Returns:
+        ``{"folds", "n_folds", "cases", "method", "per_seed": [{"seed", "cases", "metrics"}],
+        "over_seeds": {metric: over_runs of the per-seed pooled means}, "per_fold": [{"fold",
+        "cases", "over_seeds"}], "over_folds": {metric: over_runs of the fold means}}``.
+
+    Raises:
+        MedvolError: a case scored in two folds (the folds' validation cases overlap).
+    """
+    folds = sorted({int(run["fold"]) for run in runs})
+    seeds = sorted({int(run["seed"]) for run in runs})
+    per_seed = [_pooled(metrics, [run for run in runs if run["seed"] == seed]) for seed in seeds]
+    per_fold = []
+    for fold in folds:
+        of_fold = [run for run in runs if run["fold"] == fold]
+        per_fold.append(
+            {
+                "fold": fold,
+                "cases": of_fold[0]["cases"],
+                "over_seeds": _over_seeds(of_fold),
+            }
+        )
+    sources = [f"fold {fold}" for fold in folds]
+    return {
+        "folds": folds,
+        "n_folds": n_folds,
+        "cases": per_seed[0]["cases"],
+        "method": CROSS_VALIDATION_INTERVALS,
+        "per_seed": per_seed,
+        "over_seeds": {
+            m: over_runs([entry["metrics"][m] for entry in per_seed], [f"seed {s}" for s in seeds], m)
+            for m in metrics
+        },
+        "per_fold": per_fold,
+        "over_folds": {
+            m: over_runs(
+                [_number(entry["over_seeds"].get(m, {}).get("mean")) for entry in per_fold], sources, m
+            )
+            for m in metrics
+        },
+    }
+
+
+def _pooled(metrics: list[str], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One seed's per-case values of every fold pooled: ``{"seed", "cases", "metrics": {metric: mean}}``."""
+    from medvol.report.read import read_segmentation_cases
+
+    scored: dict[str, int] = {}
+    values: dict[str, list[float]] = {m: [] for m in metrics}
+    for run in runs:
+        evaluation = EvaluationFolder(Path(run["run_dir"]) / run["evaluations"][0])
+        for case_id, classes in read_segmentation_cases(evaluation).items():
+            if case_id in scored:
+                raise MedvolError(
+                    evaluation.cases,
+                    f"case {case_id} is scored in folds {scored[case_id]} and {run['fold']}: the folds' "
+                    "validation cases overlap, so they cannot be pooled",
+                )
+            scored[case_id] = run["fold"]
+            for m in metrics:
+                metric, _, value = m.rpartition("_")
+                values[m].append((classes.get(value) or {}).get(metric, math.nan))
+    return {
+        "seed": runs[0]["seed"],
+        "cases": len(scored),
+        "metrics": {m: _nanmean(v) for m, v in values.items()},
+    }
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values (NaN when there are none)."""
+    import numpy as np
+
+    array = np.asarray(values, dtype=float)
+    return float(np.mean(array[np.isfinite(array)])) if np.isfinite(array).any() else math.nan
 
 
 def _seed_entry(study: Study, seed: int, run: RunFolder, evaluation: EvaluationFolder) -> dict[str, Any]:
@@ -293,6 +511,7 @@ def _seed_entry(study: Study, seed: int, run: RunFolder, evaluation: EvaluationF
         "evaluations": [evaluation.path.name],
         "train_seconds": _train_seconds(run.path),
         "epoch": summary.get("epoch"),
+        "cases": summary.get("n_cases"),
         "metrics": {m: _seed_metric(summary, m) for m in study.metrics},
     }
     if _chooses_threshold(study, summary):
@@ -623,26 +842,11 @@ def format_results(results: dict[str, Any], title: bool = True) -> str:
             "",
         ]
     lines += ["| | " + " | ".join(labels.get(m, m) for m in metrics) + " |", "|---|" + "---|" * len(metrics)]
-    count = len(results["seeds"])
     over = results["over_seeds"]
-    lines.append(
-        f"| medvol, mean over {_count(count, 'seed')} [95% t-interval] | "
-        + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
-        + " |"
-    )
-    if count > 1:
-        lines.append(
-            f"| medvol, lowest – highest of {count} seeds | "
-            + " | ".join(_range_cell(over.get(m) or {}) for m in metrics)
-            + " |"
-        )
-    for run in results["runs"]:
-        cells = [
-            format_interval(*(run["metrics"][m].get(k) for k in ("estimate", "low", "high"))) for m in metrics
-        ]
-        lines.append(
-            f"| seed {run['seed']} [95% bootstrap interval over cases] | " + " | ".join(cells) + " |"
-        )
+    if results.get("cross_validation"):
+        lines += _cross_validation_rows(results, metrics)
+    else:
+        lines += _seed_rows(results, metrics)
     baseline = results.get("baseline")
     if baseline:
         counts = baseline["train_counts"]
@@ -663,22 +867,112 @@ def format_results(results: dict[str, Any], title: bool = True) -> str:
     lines.append("")
     if any((over.get(m) or {}).get("clipped") for m in metrics):
         lines += ["† The t-interval reached outside the metric's range and was clipped to it.", ""]
+    if results.get("cross_validation"):
+        lines += [CROSS_VALIDATION_NOTE, ""]
     for number, key in enumerate(keys, start=1):
         lines += [f"[{number}] {(published.get('sources') or {}).get(key, key)}", ""]
     for data in results.get("data", []):
         checked = "verified" if data["verified"] else "not verified: extracted without medvol"
         what = f"archive {data['archive']}" if data["archive"] else data["path"]
         lines += [f"Data: `{data['path']}` in the data folder ({what}, MD5 {data['md5']}, {checked}).", ""]
-    times = ", ".join(f"seed {r['seed']}: {r['train_seconds'] / 60:.1f} min" for r in results["runs"])
-    epochs = ", ".join(f"seed {r['seed']}: {r['epoch']}" for r in results["runs"])
+    times = ", ".join(f"{_run_label(r)}: {r['train_seconds'] / 60:.1f} min" for r in results["runs"])
+    epochs = ", ".join(f"{_run_label(r)}: {r['epoch']}" for r in results["runs"])
     lines += [f"Training time (sum of epoch times): {times}. Evaluated epochs: {epochs}.", ""]
     return "\n".join(lines)
+
+
+def _seed_rows(results: dict[str, Any], metrics: list[str]) -> list[str]:
+    """The mean over seeds, the lowest and highest seed, and each seed's row."""
+    count = len(results["seeds"])
+    over = results["over_seeds"]
+    lines = [
+        f"| medvol, mean over {_count(count, 'seed')} [95% t-interval] | "
+        + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
+        + " |"
+    ]
+    if count > 1:
+        lines.append(
+            f"| medvol, lowest – highest of {count} seeds | "
+            + " | ".join(_range_cell(over.get(m) or {}) for m in metrics)
+            + " |"
+        )
+    for run in results["runs"]:
+        lines.append(
+            f"| seed {run['seed']} [95% bootstrap interval over cases] | {_run_cells(run, metrics)} |"
+        )
+    return lines
+
+
+def _cross_validation_rows(results: dict[str, Any], metrics: list[str]) -> list[str]:
+    """The pooled mean of the folds run (how many of how many in its label), its spread, each fold."""
+    cv = results["cross_validation"]
+    folds, n_folds, count = cv["folds"], cv["n_folds"], len(results["seeds"])
+    listed = ", ".join(map(str, folds))
+    what = (
+        f"{n_folds}-fold cross-validation (folds {listed})"
+        if len(folds) == n_folds
+        else f"{len(folds)} of {n_folds} folds (folds {listed}; not a {n_folds}-fold mean)"
+    )
+    over, spread = results["over_seeds"], cv["over_folds"]
+    lines = [
+        f"| medvol, {what}: per-case mean over the {cv['cases']} pooled validation cases, mean over "
+        f"{_count(count, 'seed')} [95% t-interval over seeds] | "
+        + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
+        + " |"
+    ]
+    if len(folds) > 1:
+        lines.append(
+            f"| medvol, lowest – highest of the {len(folds)} folds (fold means over seeds) | "
+            + " | ".join(_range_cell(spread.get(m) or {}) for m in metrics)
+            + " |"
+        )
+    if count > 1:
+        lines.append(
+            f"| medvol, lowest – highest of {count} seeds (pooled means) | "
+            + " | ".join(_range_cell(over.get(m) or {}) for m in metrics)
+            + " |"
+        )
+    for fold in cv["per_fold"]:
+        name = f"fold {fold['fold']} ({fold['cases']} case{'' if fold['cases'] == 1 else 's'})"
+        if count == 1:
+            run = next(r for r in results["runs"] if r["fold"] == fold["fold"])
+            cells = _run_cells(run, metrics)
+            lines.append(f"| {name} [95% bootstrap interval over cases] | {cells} |")
+            continue
+        cells = " | ".join(_fold_cell(fold["over_seeds"].get(m) or {}) for m in metrics)
+        lines.append(f"| {name}, mean over {count} seeds (lowest – highest seed) | {cells} |")
+    return lines
+
+
+def _run_cells(run: dict[str, Any], metrics: list[str]) -> str:
+    """One run's value of each metric with its bootstrap interval over cases."""
+    return " | ".join(
+        format_interval(*(run["metrics"][m].get(k) for k in ("estimate", "low", "high"))) for m in metrics
+    )
+
+
+def _fold_cell(entry: dict[str, Any]) -> str:
+    if entry.get("mean") is None:
+        return "undefined"
+    return f"{entry['mean']:.4f} ({_range_cell(entry)})"
+
+
+def _run_label(run: dict[str, Any]) -> str:
+    return f"seed {run['seed']}" if run.get("fold") is None else f"fold {run['fold']} seed {run['seed']}"
 
 
 def _scored_line(results: dict[str, Any]) -> str:
     """How many times the held-out cases were scored, and for which recipes."""
     evaluated = results["evaluated"]
     seeds = len(results["seeds"])
+    cv = results.get("cross_validation")
+    if cv:
+        return (
+            "**Scored: the validation cases of each fold, once per fold and seed "
+            f"({_count(len(cv['folds']), 'fold')} × {_count(seeds, 'seed')}), "
+            f"checkpoint {evaluated['checkpoint']}.** "
+            "The study has no test split."
+        )
     if evaluated["split"] != "test" or evaluated["cases"]:
         return (
             f"**Scored: the {evaluated['cases'] or SPLIT_NAMES.get(evaluated['split'], evaluated['split'])} "

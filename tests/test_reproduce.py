@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -181,3 +184,132 @@ def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_pa
     assert "Scored: the validation cases, once per seed (1 seed), checkpoint last" in table
     assert "baseline" in results and results["baseline"] is None
     assert not (out / "test-evaluations.json").exists()
+
+
+TINY_UNET = (
+    "data.num_workers=0",
+    "data.patch_size=[32,32,32]",
+    "train.epochs=1",
+    "train.val_every=1",
+    "model.options.base_filters=4",
+    "model.options.num_levels=3",
+)
+# Seven cases in nnU-Net's five folds: folds 0 and 1 validate on 2 cases each, folds 2 to 4 on 1.
+FOLD_CASES = ("001", "003", "004", "006", "007", "008", "011")
+
+
+@pytest.fixture(scope="module")
+def two_folds(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """``--folds 2``, then ``--folds 0,2`` into the same folder (fold 2 resumed), one seed each.
+
+    Returns the output folder, the arguments (without ``--folds``), what the second command
+    printed, and fold 2's checkpoint time before it.
+    """
+    root = tmp_path_factory.mktemp("folds")
+    data = copy_hippocampus_pairs(shared_data, root / "hippo", FOLD_CASES)
+    out = root / "repro"
+    arguments = ["reproduce", "hippocampus", "--seeds", "1", "--out", str(out)]
+    for override in (f"data.root={data}", *TINY_UNET):
+        arguments += ["--set", override]
+    assert main([*arguments, "--folds", "2"]) == 0
+    checkpoint = out / "runs" / "hippocampus-cpu-fold2-seed0" / "checkpoints" / "last.pt"
+    before = checkpoint.stat().st_mtime_ns
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        assert main([*arguments, "--folds", "0,2"]) == 0
+    return {"out": out, "arguments": arguments, "shown": shown.getvalue(), "fold2_mtime": before}
+
+
+def _per_case(evaluation: Path, column: str) -> dict[str, float]:
+    """``{case_id: value}`` of class ``column`` (``"1"``) from an evaluation's ``cases.csv``."""
+    with open(evaluation / "cases.csv", newline="") as handle:
+        return {
+            row["case_id"]: float(row["dice"]) for row in csv.DictReader(handle) if row["class"] == column
+        }
+
+
+def test_two_folds_give_a_row_each_and_the_mean_pooled_over_their_cases(two_folds: dict) -> None:
+    from medvol.data.splits import nnunet_folds
+    from medvol.reproduce import format_results
+
+    out = two_folds["out"]
+    results = json.loads((out / "results.json").read_text())
+    assert [(run["fold"], run["seed"]) for run in results["runs"]] == [(0, 0), (2, 0)]
+    expected = nnunet_folds([f"hippocampus_{case}" for case in FOLD_CASES])
+    cv = results["cross_validation"]
+    assert (cv["folds"], cv["n_folds"], cv["cases"]) == ([0, 2], 5, 3)
+    for run, fold in zip(results["runs"], cv["per_fold"], strict=True):
+        evaluation = Path(run["run_dir"]) / "reproduce-val"
+        assert sorted(_per_case(evaluation, "1")) == sorted(expected[run["fold"]]["val"])
+        summary = json.loads((evaluation / "summary.json").read_text())
+        assert fold["over_seeds"]["dice_1"]["mean"] == summary["metrics"]["1"]["dice"]["mean"]
+    for metric, column in (("dice_1", "1"), ("dice_2", "2")):
+        folds = [_per_case(Path(run["run_dir"]) / "reproduce-val", column) for run in results["runs"]]
+        pooled = [value for fold in folds for value in fold.values()]
+        assert results["over_seeds"][metric]["mean"] == pytest.approx(np.mean(pooled))
+        # 2 cases and 1 case: the pooled mean weights each case, not each fold.
+        assert results["over_seeds"][metric]["mean"] != pytest.approx(
+            np.mean([np.mean(list(fold.values())) for fold in folds])
+        )
+    table = (out / "results.md").read_text()
+    assert (
+        "| medvol, 2 of 5 folds (folds 0, 2; not a 5-fold mean): per-case mean over the 3 pooled "
+        "validation cases, mean over 1 seed [95% t-interval over seeds] |" in table
+    )
+    assert "| fold 0 (2 cases) [95% bootstrap interval over cases] |" in table
+    assert "| fold 2 (1 case) [95% bootstrap interval over cases] |" in table
+    assert "| medvol, lowest – highest of the 2 folds (fold means over seeds) |" in table
+    assert "Scored: the validation cases of each fold, once per fold and seed (2 folds × 1 seed)" in table
+    assert "nan" not in table and "medvol, 5-fold" not in table
+    assert table == format_results(results)  # what docs/generate.py renders from results.json
+
+
+def test_folds_resume_without_training_or_evaluating_again(
+    two_folds: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, arguments = two_folds["out"], two_folds["arguments"]
+    assert "[hippocampus fold 2 seed 0] already evaluated" in two_folds["shown"]
+    assert "[hippocampus fold 0 seed 0] training" in two_folds["shown"]
+    checkpoints = [
+        out / "runs" / f"hippocampus-cpu-fold{fold}-seed0" / "checkpoints" / "last.pt" for fold in (0, 2)
+    ]
+    assert checkpoints[1].stat().st_mtime_ns == two_folds["fold2_mtime"]
+    before = [path.stat().st_mtime_ns for path in checkpoints]
+    capsys.readouterr()
+    assert main([*arguments, "--folds", "0,2"]) == 0
+    shown = capsys.readouterr().out
+    assert "[hippocampus fold 0 seed 0] already evaluated" in shown
+    assert "[hippocampus fold 2 seed 0] already evaluated" in shown
+    assert "seed 0] training" not in shown and "reproduce hippocampus: 2/2 runs (100%)" in shown
+    assert [path.stat().st_mtime_ns for path in checkpoints] == before
+
+
+def test_a_recipe_without_folds_refuses_them(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "repro"
+    assert main(["reproduce", "adrenalmnist3d", "--folds", "0-4", "--out", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "adrenalmnist3d-resnet18-cpu.yaml: --folds needs a recipe split into folds" in error
+    assert "split.method 'official'" in error
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("folds", "message"),
+    [
+        ("a", "--folds 'a': give fold numbers from 0, e.g. 0-4 or 0,2 (not 'a')"),
+        ("-1", "--folds '-1': give fold numbers from 0"),
+        ("0,", "--folds '0,': give fold numbers from 0, e.g. 0-4 or 0,2 (not '')"),
+        ("4-1", "--folds '4-1': the range 4-1 runs backwards (1-4?)"),
+        ("0-2,2", "--folds '0-2,2': fold(s) 2 given twice"),
+        ("3-5", "hippocampus-unet-cpu.yaml: --folds names fold(s) 5, but the split has 5 folds (0-4)"),
+    ],
+)
+def test_bad_folds_are_named_in_one_line(
+    folds: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "repro"
+    assert main(["reproduce", "hippocampus", "--folds", folds, "--out", str(out)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and message in error
+    assert not out.exists()

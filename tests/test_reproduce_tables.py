@@ -17,7 +17,7 @@ from medvol.evaluation.classification import (
     scores_at_threshold,
 )
 from medvol.metrics import balanced_accuracy, mean_ci
-from medvol.reproduce import format_results, load_study, record_test_evaluations
+from medvol.reproduce import cross_validation, format_results, load_study, record_test_evaluations
 
 # Six validation cases, by decreasing class-1 probability:
 #   p      0.8  0.6  0.4  0.35  0.2  0.1
@@ -205,3 +205,105 @@ def test_a_damaged_record_of_test_evaluations_is_named_not_overwritten(tmp_path:
         "record": "test-evaluations.json",
         "by_recipe": [],
     }
+
+
+# Two folds, two seeds, Dice per case (class 1, class 2); case c's class 2 is undefined in seed 0:
+#   seed 0: fold 0 a (0.9, 0.8), b (0.7, 0.6); fold 1 c (0.5, nan)
+#   seed 1: fold 0 a (0.8, 0.7), b (0.6, 0.5); fold 1 c (0.9, 0.4)
+# Pooled per seed (mean over the three cases, nan left out):
+#   Dice 1: seed 0 (0.9 + 0.7 + 0.5) / 3 = 0.7 (the mean of fold means would be 0.65); seed 1 2.3 / 3
+#   Dice 2: seed 0 (0.8 + 0.6) / 2 = 0.7; seed 1 1.6 / 3
+# Fold means over seeds, Dice 1: fold 0 (0.8 + 0.7) / 2 = 0.75, fold 1 (0.5 + 0.9) / 2 = 0.7.
+# Dice 1 over seeds: mean 0.7333, t-interval 0.7333 ± 12.706 · 0.0471 / √2 = [0.3098, 1.1569], clipped to 1.
+CV_CASES = {
+    (0, 0): {"a": (0.9, 0.8), "b": (0.7, 0.6)},
+    (1, 0): {"c": (0.5, math.nan)},
+    (0, 1): {"a": (0.8, 0.7), "b": (0.6, 0.5)},
+    (1, 1): {"c": (0.9, 0.4)},
+}
+
+
+def _cv_runs(root: Path, cases: dict = CV_CASES) -> list[dict]:
+    """``results.json`` run entries with a ``cases.csv`` each, as ``--folds 0,1 --seeds 2`` writes them."""
+    runs = []
+    for (fold, seed), scores in cases.items():
+        evaluation = root / f"fold{fold}-seed{seed}" / "reproduce-val"
+        evaluation.mkdir(parents=True)
+        rows = [f"{case},{c + 1},{values[c]!r}" for case, values in scores.items() for c in (0, 1)]
+        (evaluation / "cases.csv").write_text("case_id,class,dice\n" + "\n".join(rows) + "\n")
+        defined = [[v[c] for v in scores.values() if not math.isnan(v[c])] for c in (0, 1)]
+        means = {f"dice_{c}": float(np.mean(d)) if d else math.nan for c, d in enumerate(defined, 1)}
+        runs.append(
+            {
+                "fold": fold,
+                "seed": seed,
+                "run_dir": str(evaluation.parent),
+                "evaluations": [evaluation.name],
+                "cases": len(scores),
+                "epoch": 50,
+                "train_seconds": 300.0,
+                "metrics": {m: {"estimate": v, "low": None, "high": None} for m, v in means.items()},
+            }
+        )
+    return sorted(runs, key=lambda run: (run["fold"], run["seed"]))
+
+
+def test_cross_validation_pools_the_cases_of_every_fold_per_seed(tmp_path: Path) -> None:
+    cv = cross_validation(["dice_1", "dice_2"], _cv_runs(tmp_path), 5)
+    assert (cv["folds"], cv["n_folds"], cv["cases"]) == ([0, 1], 5, 3)
+    assert [entry["metrics"]["dice_1"] for entry in cv["per_seed"]] == pytest.approx([0.7, 2.3 / 3])
+    assert [entry["metrics"]["dice_2"] for entry in cv["per_seed"]] == pytest.approx([0.7, 1.6 / 3])
+    over = cv["over_seeds"]["dice_1"]
+    assert over["mean"] == pytest.approx((0.7 + 2.3 / 3) / 2)
+    assert over["high"] == 1.0 and over["clipped"]  # two seeds: the t-interval passes 1
+    assert [fold["over_seeds"]["dice_1"]["mean"] for fold in cv["per_fold"]] == pytest.approx([0.75, 0.7])
+    assert (cv["over_folds"]["dice_1"]["min"], cv["over_folds"]["dice_1"]["max"]) == pytest.approx(
+        (0.7, 0.75)
+    )
+    overlapping = {**CV_CASES, (1, 0): {"a": (0.5, 0.5)}}
+    with pytest.raises(
+        MedvolError, match="case a is scored in folds 0 and 1: the folds' validation cases overlap"
+    ):
+        cross_validation(["dice_1"], _cv_runs(tmp_path / "overlap", overlapping), 5)
+
+
+def _cv_results(root: Path, n_folds: int) -> dict:
+    study = load_study("hippocampus")
+    runs = _cv_runs(root)
+    cv = cross_validation(study.metrics, runs, n_folds)
+    return {
+        "study": study.name,
+        "budget": "cpu",
+        "description": study.description,
+        "overrides": [],
+        "protocol_changed": False,
+        "evaluated": {"split": "val", "cases": None, "checkpoint": "last"},
+        "seeds": [0, 1],
+        "runs": runs,
+        "over_seeds": cv.pop("over_seeds"),
+        "cross_validation": cv,
+        "baseline": None,
+        "published": study.published,
+        "labels": study.labels,
+        "data": [],
+    }
+
+
+def test_the_table_says_how_many_folds_the_mean_is_of(tmp_path: Path) -> None:
+    table = format_results(_cv_results(tmp_path / "of5", 5))
+    assert (
+        "| medvol, 2 of 5 folds (folds 0, 1; not a 5-fold mean): per-case mean over the 3 pooled "
+        "validation cases, mean over 2 seeds [95% t-interval over seeds] | **0.7333 [0.3098, 1.0000]**† |"
+        in table
+    )
+    assert "| medvol, lowest – highest of the 2 folds (fold means over seeds) | 0.7000 – 0.7500 |" in table
+    assert "| medvol, lowest – highest of 2 seeds (pooled means) | 0.7000 – 0.7667 |" in table
+    assert (
+        "| fold 1 (1 case), mean over 2 seeds (lowest – highest seed) | 0.7000 (0.5000 – 0.9000) |" in table
+    )
+    assert "Cross-validation mean as nnU-Net's cross-validation summary computes it" in table
+    assert "Training time (sum of epoch times): fold 0 seed 0: 5.0 min, fold 0 seed 1: 5.0 min" in table
+    assert "medvol, 5-fold" not in table
+    whole = format_results(_cv_results(tmp_path / "of2", 2))
+    assert "| medvol, 2-fold cross-validation (folds 0, 1): per-case mean over the 3 pooled" in whole
+    assert "not a" not in whole
