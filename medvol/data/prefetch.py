@@ -16,9 +16,10 @@ dataset, so every random draw of the sampler, the patch sampler and the
 per-sample augmenter happens in the same order as without the thread.
 With DataLoader workers there is nothing to add: they already read ahead.
 
-On a CPU the trainer also hands the thread the batched augmentation
-(``augment.where: batch``), so it overlaps with the model's step as well;
-on a GPU the augmentation stays in the training thread, on the GPU.
+The batched augmentation (``augment.where: batch``) stays in the training
+thread on every device: on a 2-core CPU, running it in this thread as well
+made training slower (it competed with the model's operators for the cores;
+``docs/benchmarks-training.md``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -433,17 +432,16 @@ def _epoch_batches(
     loader: DataLoader[Any], augment: BatchAugmenter | None, config: ExperimentConfig, runtime: Runtime
 ) -> tuple[Any, BatchAugmenter | None]:
     """The epoch's batches (a context manager to iterate over) and the augmenter the training
-    thread still has to apply.
+    thread applies to them.
 
-    With ``data.prefetch`` and no loader workers, a background thread reads the next batches
-    while the model computes (``medvol.data.prefetch``); on a CPU it applies the batched
-    augmentation too, which then overlaps the step as well (on a GPU the augmentation stays in
-    the training thread, on the GPU). Otherwise: the loader (its workers read ahead) and ``augment``.
+    With ``data.prefetch`` and no loader workers, a background thread reads, crops and
+    collates the next batches while the model computes (``medvol.data.prefetch``); the
+    batched augmentation stays in the training thread on every device (in the thread it
+    competed with the model's operators for the cores: 0.90× on the 2-core machine of
+    ``docs/benchmarks-training.md``). Otherwise: the loader (its workers read ahead).
     """
     if not (config.data.prefetch and config.data.num_workers == 0):
         return nullcontext(loader), augment
-    if runtime.device.type == "cpu" and augment is not None:
-        return Prefetcher(loader, 2, runtime.device, partial(augment_batch, augment)), None
     return Prefetcher(loader, 2, runtime.device), augment
 
 
