@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -57,9 +57,6 @@ class Prefetcher(Generic[T]):
         depth: batches kept ready (the thread holds one more while it waits).
         device: the training device; on CUDA the thread uses it as its
             current device, so pinning creates no context on another GPU.
-        transform: applied to each batch in the thread (the trainer passes the
-            batched augmentation on a CPU); it must draw from its own random
-            streams, as ``medvol.augment.batched.BatchAugmenter`` does.
     """
 
     def __init__(
@@ -67,7 +64,6 @@ class Prefetcher(Generic[T]):
         batches: Iterable[T],
         depth: int = 2,
         device: torch.device | None = None,
-        transform: Callable[[T], T] | None = None,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be at least 1, got {depth}")
@@ -76,7 +72,6 @@ class Prefetcher(Generic[T]):
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._device = device
-        self._transform = transform
         self._thread = threading.Thread(target=self._read, name=THREAD_NAME, daemon=True)
         self._thread.start()
 
@@ -116,8 +111,6 @@ class Prefetcher(Generic[T]):
             if self._device is not None and self._device.type == "cuda":
                 torch.cuda.set_device(self._device)
             for batch in self._iterator:
-                if self._transform is not None:
-                    batch = self._transform(batch)
                 if not self._put(batch):
                     return
             self._put(_END)
