@@ -801,9 +801,8 @@ def run_predict(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from medvol.export import export_run
-
     from medvol.errors import MedvolError
+    from medvol.export import export_run
     from medvol.export.quantize import CALIBRATION_CASES
 
     if args.calibration_cases is not None and not args.int8:
