@@ -8,10 +8,10 @@ uint8 per tensor, their ranges from MinMax calibration.
 
 Calibration inputs are ``CALIBRATION_CASES`` cases of the run's **training**
 split, drawn with ``CALIBRATION_SEED`` and prepared exactly as inference
-prepares them (a segmenter's every sliding window of each case; a
-classifier's whole input). Validation and test cases are never read: they
-stay held out for measuring what quantisation costs
-(``benchmarks/bench_quantize.py``).
+prepares them (a segmenter's sliding windows, up to ``WINDOWS_PER_CASE`` of
+each case, drawn with the same seed; a classifier's whole input). Validation
+and test cases are never read: they stay held out for measuring what
+quantisation costs (``benchmarks/bench_quantize.py``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ logger = get_logger(__name__)
 CALIBRATION_CASES = 16
 """Training cases whose inputs calibrate the activation ranges (all of them when the run has fewer)."""
 CALIBRATION_SEED = 0
-"""Seed of the draw of calibration cases (``numpy.random.default_rng``)."""
+"""Seed of the draw of calibration cases and windows (``numpy.random.default_rng``)."""
+WINDOWS_PER_CASE = 8
+"""A segmenter's sliding windows kept per calibration case (drawn when a case has more)."""
+INTERMEDIATE_OUTPUTS = 4
+"""Calibration inputs whose activations are held at once while ranges are computed (memory)."""
 QDQ_MIN_OPSET = 13
 """Per-channel QuantizeLinear / DequantizeLinear (their ``axis``) need ONNX opset 13 or newer."""
 METHOD = {
@@ -119,10 +123,14 @@ def scan_calibration(trained: TrainedModel, count: int, seed: int) -> Calibratio
         raise MedvolError(root, f"training case(s) {', '.join(missing[:3])} not found for int8 calibration")
     inputs: list[np.ndarray] = []
     for case_id in ids:
-        prepared = prepare_input(trained, load_images(by_id[case_id])).array
-        inputs.extend(network_inputs(trained, prepared))
+        windows = network_inputs(trained, prepare_input(trained, load_images(by_id[case_id])).array)
+        kept = np.random.default_rng(seed).choice(
+            len(windows), min(WINDOWS_PER_CASE, len(windows)), replace=False
+        )
+        inputs.extend(windows[i] for i in sorted(kept))
     segmenter = trained.task.output == "segmentation"
-    return Calibration(ids, inputs, "every sliding window of a case" if segmenter else "one case")
+    described = f"a sliding window of a case (up to {WINDOWS_PER_CASE} per case)" if segmenter else "one case"
+    return Calibration(ids, inputs, described)
 
 
 def network_inputs(trained: TrainedModel, prepared: np.ndarray) -> list[np.ndarray]:
@@ -178,6 +186,7 @@ def quantize_network(fp32: Path, int8: Path, calibration: Calibration, opset: in
                 activation_type=quantization.QuantType.QUInt8,
                 weight_type=quantization.QuantType.QInt8,
                 calibrate_method=quantization.CalibrationMethod.MinMax,
+                extra_options={"CalibMaxIntermediateOutputs": INTERMEDIATE_OUTPUTS},
             )
     except Exception as error:  # onnxruntime raises its own and plain exception types
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
