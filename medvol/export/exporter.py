@@ -3,9 +3,10 @@
 The network is exported by torch's ``torch.export``-based ONNX exporter
 (``dynamo=True``, the exporter torch maintains; the TorchScript one is
 deprecated), checked with ``onnx.checker``, and run once by ONNX Runtime on a
-random batch whose logits must agree with torch's. The package is written into
-a temporary folder beside ``OUT`` and renamed into place, so ``OUT`` is either
-absent or whole.
+random batch whose logits must agree with torch's. With ``int8`` the checked
+network is then quantised by ONNX Runtime, calibrated on training cases
+(``medvol.export.quantize``). The package is written into a temporary folder
+beside ``OUT`` and renamed into place, so ``OUT`` is either absent or whole.
 """
 
 from __future__ import annotations
@@ -29,6 +30,14 @@ import numpy as np
 from medvol.engine.run_folder import Checkpoint
 from medvol.errors import MedvolError
 from medvol.export.package import FORMAT, FORMAT_VERSION, PackageFolder, preprocess_record
+from medvol.export.quantize import (
+    CALIBRATION_CASES,
+    CALIBRATION_SEED,
+    Calibration,
+    calibration_data,
+    quantization_record,
+    quantize_network,
+)
 from medvol.export.runtime import OnnxNetwork, import_onnxruntime, open_session
 from medvol.io.atomic import file_sha256, host_tag, write_json
 from medvol.logs import get_logger
@@ -55,13 +64,23 @@ class ExportCheck:
 
 
 def export_run(
-    run_dir: str | Path, out: str | Path, checkpoint: Checkpoint = "best", overwrite: bool = False
+    run_dir: str | Path,
+    out: str | Path,
+    checkpoint: Checkpoint = "best",
+    overwrite: bool = False,
+    int8: bool = False,
+    calibration_cases: int = CALIBRATION_CASES,
 ) -> Path:
     """Write the model package of ``run_dir`` to ``out`` (see ``medvol.export.package``).
 
+    Args:
+        int8: quantise the network to int8 (``medvol.export.quantize``),
+            calibrated on ``calibration_cases`` training cases of the run.
+
     Raises:
         MedvolError: not a run folder or no checkpoint; ``out`` exists (without
-            ``overwrite``); the export or its check against torch failed.
+            ``overwrite``); the export or its check against torch failed; with
+            ``int8``, the training cases cannot be read or the quantisation failed.
     """
     from medvol.engine.inference import load_trained
 
@@ -72,23 +91,36 @@ def export_run(
     if missing:
         raise MedvolError(None, f"medvol export needs {', '.join(missing)}: pip install 'medvol[export]'")
     trained = load_trained(run_dir, checkpoint, device="cpu")
+    calibration = calibration_data(trained, calibration_cases, CALIBRATION_SEED) if int8 else None
     temporary = out.with_name(f".{out.name}.tmp-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         temporary.mkdir(parents=True)
-        write_package(trained, PackageFolder(temporary))
+        write_package(trained, PackageFolder(temporary), calibration, calibration_cases)
         replace_folder(temporary, out)
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return out
 
 
-def write_package(trained: TrainedModel, package: PackageFolder) -> None:
-    """The network, its check, the config, the model card and the spec (last) into ``package``."""
-    export_network(trained, package.network)
-    check = check_network(trained, package.network)
+def write_package(
+    trained: TrainedModel,
+    package: PackageFolder,
+    calibration: Calibration | None = None,
+    calibration_cases: int = CALIBRATION_CASES,
+) -> None:
+    """The network (quantised with ``calibration``), its check, the config, the model card and the
+    spec (last) into ``package``."""
+    fp32 = package.path / "model-fp32.onnx" if calibration else package.network
+    export_network(trained, fp32)
+    check = check_network(trained, fp32)
+    quantization = None
+    if calibration is not None:
+        difference = quantize_network(fp32, package.network, calibration, OPSET, INPUT_NAME)
+        quantization = quantization_record(calibration, calibration_cases, CALIBRATION_SEED, difference)
+        fp32.unlink()
     shutil.copyfile(trained.run.config, package.config)
     package.card.write_text(model_card(trained))
-    write_json(package.spec, package_spec(trained, package, check), allow_nan=False)
+    write_json(package.spec, package_spec(trained, package, check, quantization), allow_nan=False)
 
 
 def export_network(trained: TrainedModel, path: Path) -> None:
@@ -215,8 +247,17 @@ def model_card(trained: TrainedModel) -> str:
     return render_markdown(model_card(read_run(trained.run_dir)))
 
 
-def package_spec(trained: TrainedModel, package: PackageFolder, check: ExportCheck) -> dict[str, Any]:
-    """``model.json``: what a predictor must do to predict what ``medvol predict`` predicts."""
+def package_spec(
+    trained: TrainedModel,
+    package: PackageFolder,
+    check: ExportCheck,
+    quantization: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``model.json``: what a predictor must do to predict what ``medvol predict`` predicts.
+
+    ``model.export_check`` is the fp32 network's check against torch;
+    ``model.quantization`` (``None`` for fp32) says how an int8 network was made.
+    """
     import onnx
     import torch
 
@@ -260,6 +301,8 @@ def package_spec(trained: TrainedModel, package: PackageFolder, check: ExportChe
             "file": package.network.name,
             "sha256": file_sha256(package.network),
             "opset": OPSET,
+            "precision": "fp32" if quantization is None else "int8",
+            "quantization": quantization,
             "input": {"name": INPUT_NAME, "shape": ["batch", spec.channels, *axes(spec, segmenter)]},
             "output": {"name": OUTPUT_NAME, "classes": spec.num_classes},
             "architecture": config.model.name,

@@ -6,6 +6,7 @@
       model.json      the spec (FORMAT_VERSION): task, classes, input, preprocessing,
                       normaliser, sliding windows, the network file's SHA-256, provenance
       model.onnx      the network: images (B, C, X, Y, Z) float32 → logits
+                      (fp32, or int8 QDQ with --int8: model.precision, model.quantization)
       config.yaml     the run's resolved config, read back with the typed loader
       MODEL_CARD.md   the run's model card (``medvol report``'s)
 

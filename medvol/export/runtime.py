@@ -12,7 +12,8 @@ runs the network:
   its network exported to ONNX and run by ONNX Runtime
   (``medvol predict --engine onnxruntime``).
 
-ONNX Runtime runs on the CPU, in fp32.
+ONNX Runtime runs on the CPU, the network as the package holds it: fp32, or
+int8 QDQ (``medvol export --int8``, ``medvol.export.quantize``).
 """
 
 from __future__ import annotations
