@@ -73,7 +73,8 @@ HELP_WIDTH = 88
 END_MARKER = "<!-- END GENERATED -->"
 BEGIN_PATTERN = re.compile(r"<!-- BEGIN GENERATED: [^\n]*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL)
 RESULTS_BLOCK = re.compile(
-    r"<!-- BEGIN GENERATED: (results/[\w.-]+/results\.json)\b[^\n]*? -->\n.*?" + re.escape(END_MARKER), re.DOTALL
+    r"<!-- BEGIN GENERATED: (results/[\w.-]+/results\.json)\b[^\n]*? -->\n.*?" + re.escape(END_MARKER),
+    re.DOTALL,
 )
 
 #: Descriptions of config keys that have neither a ``Field(description=...)`` nor
