@@ -160,6 +160,27 @@ def adrenal_files(folder: Path, count: int) -> list[Path]:
 # ------------------------------------------------------------------- per scan
 
 
+def scan_loop(trained: TrainedModel, volumes: list[Any]) -> Callable[[], None]:
+    """A call that predicts every volume: ``segment`` or ``classify_scan`` by the model's task."""
+    segmenter = trained.task.output == "segmentation"
+
+    def run() -> None:
+        for volume in volumes:
+            segment(trained, volume) if segmenter else classify_scan(trained, volume)
+
+    return run
+
+
+def forward_loop(trained: TrainedModel, batch: Any, calls: int = 10) -> Callable[[], None]:
+    """A call that runs the network alone ``calls`` times on ``batch``."""
+
+    def run() -> None:
+        for _ in range(calls):
+            trained.network(batch)
+
+    return run
+
+
 def threaded(threads: int, call: Callable[[], object]) -> Callable[[], object]:
     def run() -> object:
         previous = torch.get_num_threads()
@@ -184,22 +205,8 @@ def per_scan(
     else:
         batch = prepare_input(first, volumes[0]).array[None]
 
-    def whole(trained: TrainedModel) -> Callable[[], object]:
-        def run() -> None:
-            for volume in volumes:
-                segment(trained, volume) if segmenter else classify_scan(trained, volume)
-
-        return run
-
-    def network(trained: TrainedModel) -> Callable[[], object]:
-        def run() -> None:
-            for _ in range(10):
-                trained.network(batch)
-
-        return run
-
-    calls = {name: threaded(threads, whole(trained)) for name, trained in engines.items()}
-    forward = {name: threaded(threads, network(trained)) for name, trained in engines.items()}
+    calls = {name: threaded(threads, scan_loop(trained, volumes)) for name, trained in engines.items()}
+    forward = {name: threaded(threads, forward_loop(trained, batch)) for name, trained in engines.items()}
     result = summarize(time_calls(calls, repeats), "torch_eager", len(volumes))
     network_only = summarize(time_calls(forward, repeats), "torch_eager", 10)
     logits = [trained.network(batch) for trained in engines.values()]

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_export import forward_loop, scan_loop
 from bench_io import time_calls
 from common import environment, finish_report, make_log, stdout_to_stderr
 
@@ -54,7 +55,6 @@ from medvol.data.cases import load_case
 from medvol.engine.inference import (
     TrainedModel,
     classify,
-    classify_scan,
     load_trained,
     prepare_input,
     segment,
@@ -261,23 +261,9 @@ def speed(models: dict[str, TrainedModel], volumes: list[Volume], repeats: int) 
     prepared = prepare_input(first, volumes[0]).array
     batch = np.concatenate((network_inputs(first, prepared) * 4)[:4]) if segmenter else prepared[np.newaxis]
 
-    def whole(trained: TrainedModel) -> Callable[[], object]:
-        def run() -> None:
-            for volume in volumes:
-                segment(trained, volume) if segmenter else classify_scan(trained, volume)
-
-        return run
-
-    def network(trained: TrainedModel) -> Callable[[], object]:
-        def run() -> None:
-            for _ in range(10):
-                trained.network(batch)
-
-        return run
-
     before = load_average()
-    per_scan = time_calls({n: one_thread(whole(m)) for n, m in models.items()}, repeats)
-    alone = time_calls({n: one_thread(network(m)) for n, m in models.items()}, repeats)
+    per_scan = time_calls({n: one_thread(scan_loop(m, volumes)) for n, m in models.items()}, repeats)
+    alone = time_calls({n: one_thread(forward_loop(m, batch)) for n, m in models.items()}, repeats)
     expected = np.asarray(first.network(batch))
     return {
         "threads": 1,
