@@ -130,7 +130,7 @@ def test_classification_study_over_two_seeds_resumes_without_retraining(
         (1, "reproduce-test"),
         (0, "evaluation-test"),
     ]
-    assert "Test split scored 3 time(s)" in (out / "results.md").read_text()
+    assert "Test split scored 3 times" in (out / "results.md").read_text()
 
 
 def test_interrupted_seed_is_evaluated_after_training_finishes(adrenal_tiny: Path, tmp_path: Path) -> None:
