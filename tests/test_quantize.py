@@ -142,3 +142,22 @@ def test_bad_int8_requests_fail_in_one_line(
         quantize_network(
             tmp_path / "model.onnx", tmp_path / "int8.onnx", Calibration([], [], ""), 12, "image"
         )
+
+
+def test_every_calibration_input_sets_the_activation_ranges(tmp_path: Path) -> None:
+    """The input's QuantizeLinear scale is the range of all calibration inputs, the first included."""
+    import torch
+
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    network = torch.nn.Conv3d(1, 2, 3, padding=1).eval()
+    torch.onnx.export(
+        network, (torch.zeros(1, 1, 4, 4, 4),), str(fp32), input_names=["image"], opset_version=17
+    )
+    large = np.full((1, 1, 4, 4, 4), 100.0, dtype=np.float32)
+    small = [np.full((1, 1, 4, 4, 4), 1.0 + i, dtype=np.float32) for i in range(8)]
+    calibration = Calibration(["train-0"], [large, *small], "test input")
+    quantize_network(fp32, int8, calibration, 17, "image")
+    graph = onnx.load(str(int8)).graph
+    (node,) = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "image"]
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    assert float(scales[node.input[1]]) == pytest.approx(100.0 / 255, rel=1e-3)
