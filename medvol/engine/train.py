@@ -383,7 +383,7 @@ def _train_one_epoch(
     losses: list[torch.Tensor] = []
     samples, waited = 0, 0.0
     started = time.perf_counter()
-    source, augment = _epoch_batches(loader, augment, config, runtime)
+    source = _epoch_batches(loader, config, runtime)
     with source as batches:
         bar = tqdm(
             batches,
@@ -428,21 +428,18 @@ def _train_one_epoch(
     }
 
 
-def _epoch_batches(
-    loader: DataLoader[Any], augment: BatchAugmenter | None, config: ExperimentConfig, runtime: Runtime
-) -> tuple[Any, BatchAugmenter | None]:
-    """The epoch's batches (a context manager to iterate over) and the augmenter the training
-    thread applies to them.
+def _epoch_batches(loader: DataLoader[Any], config: ExperimentConfig, runtime: Runtime) -> Any:
+    """The epoch's batches, a context manager to iterate over.
 
     With ``data.prefetch`` and no loader workers, a background thread reads, crops and
-    collates the next batches while the model computes (``medvol.data.prefetch``); the
+    collates the next batches while the model computes (``medvol.data.prefetch``). The
     batched augmentation stays in the training thread on every device (in the thread it
     competed with the model's operators for the cores: 0.90× on the 2-core machine of
     ``docs/benchmarks-training.md``). Otherwise: the loader (its workers read ahead).
     """
     if not (config.data.prefetch and config.data.num_workers == 0):
-        return nullcontext(loader), augment
-    return Prefetcher(loader, 2, runtime.device), augment
+        return nullcontext(loader)
+    return Prefetcher(loader, 2, runtime.device)
 
 
 def augment_batch(augment: BatchAugmenter, batch: dict[str, Any]) -> dict[str, Any]:
