@@ -131,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_overrides(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--set KEY=VALUE``, repeatable, collected in ``overrides``."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def _add_info(verbs: Any, common: argparse.ArgumentParser) -> None:
     info = verbs.add_parser(
         "info", parents=[common], help="describe an image or the DICOM series in a folder"
@@ -255,14 +262,7 @@ def _add_synthesize(verbs: Any, common: argparse.ArgumentParser) -> None:
 def _add_train(verbs: Any, common: argparse.ArgumentParser) -> None:
     train = verbs.add_parser("train", parents=[common], help="train a model from a YAML config")
     train.add_argument("config", type=Path, help="experiment YAML (see configs/)")
-    train.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key",
-    )
+    _add_overrides(train, "override a config key")
     train.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
     train.set_defaults(run=run_train)
 
@@ -276,14 +276,7 @@ def _add_pretrain(verbs: Any, common: argparse.ArgumentParser) -> None:
         "distortions (no label is used); writes RUN/checkpoints/pretrained.pt, which model.init loads.",
     )
     pretrain.add_argument("config", type=Path, help="experiment YAML (the one the supervised run uses)")
-    pretrain.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key (e.g. tracking.name=pretrain, train.epochs=50)",
-    )
+    _add_overrides(pretrain, "override a config key (e.g. tracking.name=pretrain, train.epochs=50)")
     pretrain.set_defaults(run=run_pretrain)
 
 
@@ -418,14 +411,7 @@ def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
         "protocol) or 0,2; the table pools their validation cases (default: the recipe's own fold)",
     )
     reproduce.add_argument("--out", type=Path, help="output folder (default reproductions/NAME-BUDGET)")
-    reproduce.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key in every run (the table then says the protocol changed)",
-    )
+    _add_overrides(reproduce, "override a config key in every run (the table then says the protocol changed)")
     reproduce.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     reproduce.add_argument(
         "--publish",
