@@ -10,9 +10,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from medvol.data.dataset import _Reseedable
+from medvol.data.dataset import _CasesWithTargets
 from medvol.transforms.clips import (
     evaluation_clips,
     prepare_video,
@@ -31,7 +30,7 @@ if TYPE_CHECKING:
 CLIP_CACHE_FORMAT = 2  # 2: frames resized with medvol.transforms.clips.resize_frames (numpy)
 
 
-class ClipDataset(_Reseedable):
+class ClipDataset(_CasesWithTargets):
     """Clips with class targets: whole videos prepared and cached once, clips cut per sample.
 
     Training samples (``augment=True``) are ``training_clip``; validation
@@ -50,14 +49,8 @@ class ClipDataset(_Reseedable):
         seed: int = 0,
         rank: int = 0,
     ) -> None:
-        super().__init__(None, seed, rank)
-        if len(cases) != len(targets):
-            raise ValueError(f"{len(cases)} cases but {len(targets)} targets")
-        self.cases = list(cases)
-        self.targets = [int(t) for t in targets]
+        super().__init__(cases, targets, normalizer, cache, None, seed, rank)
         self.config = config
-        self.normalizer = normalizer
-        self.cache = cache
         self.augment = augment
         self.cache_config = {
             "format": CLIP_CACHE_FORMAT,
@@ -65,9 +58,6 @@ class ClipDataset(_Reseedable):
             "resize": config.resize,
             "normalize": normalizer.to_dict(),
         }
-
-    def __len__(self) -> int:
-        return len(self.cases)
 
     def entry(self, index: int) -> CacheEntry:
         """The prepared video from the cache: ``image`` ``(C, X, Y, T)`` float32."""
@@ -87,11 +77,7 @@ class ClipDataset(_Reseedable):
             clip = training_clip(video, self.config, self.rng)
         else:
             clip = evaluation_clips(video, self.config.model_copy(update={"eval_clips": 1}))[0]
-        return {
-            "case_id": self.cases[index].case_id,
-            "image": torch.from_numpy(np.ascontiguousarray(clip, dtype=np.float32)),
-            "label": torch.tensor(self.targets[index], dtype=torch.int64),
-        }
+        return self.sample(index, clip)
 
 
 def fit_clip_normalizer(normalizer: Normalizer, cases: Sequence[Case], config: ClipConfig) -> Normalizer:

@@ -269,7 +269,42 @@ def class_index(case: Case, num_classes: int) -> int:
     return int(value)
 
 
-class FileClassificationDataset(_Reseedable):
+class _CasesWithTargets(_Reseedable):
+    """Cases with class targets, each prepared whole into ``cache``: what the scan-file and clip
+    classification datasets share. Samples: ``{"case_id", "image": float32 tensor, "label": () int64}``.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Case],
+        targets: Sequence[int],
+        normalizer: Normalizer,
+        cache: VolumeCache,
+        augmenter: Augmenter | None,
+        seed: int,
+        rank: int,
+    ) -> None:
+        super().__init__(augmenter, seed, rank)
+        if len(cases) != len(targets):
+            raise ValueError(f"{len(cases)} cases but {len(targets)} targets")
+        self.cases = list(cases)
+        self.targets = [int(t) for t in targets]
+        self.normalizer = normalizer
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def sample(self, index: int, image: np.ndarray) -> dict[str, Any]:
+        """Case ``index``'s sample with ``image`` as its input."""
+        return {
+            "case_id": self.cases[index].case_id,
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.tensor(self.targets[index], dtype=torch.int64),
+        }
+
+
+class FileClassificationDataset(_CasesWithTargets):
     """Scan files with class targets, preprocessed, normalised, cached and cut to one input shape.
 
     Args:
@@ -295,14 +330,8 @@ class FileClassificationDataset(_Reseedable):
         seed: int = 0,
         rank: int = 0,
     ) -> None:
-        super().__init__(augmenter, seed, rank)
-        if len(cases) != len(targets):
-            raise ValueError(f"{len(cases)} cases but {len(targets)} targets")
-        self.cases = list(cases)
-        self.targets = [int(t) for t in targets]
+        super().__init__(cases, targets, normalizer, cache, augmenter, seed, rank)
         self.preprocess_config = preprocess_config
-        self.normalizer = normalizer
-        self.cache = cache
         self.shape = shape
         self.cache_config = {
             "format": CACHE_FORMAT,
@@ -310,9 +339,6 @@ class FileClassificationDataset(_Reseedable):
             "preprocess": preprocess_config.to_dict(),
             "normalize": normalizer.to_dict(),
         }
-
-    def __len__(self) -> int:
-        return len(self.cases)
 
     def entry(self, index: int) -> CacheEntry:
         """The preprocessed, normalised case from the cache: ``image`` ``(C, X, Y, Z)`` float32."""
@@ -331,11 +357,7 @@ class FileClassificationDataset(_Reseedable):
         image = classifier_crop(np.array(entry.arrays["image"], dtype=np.float32), self.shape)
         if self.augmenter is not None:
             image = self.augmenter({"image": image})["image"]
-        return {
-            "case_id": self.cases[index].case_id,
-            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-            "label": torch.tensor(self.targets[index], dtype=torch.int64),
-        }
+        return self.sample(index, image)
 
 
 def fit_normalizer(
