@@ -1,0 +1,126 @@
+"""The record of test evaluations (how often a test split was scored, for which recipes) and publishing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from medvol.engine.run_folder import RunFolder
+from medvol.errors import MedvolError
+from medvol.io.atomic import atomic_path, write_json
+
+if TYPE_CHECKING:
+    from medvol.config import ExperimentConfig
+
+
+TEST_LEDGER = "test-evaluations.json"
+
+
+def recipe_fingerprint(config: ExperimentConfig) -> str:
+    """12 hex digits naming a recipe: its resolved config without the seed, output and data location."""
+    from medvol.config import dump_config
+
+    recipe = yaml.safe_load(dump_config(config))
+    recipe.pop("tracking", None)
+    recipe.get("train", {}).pop("seed", None)
+    recipe.get("data", {}).pop("root", None)
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def record_test_evaluations(out: Path, runs: list[tuple[int, RunFolder]], recipe: str) -> dict[str, Any]:
+    """Add the runs' test evaluations to ``OUT/test-evaluations.json``; the record and a summary of it.
+
+    Every ``summary.json`` of a test evaluation in a run folder (``reproduce-test``, and
+    ``evaluation-test`` from ``medvol evaluate``) is one entry, found by run, folder and
+    creation time; an entry is never removed, so the count survives a run that is removed
+    and trained again. ``test_evaluation_number`` is ``medvol evaluate``'s own count for the run.
+
+    Returns:
+        ``{"count", "record": TEST_LEDGER, "by_recipe": [{"recipe", "fingerprint", "seeds"}]}``,
+        ``seeds`` listing one seed per evaluation.
+    """
+    path = out / TEST_LEDGER
+    entries = _read_test_evaluations(path)
+    seen = {(e["run"], e["folder"], e["created"]) for e in entries}
+    for seed, run in runs:
+        for folder in (run.reproduction("test"), run.evaluation("test")):
+            if not folder.summary.is_file():
+                continue
+            summary = folder.read_summary()
+            key = (run.name, folder.path.name, summary.get("created"))
+            if key in seen:
+                continue
+            seen.add(key)
+            entries.append(
+                {
+                    "run": run.name,
+                    "folder": folder.path.name,
+                    "created": summary.get("created"),
+                    "seed": seed,
+                    "recipe": recipe,
+                    "fingerprint": recipe_fingerprint(run.read_config()),
+                    "checkpoint": summary.get("checkpoint"),
+                    "epoch": summary.get("epoch"),
+                    "test_evaluation_number": summary.get("test_evaluation_number", 1),
+                    "medvol_version": summary.get("medvol_version"),
+                }
+            )
+    if entries:
+        write_json(path, {"split": "test", "evaluations": entries})
+    groups: dict[tuple[str, str], list[int]] = {}
+    for entry in entries:
+        groups.setdefault((entry["recipe"], entry["fingerprint"]), []).append(int(entry["seed"]))
+    return {
+        "count": len(entries),
+        "record": TEST_LEDGER,
+        "by_recipe": [{"recipe": r, "fingerprint": f, "seeds": sorted(s)} for (r, f), s in groups.items()],
+    }
+
+
+def _read_test_evaluations(path: Path) -> list[dict[str, Any]]:
+    """The entries of ``test-evaluations.json`` (none when it does not exist yet)."""
+    if not path.is_file():
+        return []
+    try:
+        entries = json.loads(path.read_text())["evaluations"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MedvolError(
+            path, f"cannot read the record of test evaluations ({error}); restore it"
+        ) from error
+    if not isinstance(entries, list):
+        raise MedvolError(path, "the record of test evaluations must list them under 'evaluations'")
+    return entries
+
+
+def publish_results(out: Path, results: dict[str, Any], target: Path) -> list[Path]:
+    """Copy what every figure of ``results.json`` comes from into ``target``, in the same layout.
+
+    ``results.json``, ``test-evaluations.json``, ``configs/RUN.yaml`` and, for each run,
+    ``runs/RUN/EVALUATION/summary.json`` and ``cases.csv`` (kilobytes; no checkpoint, no
+    prediction).
+
+    Returns:
+        The files written.
+    """
+    relative = [Path("results.json"), Path(TEST_LEDGER)]
+    for run in results["runs"]:
+        relative.append(Path("configs") / f"{Path(run['folder']).name}.yaml")
+        for evaluation in run["evaluations"]:
+            relative += [
+                Path(run["folder"]) / evaluation / "summary.json",
+                Path(run["folder"]) / evaluation / "cases.csv",
+            ]
+    written = []
+    for path in relative:
+        if not (out / path).is_file():
+            continue
+        (target / path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target / path) as temporary:
+            shutil.copyfile(out / path, temporary)
+        written.append(target / path)
+    return written

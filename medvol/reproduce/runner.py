@@ -1,0 +1,246 @@
+"""Train and evaluate each seed (and fold) of a study's budget; write ``results.json`` and ``results.md``."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from medvol.engine.run_folder import RunFolder
+from medvol.errors import MedvolError
+from medvol.fetch import Fetched, data_folder, fetch
+from medvol.io.atomic import atomic_path, json_safe, write_json
+from medvol.logs import get_logger, track
+from medvol.reproduce.folds import CROSS_VALIDATION_INTERVALS, check_folds, cross_validation
+from medvol.reproduce.ledger import publish_results, record_test_evaluations
+from medvol.reproduce.scores import SEED_INTERVALS, majority_baseline, over_seeds, seed_entry
+from medvol.reproduce.study import Study
+from medvol.reproduce.tables import format_results
+
+if TYPE_CHECKING:
+    from medvol.config import ExperimentConfig
+
+
+logger = get_logger(__name__)
+
+
+def reproduce(
+    study: Study,
+    budget: str,
+    seeds: int,
+    out: Path,
+    overrides: list[str] | None = None,
+    data_dir: Path | None = None,
+    publish: Path | None = None,
+    folds: list[int] | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate ``seeds`` runs of a study's budget; write ``results.json`` and ``results.md``.
+
+    Args:
+        study: from ``load_study``.
+        budget: a key of ``study.budgets`` (``cpu``, ``full``).
+        seeds: number of seeds, ``0 .. seeds-1``.
+        out: folder for the runs and the table.
+        overrides: ``KEY=VALUE`` config overrides applied to every run; the
+            table says that the protocol was changed.
+        data_dir: the data folder (default ``medvol.fetch.data_folder()``).
+        publish: a folder to copy the results and each evaluation's files to
+            (:func:`publish_results`).
+        folds: cross-validation folds to run (:func:`parse_folds`), each with every seed, and
+            pooled (:func:`cross_validation`); ``None``: the recipe's own fold, one run per seed.
+
+    Returns:
+        The content of ``results.json``.
+    """
+    if budget not in study.budgets:
+        raise MedvolError(study.path, f"no budget {budget!r}; this study has {sorted(study.budgets)}")
+    if seeds < 1:
+        raise MedvolError(None, f"--seeds must be at least 1, got {seeds}")
+    overrides = list(overrides or [])
+    n_folds = None if folds is None else check_folds(study, budget, overrides, folds)
+    data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
+    runs: list[dict[str, Any]] = []
+    folders: list[tuple[int, RunFolder]] = []
+    each_fold: list[int | None] = [None] if folds is None else list(folds)
+    plan = [(fold, seed) for fold in each_fold for seed in range(seeds)]
+    unit = "seed" if folds is None else "run"
+    for fold, seed in track(plan, f"reproduce {study.name}", unit, logger):
+        entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root)
+        runs.append(entry)
+        folders.append((seed, run))
+    cv = None if n_folds is None else cross_validation(study.metrics, runs, n_folds)
+    results: dict[str, Any] = {
+        "study": study.name,
+        "description": study.description,
+        "budget": budget,
+        "config": str(study.budgets[budget]),
+        "recipe": study.budgets[budget].name,
+        "overrides": overrides,
+        "protocol_changed": bool(overrides),
+        "evaluated": {
+            "split": study.split,
+            "cases": None if study.cases is None else str(study.cases),
+            "checkpoint": study.checkpoint,
+        },
+        "data": [_data_entry(item) for item in fetched],
+        "seeds": list(range(seeds)),
+        "runs": runs,
+        "over_seeds": over_seeds(runs) if cv is None else cv.pop("over_seeds"),
+        "intervals": SEED_INTERVALS if cv is None else CROSS_VALIDATION_INTERVALS,
+        "baseline": majority_baseline(folders[0][1], runs[0]),
+        "test_evaluations": record_test_evaluations(out, folders, study.budgets[budget].name),
+        "published": study.published,
+        "labels": study.labels,
+        "environment": _environment(Path(runs[0]["run_dir"])),
+    }
+    if cv is not None:
+        results["cross_validation"] = cv
+    results = json_safe(results)  # the table from what results.json holds: None, not NaN, where undefined
+    write_json(out / "results.json", results, allow_nan=False)
+    with atomic_path(out / "results.md") as temporary:
+        temporary.write_text(format_results(results))
+    if publish is not None:
+        publish_results(out, results, publish)
+    return results
+
+
+def _reproduce_run(
+    study: Study,
+    budget: str,
+    fold: int | None,
+    seed: int,
+    out: Path,
+    overrides: list[str],
+    data_root: Path | None,
+) -> tuple[dict[str, Any], RunFolder]:
+    """Train (unless finished) and evaluate (unless evaluated) one run; its ``results.json`` entry.
+
+    The run folder is ``OUT/runs/STUDY-BUDGET-seedS``, or ``STUDY-BUDGET-foldF-seedS`` for a
+    fold named by ``--folds`` (``fold`` not ``None``: ``data.split.fold`` is set to it).
+    """
+    from medvol.config import dump_config, load_config
+    from medvol.engine.train import train
+    from medvol.evaluation import evaluate_run
+
+    name = (
+        f"{study.name}-{budget}-seed{seed}"
+        if fold is None
+        else f"{study.name}-{budget}-fold{fold}-seed{seed}"
+    )
+    label = f"[{study.name} seed {seed}]" if fold is None else f"[{study.name} fold {fold} seed {seed}]"
+    config = load_config(
+        study.budgets[budget],
+        [
+            *overrides,
+            *([] if fold is None else [f"data.split.fold={fold}"]),
+            f"train.seed={seed}",
+            f"tracking.output_dir={out / 'runs'}",
+            f"tracking.name={name}",
+        ],
+    )
+    if data_root is not None:
+        config = _with_data_root(config, data_root)
+    run = RunFolder(out / "runs" / name)
+    _check_same_recipe(run, dump_config(config))
+    evaluation = run.reproduction(study.split if study.cases is None else "cases")
+    started = time.perf_counter()
+    if not evaluation.summary.is_file():
+        if not _finished(run, config.train.epochs, config.train.early_stop_patience):
+            print(f"{label} training {run.path}", flush=True)
+            train(config, resume=run.checkpoint("last").is_file())
+        print(f"{label} evaluating ({study.split}, {study.checkpoint})", flush=True)
+        evaluate_run(
+            run.path,
+            split="val" if study.split == "val" else "test",
+            cases=study.cases,
+            checkpoint="last" if study.checkpoint == "last" else "best",
+            out=evaluation.path,
+        )
+    else:
+        print(f"{label} already evaluated: {evaluation.path}", flush=True)
+    entry = seed_entry(study, seed, run, evaluation)
+    if fold is not None:
+        entry = {"fold": fold, **entry}
+    entry["session_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
+    return entry, run
+
+
+def prepare_data(
+    study: Study, budget: str, overrides: list[str], data_dir: Path
+) -> tuple[Path | None, list[Fetched]]:
+    """The budget recipe's data in ``data_dir``, fetched and verified.
+
+    Returns:
+        The ``data.root`` to train on (``None``: the recipe's own, absolute or
+        set with ``--set``), and the study's data entries it uses.
+    """
+    from medvol.config import load_config
+
+    if any(override.partition("=")[0].strip() == "data.root" for override in overrides):
+        return None, []
+    root = load_config(study.budgets[budget], overrides).data.root
+    if root.is_absolute():
+        return None, []
+    used = [source for source in study.data if Path(source.path) in (root, *root.parents)]
+    return data_dir / root, [fetch(source, data_dir) for source in used]
+
+
+def _with_data_root(config: ExperimentConfig, root: Path) -> ExperimentConfig:
+    return config.model_copy(update={"data": config.data.model_copy(update={"root": root})})
+
+
+def _data_entry(item: Fetched) -> dict[str, Any]:
+    source = item.source
+    return {
+        "path": source.path,
+        "url": source.url,
+        "md5": source.md5,
+        "archive": source.archive,
+        "location": str(item.location),
+        "verified": item.verified,
+    }
+
+
+def _check_same_recipe(run: RunFolder, config_text: str) -> None:
+    """Refuse to continue or reuse a run trained with another recipe (study config or ``--set`` changed).
+
+    ``tracking`` (where the run is written) is not part of the recipe. The run's
+    config is read with the typed loader, so a run folder of an earlier medvol
+    compares by what it means, not by how it was spelt.
+    """
+    from medvol.config import dump_config
+
+    if not run.config.is_file():
+        return
+    before = yaml.safe_load(dump_config(run.read_config()))
+    now = yaml.safe_load(config_text)
+    changed = sorted(k for k in (before.keys() | now.keys()) - {"tracking"} if before.get(k) != now.get(k))
+    if changed:
+        raise MedvolError(
+            run.path,
+            f"was trained with another recipe (changed since: {', '.join(changed)}); reproduce into "
+            "another --out folder, or remove this run",
+        )
+
+
+def _finished(run: RunFolder, epochs: int, patience: int | None) -> bool:
+    """Whether the run's last checkpoint holds its final epoch or its early stop."""
+    last = run.checkpoint("last")
+    if not last.is_file():
+        return False
+    from medvol.engine.checkpoint import load_checkpoint
+
+    progress = load_checkpoint(last)["progress"]
+    stopped_early = patience is not None and int(progress["stale_validations"]) >= patience
+    return int(progress["epoch"]) >= epochs or stopped_early
+
+
+def _environment(run_dir: Path) -> dict[str, Any]:
+    from medvol.engine.run_folder import RunFolder
+
+    run = RunFolder(run_dir)
+    return run.read_json(run.environment) if run.environment.is_file() else {}
