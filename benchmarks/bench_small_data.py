@@ -44,6 +44,12 @@ optimizer steps in every arm of a task, validated once at the end:
   ``dilated`` 3D ResNet with MedicalNet's stem, from the file, against the
   same network from scratch (``medicalnet-scratch``).
 
+``--held-out ARM,ARM`` (hippocampus): after the selection runs, the final
+checkpoints of the named arms (the baseline and the method the selection set
+chose) are scored on fold 0's validation cases with ``medvol evaluate
+--cases``, once: an evaluation already in ``--work`` is read back, not
+computed again, and ``held-out-looks.json`` counts every evaluation computed.
+
 Statistics: per arm, mean and 95% t-interval over seeds; per method, the
 seed-paired difference from its control (``baseline``, or
 ``medicalnet-scratch``) with its 95% t-interval. Every run's CPU time
@@ -54,7 +60,9 @@ The JSON report goes to stdout (and ``--out``); progress lines to stderr.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -67,11 +75,22 @@ from typing import Any
 
 import numpy as np
 import yaml
-from bench_synthetic import environment, epochs_for, final_metrics, link, log, run_training, t_interval
+from bench_synthetic import (
+    bootstrap_difference,
+    completed,
+    environment,
+    epochs_for,
+    final_metrics,
+    link,
+    log,
+    run_training,
+    t_interval,
+)
 from common import command_line, stdout_to_stderr, write_report
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLIT_SEED = 0
+COST_FILE = "bench-cost.json"  # a run's wall and CPU seconds, kept in its folder
 CONTROLS = {"medicalnet": "medicalnet-scratch"}  # any other method is compared with "baseline"
 
 
@@ -172,17 +191,28 @@ def cpu_seconds() -> float:
 
 
 def train_cell(config: dict[str, Any], work: Path, threads: int) -> dict[str, Any]:
-    """``medvol train`` one run; its final validation metrics, wall and CPU seconds."""
+    """``medvol train`` one run; its final validation metrics, wall and CPU seconds.
+
+    The costs are kept in the run folder (``COST_FILE``), so that a run reused from ``--work``
+    reports what it cost when it was trained.
+    """
     before, started = cpu_seconds(), time.perf_counter()
     name = config["tracking"]["name"]
     (work / "configs").mkdir(parents=True, exist_ok=True)
+    run_dir = Path(config["tracking"]["output_dir"]) / name
+    reused = completed(run_dir, config)
     run_dir = run_training(config, work / "configs" / f"{name}.yaml", threads)
-    return {
-        "name": name,
-        "final": final_metrics(run_dir),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "cpu_seconds": round(cpu_seconds() - before, 1),
-    }
+    if reused:  # trained by an earlier invocation: its recorded costs (unknown if none were kept)
+        known = (run_dir / COST_FILE).is_file()
+        cost = json.loads((run_dir / COST_FILE).read_text()) if known else {"cpu_seconds": None}
+    else:
+        cost = {
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(cpu_seconds() - before, 1),
+            "load_average": os.getloadavg(),
+        }
+        (run_dir / COST_FILE).write_text(json.dumps(cost))
+    return {"name": name, "final": final_metrics(run_dir), **cost, "reused": reused}
 
 
 def pretrain_cell(config: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]:
@@ -194,20 +224,28 @@ def pretrain_cell(config: dict[str, Any], work: Path) -> tuple[Path, dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     before, started = cpu_seconds(), time.perf_counter()
-    if not checkpoint.is_file():
+    if checkpoint.is_file():  # pretrained by an earlier invocation: its recorded costs
+        known = (run_dir / COST_FILE).is_file()
+        spent = json.loads((run_dir / COST_FILE).read_text()) if known else {"cpu_seconds": None}
+    else:
         result = subprocess.run(
             [sys.executable, "-m", "medvol", "pretrain", str(path)], capture_output=True, text=True
         )
         if result.returncode != 0:
             raise RuntimeError(f"medvol pretrain failed for {path}:\n{result.stderr[-2000:]}")
+        spent = {
+            "wall_seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(cpu_seconds() - before, 1),
+            "load_average": os.getloadavg(),
+        }
+        (run_dir / COST_FILE).write_text(json.dumps(spent))
     history = json.loads((run_dir / "pretrain.json").read_text())["history"]
     cost = {
         "name": name,
         "steps": sum(h["steps"] for h in history),
         "first_loss": history[0]["loss"],
         "last_loss": history[-1]["loss"],
-        "wall_seconds": round(time.perf_counter() - started, 1),
-        "cpu_seconds": round(cpu_seconds() - before, 1),
+        **spent,
     }
     log(f"pretrained {name}: loss {cost['first_loss']:.4f} → {cost['last_loss']:.4f}")
     return checkpoint, cost
@@ -222,7 +260,9 @@ def schedule_config(config: dict[str, Any], schedule: dict[str, Any]) -> None:
 # --- hippocampus -------------------------------------------------------------------------------------
 
 
-def hippocampus(settings: Settings, data_root: Path, work: Path, threads: int) -> dict[str, Any]:
+def hippocampus(
+    settings: Settings, data_root: Path, work: Path, threads: int, held_out: tuple[str, ...] = ()
+) -> dict[str, Any]:
     from medvol import demo
     from medvol.augment import synthesize_cases
     from medvol.data import save_folds, validate
@@ -310,7 +350,7 @@ def hippocampus(settings: Settings, data_root: Path, work: Path, threads: int) -
                     config["model"]["init"] = str(work / "runs" / first["name"] / "checkpoints" / "last.pt")
                 runs.append({"size": size, "arm": arm, "seed": seed, **train_cell(config, work, threads)})
                 log(f"{name}: selection Dice {runs[-1]['final']['val_dice']:.4f}")
-    return {
+    report = {
         "subsets": {
             "selection": selection,
             "pools": {str(n): ids for n, ids in subsets["pools"].items()},
@@ -321,6 +361,87 @@ def hippocampus(settings: Settings, data_root: Path, work: Path, threads: int) -
         "runs": runs,
         "summary": summarise(runs, "size", "val_dice", settings.hippo_sizes, settings.hippo_arms, settings),
     }
+    if held_out:
+        cases = [usable[c] for c in subsets["fold0_val_unread"]]
+        report["subsets"]["scored_on"] += f"; then the arms {', '.join(held_out)} on them, once"
+        report["held_out"] = score_held_out(runs, held_out, cases, settings, work, threads)
+    return report
+
+
+def score_held_out(
+    runs: list[dict[str, Any]],
+    arms: tuple[str, ...],
+    cases: list[Any],
+    settings: Settings,
+    work: Path,
+    threads: int,
+) -> dict[str, Any]:
+    """Each chosen arm's final checkpoints scored once on fold 0's validation cases.
+
+    Per size: each arm's mean case Dice (mean over the two classes) with its
+    t-interval over seeds, the seed-paired difference from the baseline, and
+    a paired bootstrap over cases of that difference (seeds kept).
+    """
+    root = work / "datasets" / "fold0-val"
+    for case in cases:
+        link(case.images[0], root / "images" / case.images[0].name)
+        link(case.label, root / "labels" / case.label.name)
+    manifest = work / "datasets" / "fold0-val.csv"
+    if not manifest.is_file():
+        medvol_command(["index", str(root), "--out", str(manifest), "--classes", "0,1,2"], threads)
+    looks_path = work / "held-out-looks.json"
+    looks: dict[str, int] = json.loads(looks_path.read_text()) if looks_path.is_file() else {}
+    per_case: dict[tuple[int, str], dict[int, dict[str, float]]] = {}
+    for run in runs:
+        if run["arm"] not in arms:
+            continue
+        out = work / "held-out" / run["name"]
+        if not (out / "cases.csv").is_file():
+            run_dir = work / "runs" / run["name"]
+            evaluate = ["evaluate", str(run_dir), "--cases", str(manifest), "--checkpoint", "last"]
+            medvol_command([*evaluate, "--out", str(out)], threads)
+            looks[run["name"]] = looks.get(run["name"], 0) + 1
+            looks_path.write_text(json.dumps(looks, indent=1))
+        per_case.setdefault((run["size"], run["arm"]), {})[run["seed"]] = case_mean_dice(out / "cases.csv")
+    summary: dict[str, Any] = {"looks": looks, "cases": len(cases)}
+    for size in settings.hippo_sizes:
+        scored = {arm: per_case.get((size, arm), {}) for arm in arms}
+        part: dict[str, Any] = {
+            arm: t_interval([float(np.mean(list(d.values()))) for d in scored[arm].values()]) for arm in arms
+        }
+        control = scored.get("baseline", {})
+        for arm in arms:
+            seeds = sorted(set(scored[arm]) & set(control))
+            if arm == "baseline" or not seeds:
+                continue
+            ids = sorted(control[seeds[0]])
+            treated = np.array([[scored[arm][s][c] for c in ids] for s in seeds])
+            baseline = np.array([[control[s][c] for c in ids] for s in seeds])
+            part[f"{arm} minus baseline"] = {
+                "over_seeds": t_interval(list(treated.mean(axis=1) - baseline.mean(axis=1))),
+                "paired_bootstrap_over_cases": bootstrap_difference(treated, baseline, np.mean),
+            }
+        summary[str(size)] = part
+    return summary
+
+
+def case_mean_dice(cases_csv: Path) -> dict[str, float]:
+    """Per case, the mean Dice over its classes (``medvol evaluate``'s ``cases.csv``)."""
+    per_class: dict[str, list[float]] = {}
+    with open(cases_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            per_class.setdefault(row["case_id"], []).append(float(row["dice"]))
+    return {case: float(np.mean(values)) for case, values in per_class.items()}
+
+
+def medvol_command(arguments: list[str], threads: int) -> None:
+    """``medvol ARGUMENTS`` in a subprocess; raises with its error output when it fails."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    result = subprocess.run(
+        [sys.executable, "-m", "medvol", *arguments], capture_output=True, text=True, env=env
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"medvol {' '.join(arguments)} failed:\n{result.stderr[-2000:]}")
 
 
 # --- AdrenalMNIST3D ----------------------------------------------------------------------------------
@@ -435,16 +556,92 @@ def summarise(
             paired = [mine[arm][s]["final"][metric] - mine[control][s]["final"][metric] for s in seeds]
             part[f"{arm} minus {control}"] = t_interval(paired)
         part["over_cpu_budget"] = [
-            r["name"] for arm in arms for r in mine[arm].values() if r["cpu_seconds"] > settings.cpu_budget_s
+            r["name"]
+            for arm in arms
+            for r in mine[arm].values()
+            if (r["cpu_seconds"] or 0) > settings.cpu_budget_s
         ]
         summary[str(cell)] = part
     return summary
+
+
+# --- the tables of docs/small-data.md -------------------------------------------------------------------
+
+
+def markdown_tables(report: dict[str, Any]) -> str:
+    """The Markdown tables of a report: per task, cell and arm, the mean [95% t-interval] over seeds
+    and the seed-paired difference from the control; the held-out scoring, if any."""
+    parts = []
+    for task, metric in (("hippocampus", "selection-set Dice"), ("adrenal", "validation AUC")):
+        if task in report:
+            parts.append(_cell_table(report[task]["summary"], metric, task))
+    held_out = report.get("hippocampus", {}).get("held_out")
+    if held_out:
+        parts.append(_held_out_table(held_out))
+    return "\n\n".join(parts) + "\n"
+
+
+def _cell_table(summary: dict[str, Any], metric: str, task: str) -> str:
+    cells = list(summary)
+    header = "N =" if task == "hippocampus" else "fraction"
+    lines = [
+        f"| arm ({metric}) | " + " | ".join(f"{header} {c}" for c in cells) + " |",
+        "|---|" + "---|" * len(cells),
+    ]
+    arms = [k for k in summary[cells[0]] if k != "over_cpu_budget" and " minus " not in k]
+    for arm in arms:
+        row = []
+        for cell in cells:
+            entry, paired = summary[cell].get(arm), summary[cell].get(f"{arm} minus baseline")
+            text = _mean_ci(entry)
+            if paired:
+                text += f"; paired {_mean_ci(paired, signed=True)}"
+            row.append(text)
+        lines.append(f"| {arm} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _held_out_table(held_out: dict[str, Any]) -> str:
+    sizes = [k for k in held_out if k not in ("looks", "cases")]
+    lines = [
+        f"| N | arm | Dice on the {held_out['cases']} held-out cases | paired difference over seeds "
+        "| paired bootstrap over cases |",
+        "|---|---|---|---|---|",
+    ]
+    for size in sizes:
+        for arm, entry in held_out[size].items():
+            if " minus " in arm:
+                continue
+            paired = held_out[size].get(f"{arm} minus baseline")
+            seeds = _mean_ci(paired["over_seeds"], signed=True) if paired else "—"
+            cases = "—"
+            if paired:
+                boot = paired["paired_bootstrap_over_cases"]
+                cases = f"{boot['difference']:+.4f} [{boot['ci95'][0]:+.4f}, {boot['ci95'][1]:+.4f}]"
+            lines.append(f"| {size} | {arm} | {_mean_ci(entry)} | {seeds} | {cases} |")
+    return "\n".join(lines)
+
+
+def _mean_ci(entry: dict[str, Any] | None, signed: bool = False) -> str:
+    if not entry:
+        return "—"
+    form = "{:+.4f}" if signed else "{:.4f}"
+    if entry.get("ci95") is None:
+        return form.format(entry["mean"]) + f" ({entry['n']} seed)"
+    low, high = entry["ci95"]
+    return f"{form.format(entry['mean'])} [{form.format(low)}, {form.format(high)}]"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke test: one seed, one tiny cell per task")
     parser.add_argument("--plan", action="store_true", help="print the subsets as JSON and train nothing")
+    parser.add_argument(
+        "--tables",
+        type=Path,
+        metavar="REPORT",
+        help="print a JSON report's Markdown tables; train nothing",
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared real data folder")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument("--work", type=Path, help="keep runs and datasets here (finished runs are reused)")
@@ -452,6 +649,12 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=2, help="torch threads per run (runs go one at a time)"
     )
     parser.add_argument("--only", choices=["hippocampus", "adrenal"], help="run one of the two tasks")
+    parser.add_argument(
+        "--held-out",
+        default="",
+        metavar="ARM,ARM",
+        help="hippocampus: score these arms' final runs once on fold 0's validation cases",
+    )
     parser.add_argument(
         "--medicalnet", type=Path, help="a MedicalNet resnet_10.pth: adds the medicalnet arms"
     )
@@ -470,6 +673,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"unknown setting {name!r}; known: {', '.join(Settings.__dataclass_fields__)}")
         value = yaml.safe_load(text)
         settings = replace(settings, **{name: tuple(value) if isinstance(value, list) else value})
+    if args.tables:
+        print(markdown_tables(json.loads(args.tables.read_text())), end="")
+        return 0
     if args.plan:
         from medvol.data import validate
 
@@ -497,7 +703,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         with stdout_to_stderr():  # medvol's progress lines; the report alone goes to stdout
             if args.only in (None, "hippocampus"):
-                report["hippocampus"] = hippocampus(settings, args.data, work, args.threads)
+                held_out = tuple(arm for arm in args.held_out.split(",") if arm)
+                report["hippocampus"] = hippocampus(settings, args.data, work, args.threads, held_out)
             if args.only in (None, "adrenal"):
                 report["adrenal"] = adrenal(settings, args.data, work, args.threads, args.medicalnet)
     report["wall_seconds"] = round(time.perf_counter() - started, 1)
