@@ -7,6 +7,9 @@ Usage (from the project root)::
     .venv/bin/python benchmarks/bench_small_data.py --out small.json      # the whole protocol (hours)
     .venv/bin/python benchmarks/bench_small_data.py --only hippocampus --setting hippo_sizes=[5] \\
         --setting 'hippo_arms=[baseline, genesis]' --out cell.json      # one cell
+    .venv/bin/python benchmarks/bench_small_data.py --only hippocampus --work WORK \
+        --held-out baseline,carvemix --out final.json                    # then the one held-out look
+    .venv/bin/python benchmarks/bench_small_data.py --tables final.json  # the Markdown tables
 
 The protocol (``docs/small-data.md``):
 
