@@ -105,14 +105,18 @@ def parse_sources(entries: Any, study: Path) -> list[Source]:
 
 
 def data_folder(data_dir: Path | None = None) -> Path:
-    """``data_dir``, else ``$MEDVOL_DATA``, else the per-user cache folder's ``data``."""
+    """``data_dir``, else ``$MEDVOL_DATA``, else the per-user cache folder's ``data``; absolute.
+
+    Resolved, so that runs trained with ``--data-dir ../data`` and ``--data-dir /abs/data``
+    (the same folder) record the same ``data.root`` and can resume one another.
+    """
     if data_dir is not None:
-        return Path(data_dir)
+        return Path(data_dir).expanduser().resolve()
     if os.environ.get(DATA_ENV):
-        return Path(os.environ[DATA_ENV]).expanduser()
+        return Path(os.environ[DATA_ENV]).expanduser().resolve()
     import platformdirs
 
-    return Path(platformdirs.user_cache_dir("medvol", appauthor=False)) / "data"
+    return (Path(platformdirs.user_cache_dir("medvol", appauthor=False)) / "data").resolve()
 
 
 def fetch(source: Source, data_dir: Path) -> Fetched:

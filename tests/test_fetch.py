@@ -240,6 +240,10 @@ def test_the_data_folder_is_the_option_else_the_environment_else_the_user_cache(
     monkeypatch.setenv("MEDVOL_DATA", str(tmp_path / "env"))
     assert data_folder() == tmp_path / "env"
     assert data_folder(tmp_path / "option") == tmp_path / "option"
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    # absolute, however it was spelt: a run records the folder, so that a resume finds the same recipe
+    assert data_folder(Path("../option")) == (tmp_path / "option").resolve()
 
 
 @pytest.mark.parametrize(
