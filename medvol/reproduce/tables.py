@@ -94,17 +94,9 @@ def _seed_rows(results: dict[str, Any], metrics: list[str]) -> list[str]:
     """The mean over seeds, the lowest and highest seed, and each seed's row."""
     count = len(results["seeds"])
     over = results["over_seeds"]
-    lines = [
-        f"| medvol, mean over {_count(count, 'seed')} [95% t-interval] | "
-        + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
-        + " |"
-    ]
+    lines = [_row(f"medvol, mean over {_count(count, 'seed')} [95% t-interval]", _mean_cells(over, metrics))]
     if count > 1:
-        lines.append(
-            f"| medvol, lowest – highest of {count} seeds | "
-            + " | ".join(_range_cell(over.get(m) or {}) for m in metrics)
-            + " |"
-        )
+        lines.append(_row(f"medvol, lowest – highest of {count} seeds", _range_cells(over, metrics)))
     for run in results["runs"]:
         lines.append(
             f"| seed {run['seed']} [95% bootstrap interval over cases] | {_run_cells(run, metrics)} |"
@@ -123,24 +115,17 @@ def _cross_validation_rows(results: dict[str, Any], metrics: list[str]) -> list[
         else f"{len(folds)} of {n_folds} folds (folds {listed}; not a {n_folds}-fold mean)"
     )
     over, spread = results["over_seeds"], cv["over_folds"]
-    lines = [
-        f"| medvol, {what}: per-case mean over the {cv['cases']} pooled validation cases, mean over "
-        f"{_count(count, 'seed')} [95% t-interval over seeds] | "
-        + " | ".join(_mean_cell(over.get(m) or {}) for m in metrics)
-        + " |"
-    ]
+    label = (
+        f"medvol, {what}: per-case mean over the {cv['cases']} pooled validation cases, mean over "
+        f"{_count(count, 'seed')} [95% t-interval over seeds]"
+    )
+    lines = [_row(label, _mean_cells(over, metrics))]
     if len(folds) > 1:
-        lines.append(
-            f"| medvol, lowest – highest of the {len(folds)} folds (fold means over seeds) | "
-            + " | ".join(_range_cell(spread.get(m) or {}) for m in metrics)
-            + " |"
-        )
+        label = f"medvol, lowest – highest of the {len(folds)} folds (fold means over seeds)"
+        lines.append(_row(label, _range_cells(spread, metrics)))
     if count > 1:
-        lines.append(
-            f"| medvol, lowest – highest of {count} seeds (pooled means) | "
-            + " | ".join(_range_cell(over.get(m) or {}) for m in metrics)
-            + " |"
-        )
+        label = f"medvol, lowest – highest of {count} seeds (pooled means)"
+        lines.append(_row(label, _range_cells(over, metrics)))
     for fold in cv["per_fold"]:
         name = f"fold {fold['fold']} ({fold['cases']} case{'' if fold['cases'] == 1 else 's'})"
         if count == 1:
@@ -206,6 +191,19 @@ def _times(count: int) -> str:
 
 def _count(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _row(label: str, cells: list[str]) -> str:
+    """One Markdown table row: the label, then the cells."""
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def _mean_cells(over: dict[str, Any], metrics: list[str]) -> list[str]:
+    return [_mean_cell(over.get(m) or {}) for m in metrics]
+
+
+def _range_cells(over: dict[str, Any], metrics: list[str]) -> list[str]:
+    return [_range_cell(over.get(m) or {}) for m in metrics]
 
 
 def _mean_cell(entry: dict[str, Any]) -> str:
