@@ -205,17 +205,23 @@ def train_cell(config: dict[str, Any], work: Path, threads: int) -> dict[str, An
     run_dir = Path(config["tracking"]["output_dir"]) / name
     reused = completed(run_dir, config)
     run_dir = run_training(config, work / "configs" / f"{name}.yaml", threads)
-    if reused:  # trained by an earlier invocation: its recorded costs (unknown if none were kept)
-        known = (run_dir / COST_FILE).is_file()
-        cost = json.loads((run_dir / COST_FILE).read_text()) if known else {"cpu_seconds": None}
-    else:
-        cost = {
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "cpu_seconds": round(cpu_seconds() - before, 1),
-            "load_average": os.getloadavg(),
-        }
-        (run_dir / COST_FILE).write_text(json.dumps(cost))
+    cost = run_cost(run_dir, reused, before, started)
     return {"name": name, "final": final_metrics(run_dir), **cost, "reused": reused}
+
+
+def run_cost(run_dir: Path, reused: bool, cpu_before: float, started: float) -> dict[str, Any]:
+    """A run's wall and CPU seconds: measured since ``started`` and kept in ``COST_FILE``; or, for a
+    run made by an earlier invocation (``reused``), what that file recorded (unknown without it)."""
+    if reused:
+        recorded = run_dir / COST_FILE
+        return dict(json.loads(recorded.read_text())) if recorded.is_file() else {"cpu_seconds": None}
+    cost = {
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(cpu_seconds() - cpu_before, 1),
+        "load_average": os.getloadavg(),
+    }
+    (run_dir / COST_FILE).write_text(json.dumps(cost))
+    return cost
 
 
 def pretrain_cell(config: dict[str, Any], work: Path) -> tuple[Path, dict[str, Any]]:
@@ -227,21 +233,14 @@ def pretrain_cell(config: dict[str, Any], work: Path) -> tuple[Path, dict[str, A
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     before, started = cpu_seconds(), time.perf_counter()
-    if checkpoint.is_file():  # pretrained by an earlier invocation: its recorded costs
-        known = (run_dir / COST_FILE).is_file()
-        spent = json.loads((run_dir / COST_FILE).read_text()) if known else {"cpu_seconds": None}
-    else:
+    reused = checkpoint.is_file()
+    if not reused:
         result = subprocess.run(
             [sys.executable, "-m", "medvol", "pretrain", str(path)], capture_output=True, text=True
         )
         if result.returncode != 0:
             raise RuntimeError(f"medvol pretrain failed for {path}:\n{result.stderr[-2000:]}")
-        spent = {
-            "wall_seconds": round(time.perf_counter() - started, 1),
-            "cpu_seconds": round(cpu_seconds() - before, 1),
-            "load_average": os.getloadavg(),
-        }
-        (run_dir / COST_FILE).write_text(json.dumps(spent))
+    spent = run_cost(run_dir, reused, before, started)
     history = json.loads((run_dir / "pretrain.json").read_text())["history"]
     cost = {
         "name": name,
