@@ -254,7 +254,7 @@ def test_two_folds_give_a_row_each_and_the_mean_pooled_over_their_cases(two_fold
     table = (out / "results.md").read_text()
     assert (
         "| medvol, 2 of 5 folds (folds 0, 2; not a 5-fold mean): per-case mean over the 3 pooled "
-        "validation cases, mean over 1 seed [95% t-interval over seeds] |" in table
+        "validation cases, mean over 1 seed (no interval) |" in table
     )
     assert "| fold 0 (2 cases) [95% bootstrap interval over cases] |" in table
     assert "| fold 2 (1 case) [95% bootstrap interval over cases] |" in table

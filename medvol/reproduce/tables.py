@@ -94,7 +94,8 @@ def _seed_rows(results: dict[str, Any], metrics: list[str]) -> list[str]:
     """The mean over seeds, the lowest and highest seed, and each seed's row."""
     count = len(results["seeds"])
     over = results["over_seeds"]
-    lines = [_row(f"medvol, mean over {_count(count, 'seed')} [95% t-interval]", _mean_cells(over, metrics))]
+    interval = " [95% t-interval]" if count > 1 else " (no interval)"
+    lines = [_row(f"medvol, mean over {_count(count, 'seed')}{interval}", _mean_cells(over, metrics))]
     if count > 1:
         lines.append(_row(f"medvol, lowest – highest of {count} seeds", _range_cells(over, metrics)))
     for run in results["runs"]:
@@ -117,7 +118,7 @@ def _cross_validation_rows(results: dict[str, Any], metrics: list[str]) -> list[
     over, spread = results["over_seeds"], cv["over_folds"]
     label = (
         f"medvol, {what}: per-case mean over the {cv['cases']} pooled validation cases, mean over "
-        f"{_count(count, 'seed')} [95% t-interval over seeds]"
+        f"{_count(count, 'seed')}{' [95% t-interval over seeds]' if count > 1 else ' (no interval)'}"
     )
     lines = [_row(label, _mean_cells(over, metrics))]
     if len(folds) > 1:
