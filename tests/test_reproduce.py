@@ -159,19 +159,21 @@ def test_a_changed_recipe_is_not_mixed_with_earlier_runs(
     assert "adrenalmnist3d-cpu-seed0" in error and "another recipe (changed since: optimizer)" in error
 
 
+TINY_UNET = (
+    "data.num_workers=0",
+    "data.patch_size=[32,32,32]",
+    "train.epochs=1",
+    "train.val_every=1",
+    "model.options.base_filters=4",
+    "model.options.num_levels=3",
+)
+
+
 def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_path: Path) -> None:
     data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "004", "006", "007", "008"))
     out = tmp_path / "repro"
     arguments = ["reproduce", "hippocampus", "--seeds", "1", "--out", str(out)]
-    for override in (
-        f"data.root={data}",
-        "data.num_workers=0",
-        "data.patch_size=[32,32,32]",
-        "train.epochs=1",
-        "train.val_every=1",
-        "model.options.base_filters=4",
-        "model.options.num_levels=3",
-    ):
+    for override in (f"data.root={data}", *TINY_UNET):
         arguments += ["--set", override]
     assert main(arguments) == 0
     results = json.loads((out / "results.json").read_text())
@@ -186,14 +188,6 @@ def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_pa
     assert not (out / "test-evaluations.json").exists()
 
 
-TINY_UNET = (
-    "data.num_workers=0",
-    "data.patch_size=[32,32,32]",
-    "train.epochs=1",
-    "train.val_every=1",
-    "model.options.base_filters=4",
-    "model.options.num_levels=3",
-)
 # Seven cases in nnU-Net's five folds: folds 0 and 1 validate on 2 cases each, folds 2 to 4 on 1.
 FOLD_CASES = ("001", "003", "004", "006", "007", "008", "011")
 
