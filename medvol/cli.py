@@ -318,7 +318,7 @@ def _add_evaluate(verbs: Any, common: argparse.ArgumentParser) -> None:
         "--tta",
         dest="flip_tta",
         action="store_true",
-        help="average over axis flips (segmentation)",
+        help="average over flips of the axes the run was trained to flip (segmentation)",
     )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     evaluate.set_defaults(run=run_evaluate)
@@ -339,7 +339,7 @@ def _add_predict(verbs: Any, common: argparse.ArgumentParser) -> None:
         "--tta",
         dest="flip_tta",
         action="store_true",
-        help="average over axis flips (segmentation)",
+        help="average over flips of the axes the run was trained to flip (segmentation)",
     )
     predict.add_argument(
         "--largest-component", action="store_true", help="keep the largest component of each class"

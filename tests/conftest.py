@@ -43,7 +43,7 @@ def check_cache_folder(tmp_path_factory: pytest.TempPathFactory, monkeypatch: py
 
 @pytest.fixture(scope="session")
 def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny U-Net trained for one epoch on 4 bundled hippocampus cases at 4 mm."""
+    """A tiny U-Net trained for one epoch on 4 bundled hippocampus cases at 4 mm, flipping left-right."""
     from medvol import demo
     from medvol.cli import main
     from tests.shared_samples import write_config
@@ -65,6 +65,7 @@ def segmenter(tmp_path_factory: pytest.TempPathFactory) -> Path:
         split={"n_splits": 2},
     )
     config["preprocess"]["pad_to_shape"] = [16, 16, 16]
+    config["augment"] = {"flip_axes": [0], "affine_prob": 0.0}  # X is left-right (orientation RAS)
     assert main(["train", str(write_config(root / "seg.yaml", config))]) == 0
     return root / "runs" / "seg"
 

@@ -28,8 +28,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import medvol
+from medvol import demo
 from medvol.cli import main
 from medvol.data.cases import discover_dicom
 from medvol.errors import MedvolError
@@ -42,6 +44,7 @@ from medvol.prediction import (
     predict,
     take_shard,
 )
+from tests.conftest import HOLDOUT_CASE
 from tests.dicom_factory import IDENTIFIERS, Geometry, write_series
 from tests.geometry_oracle import index_map
 
@@ -285,6 +288,30 @@ def test_probabilities_and_refusal_of_changed_settings(
     error = capsys.readouterr().err
     assert "predict.json" in error and "flip_tta" in error and "--overwrite" in error
     assert main(["predict", str(segmenter), str(in_dir), str(out), "--tta", "--overwrite"]) == 0
+
+
+def test_flip_tta_is_refused_for_a_run_trained_without_flips(
+    segmenter: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mirroring anterior/posterior would swap the labels' meaning: only trained flips are used."""
+    unflipped = tmp_path / "unflipped"
+    shutil.copytree(segmenter, unflipped)
+    config = yaml.safe_load((unflipped / "config.yaml").read_text())
+    config["augment"]["flip_axes"] = []
+    (unflipped / "config.yaml").write_text(yaml.safe_dump(config))
+    in_dir = tmp_path / "in"
+    in_dir.mkdir()
+    shutil.copy(demo.sample("hippocampus/holdout/images") / HOLDOUT_CASE, in_dir)
+    assert main(["predict", str(unflipped), str(in_dir), str(tmp_path / "out"), "--flip-tta"]) == 1
+    error = capsys.readouterr().err
+    assert str(unflipped) in error and "trained without flips" in error and "augment.flip_axes" in error
+    assert not (tmp_path / "out").exists()
+    assert main(["evaluate", str(unflipped), "--flip-tta", "--out", str(tmp_path / "scores")]) == 1
+    assert "trained without flips" in capsys.readouterr().err
+    assert not (tmp_path / "scores").exists()
+    assert main(["evaluate", str(segmenter), "--flip-tta", "--out", str(tmp_path / "flipped")]) == 0
+    summary = json.loads((tmp_path / "flipped" / "summary.json").read_text())
+    assert summary["tta"] is True and summary["tta_flip_axes"] == [0]
 
 
 def test_a_series_of_several_echoes_is_predicted_from_the_chosen_volume(

@@ -18,7 +18,13 @@ from monai.transforms import Resize
 
 from medvol import demo
 from medvol.engine.torch_network import TorchNetwork
-from medvol.engine.windows import SLIDING_WINDOW_BATCH, SLIDING_WINDOW_OVERLAP, predict_volume, window_starts
+from medvol.engine.windows import (
+    SLIDING_WINDOW_BATCH,
+    SLIDING_WINDOW_OVERLAP,
+    flip_averaged,
+    predict_volume,
+    window_starts,
+)
 from medvol.io import load
 from medvol.models import create_model
 from medvol.transforms import PreprocessConfig, ZScore
@@ -83,3 +89,17 @@ def test_resize_matches_monai(crop: tuple[slice, ...], shape: tuple[int, int, in
     resized = resize(array, shape)
     assert resized.shape == expected.shape == (1, *shape) and resized.dtype == np.float32
     assert np.abs(resized - expected).max() <= 1e-5
+
+
+def test_flip_tta_mirrors_only_the_axes_it_is_given(scan: np.ndarray) -> None:
+    """A left-right-only TTA is the mean of the plain and the X-mirrored prediction; Y and Z stay put."""
+    torch.manual_seed(0)
+    model = create_model("unet", **demo.unet_options()).eval()
+    network = TorchNetwork(model, torch.device("cpu"), nullcontext())
+    patch = (16, 16, 16)
+    plain = predict_volume(network, scan, patch)
+    mirrored = np.flip(predict_volume(network, np.flip(scan, 2), patch), 2)
+    np.testing.assert_allclose(flip_averaged(network, scan, patch, (0,)), (plain + mirrored) / 2, atol=1e-6)
+    np.testing.assert_array_equal(flip_averaged(network, scan, patch), plain)
+    all_axes = flip_averaged(network, scan, patch, (0, 1, 2))
+    assert np.abs(all_axes - (plain + mirrored) / 2).max() > 1e-3  # eight orientations differ from two

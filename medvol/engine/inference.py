@@ -173,8 +173,9 @@ def segment(
     Args:
         trained: from ``load_trained`` (a segmentation run).
         scan: the image as loaded by ``medvol.load``.
-        flip_tta: average the probabilities over all 8 combinations of axis
-            flips (8× the compute).
+        flip_tta: average the probabilities over every combination of flips of
+            the axes the run was trained to flip (:func:`tta_flip_axes`; ``2**k``
+            the compute for ``k`` axes).
         largest_component: keep only the largest 26-connected component of
             each foreground class.
         keep_probabilities: also return the probabilities on the scan's grid.
@@ -187,7 +188,8 @@ def segment(
     prepared = task.prepare_input(trained.recipe, scan)
     image = np.ascontiguousarray(prepared.array, dtype=np.float32)[np.newaxis]
     x, y, z = trained.input_spec.patch_size or image.shape[2:]
-    probabilities = flip_averaged(trained.network, image, (int(x), int(y), int(z)), flip_tta)[0]
+    flip_axes = tta_flip_axes(trained) if flip_tta else ()
+    probabilities = flip_averaged(trained.network, image, (int(x), int(y), int(z)), flip_axes)[0]
     on_source = task.to_source_grid(probabilities, prepared, scan)
     label_array = np.argmax(on_source, axis=0).astype(np.uint8)
     if largest_component:
@@ -197,6 +199,26 @@ def segment(
     if not keep_probabilities:
         return Segmentation(label=label)
     return Segmentation(label, Volume(on_source.astype(np.float32), scan.affine.copy(), meta))
+
+
+def tta_flip_axes(trained: TrainedModel) -> tuple[int, ...]:
+    """The voxel axes flip TTA mirrors: those the run was trained to flip (``augment.flip_axes``).
+
+    Raises:
+        MedvolError: the run was trained without flips. Mirroring its inputs would
+            show it orientations it never saw and, for direction-bearing labels
+            (left/right organs, hippocampus anterior/posterior), swap their meaning.
+    """
+    augment = trained.config.augment
+    if augment is None or augment.flip_prob <= 0 or not augment.flip_axes:
+        raise MedvolError(
+            trained.run_dir,
+            "--flip-tta mirrors the axes the model was trained to flip, and this run was trained "
+            "without flips (augment.flip_axes is empty or augment.flip_prob is 0); drop --flip-tta, "
+            "or train with the axes whose flips keep the labels' meaning (e.g. augment.flip_axes: [0], "
+            "left-right after preprocess.orientation: RAS)",
+        )
+    return tuple(sorted(set(augment.flip_axes)))
 
 
 def keep_largest_components(label: np.ndarray) -> np.ndarray:

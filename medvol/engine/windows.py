@@ -126,15 +126,18 @@ def pad_like_training(
 
 
 def flip_averaged(
-    network: Network, image: np.ndarray, patch_size: tuple[int, int, int], flip_tta: bool
+    network: Network, image: np.ndarray, patch_size: tuple[int, int, int], flip_axes: tuple[int, ...] = ()
 ) -> np.ndarray:
-    """``predict_volume``, averaged over all 8 combinations of axis flips with ``flip_tta`` (8× compute)."""
-    if not flip_tta:
-        return predict_volume(network, image, patch_size)
-    flips = [axes for n in range(4) for axes in itertools.combinations((2, 3, 4), n)]
+    """``predict_volume``, averaged over every combination of flips of ``flip_axes``.
+
+    ``flip_axes`` are voxel axes (0 = X, 1 = Y, 2 = Z) of ``image`` ``(1, C, X, Y, Z)``;
+    ``k`` axes cost ``2**k`` predictions, and none is one plain prediction.
+    """
+    axes = [axis + 2 for axis in sorted(set(flip_axes))]
+    flips = [combination for n in range(len(axes) + 1) for combination in itertools.combinations(axes, n)]
     total = np.zeros((), dtype=np.float32)
-    for axes in flips:
-        flipped = np.flip(image, axes) if axes else image
+    for flipped_axes in flips:
+        flipped = np.flip(image, flipped_axes) if flipped_axes else image
         out = predict_volume(network, flipped, patch_size)
-        total = total + (np.flip(out, axes) if axes else out)
+        total = total + (np.flip(out, flipped_axes) if flipped_axes else out)
     return total / len(flips)

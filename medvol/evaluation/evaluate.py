@@ -87,7 +87,8 @@ def evaluate_run(
         n_resamples: bootstrap resamples of every CI.
         confidence: nominal coverage of every CI.
         seed: seed of the bootstrap resampling (recorded).
-        flip_tta: average the segmentation over the 8 axis-flip combinations.
+        flip_tta: average the segmentation over the flips of the axes the run was trained
+            to flip (``augment.flip_axes``; refused for a run trained without flips).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         policy: values of segmentation metrics on empty masks (recorded).
 

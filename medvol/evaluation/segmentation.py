@@ -44,12 +44,13 @@ def evaluate_segmentation(
 ) -> dict[str, Any]:
     """Segment each case on its own grid and score it against its label map; see the package docstring."""
     from medvol.data.cases import load_case
-    from medvol.engine.inference import segment
+    from medvol.engine.inference import segment, tta_flip_axes
     from medvol.evaluation.overlays import OverlaySlices, overlay_slices, save_overlays
     from medvol.io import save
     from medvol.volume import Volume
 
     config = trained.config
+    flip_axes = tta_flip_axes(trained) if flip_tta else ()  # raises before anything is written
     evaluation = EvaluationFolder(out_dir)
     selection = select_cases(trained.run, config, cases_path, split, "label")
     selected, errors, source, root = selection.cases, selection.errors, selection.source, selection.root
@@ -83,6 +84,7 @@ def evaluate_segmentation(
         "n_requested": requested,
         "errors": errors,
         "tta": flip_tta,
+        "tta_flip_axes": list(flip_axes),
         "empty_policy": policy.to_dict(),
         "class_names": class_names(config),
         "predictions": f"{evaluation.predictions.name}/",

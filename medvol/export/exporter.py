@@ -288,8 +288,8 @@ def package_spec(
             }
             if segmenter
             else None,
-            "flip_tta": "optional (medvol predict --flip-tta): softmax averaged over the 8 axis-flip "
-            "combinations"
+            "flip_tta": "optional (medvol predict --flip-tta): softmax averaged over every combination "
+            "of flips of config.yaml's augment.flip_axes (refused when it is empty)"
             if segmenter
             else None,
             "output": "softmax over classes (axis 1); label maps: argmax after mapping back to the "

@@ -73,7 +73,7 @@ class Predictor:
 
     def load_model(self) -> TrainedModel:
         """The run's model or a package's (ONNX Runtime runs a package, or ``engine="onnxruntime"``)."""
-        from medvol.engine.inference import load_trained
+        from medvol.engine.inference import load_trained, tta_flip_axes
         from medvol.export import is_package, load_package, with_onnxruntime
         from medvol.export.runtime import check_device
 
@@ -102,6 +102,8 @@ class Predictor:
                 raise MedvolError(
                     self.run_dir, f"{', '.join(used)} apply to segmentation runs; this is a classifier"
                 )
+        elif self.options.flip_tta:
+            tta_flip_axes(trained)  # refuses a run trained without flips before any scan is read
         return trained
 
     def settings(self, trained: TrainedModel) -> dict[str, Any]:
