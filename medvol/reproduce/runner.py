@@ -83,6 +83,7 @@ def reproduce(
             "split": study.split,
             "cases": None if study.cases is None else str(study.cases),
             "checkpoint": study.checkpoint,
+            "flip_tta": study.flip_tta,
         },
         "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
@@ -157,9 +158,16 @@ def _reproduce_run(
             cases=study.cases,
             checkpoint="last" if study.checkpoint == "last" else "best",
             out=evaluation.path,
+            flip_tta=study.flip_tta,
         )
     else:
         print(f"{label} already evaluated: {evaluation.path}", flush=True)
+        if bool(evaluation.read_summary().get("tta", False)) != study.flip_tta:
+            raise MedvolError(
+                evaluation.summary,
+                f"evaluated {'with' if not study.flip_tta else 'without'} flip TTA, and the study's "
+                f"evaluate.flip_tta is {study.flip_tta}; remove {evaluation.path} to evaluate it again",
+            )
     entry = seed_entry(study, seed, run, evaluation)
     if fold is not None:
         entry = {"fold": fold, **entry}

@@ -25,6 +25,7 @@ class Study:
     split: str
     cases: Path | None
     checkpoint: str
+    flip_tta: bool
     metrics: list[str]
     published: dict[str, Any]
     data: list[Source]
@@ -70,6 +71,7 @@ def load_study(name_or_path: str | Path) -> Study:
         split=str(evaluate.get("split", "test")),
         cases=None if evaluate.get("cases") is None else (path.parent / evaluate["cases"]).resolve(),
         checkpoint=str(evaluate.get("checkpoint", "best")),
+        flip_tta=bool(evaluate.get("flip_tta", False)),
         metrics=[str(m) for m in data["metrics"]],
         published=dict(data["published"]),
         data=parse_sources(data.get("data"), path),

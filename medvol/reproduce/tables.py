@@ -156,6 +156,12 @@ def _run_label(run: dict[str, Any]) -> str:
     return f"seed {run['seed']}" if run.get("fold") is None else f"fold {run['fold']} seed {run['seed']}"
 
 
+def _evaluated_with(evaluated: dict[str, Any]) -> str:
+    """The checkpoint scored, and the flip TTA when the study asks for it."""
+    tta = ", averaged over the flips the recipe trains with (flip TTA)" if evaluated.get("flip_tta") else ""
+    return f"checkpoint {evaluated['checkpoint']}{tta}"
+
+
 def _scored_line(results: dict[str, Any]) -> str:
     """How many times the held-out cases were scored, and for which recipes."""
     evaluated = results["evaluated"]
@@ -165,13 +171,13 @@ def _scored_line(results: dict[str, Any]) -> str:
         return (
             "**Scored: the validation cases of each fold, once per fold and seed "
             f"({_count(len(cv['folds']), 'fold')} × {_count(seeds, 'seed')}), "
-            f"checkpoint {evaluated['checkpoint']}.** "
+            f"{_evaluated_with(evaluated)}.** "
             "The study has no test split."
         )
     if evaluated["split"] != "test" or evaluated["cases"]:
         return (
             f"**Scored: the {evaluated['cases'] or SPLIT_NAMES.get(evaluated['split'], evaluated['split'])} "
-            f"cases, once per seed ({_count(seeds, 'seed')}), checkpoint {evaluated['checkpoint']}.** "
+            f"cases, once per seed ({_count(seeds, 'seed')}), {_evaluated_with(evaluated)}.** "
             "The study has no test split."
         )
     record = results.get("test_evaluations") or {"count": 0, "by_recipe": []}
