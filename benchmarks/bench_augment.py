@@ -11,7 +11,7 @@ Cases, each the recipe's own model, batch size, optimiser, precision and augment
   training cases (``--quick``: 256).
 - ``demo-resnet10``: the demo's AdrenalMNIST3D ResNet-10 (``medvol.demo.classifier_config``:
   affine in 30%, the default intensity stages), on the same cases.
-- ``hippocampus-cpu``: ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (UNet, 40×56×40 patches,
+- ``hippocampus-cpu``: ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (its UNet, 40×56×40 patches,
   batch 4, 2 workers, affine 30% + the default intensity stages), fold 0 of the
   first 60 clean pairs (``--quick``: 12).
 

@@ -7,8 +7,9 @@ Usage (from the project root)::
 Two runs are trained for one epoch inside the benchmark (weights do not change
 the cost of inference) and exported with ``medvol export``:
 
-- ``unet``: the UNet of ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (base 16
-  filters, 4 levels, patch 40×56×40, 1 mm), on 4 bundled hippocampus cases;
+- ``unet``: the UNet ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` used until it moved
+  to residual units at 32 filters (base 16 filters, 4 levels, patch 40×56×40, 1 mm), on 4
+  bundled hippocampus cases;
 - ``resnet``: the ResNet18 of ``medvol/studies/recipes/adrenalmnist3d-resnet18-cpu.yaml``
   (widths 16, stem stride 2, channels-last in torch as medvol resolves it on
   the CPU), on 40 bundled AdrenalMNIST3D 28³ cases.

@@ -14,8 +14,9 @@ Parts (every part times its baseline in the same run, interleaved):
    ``medvol.save``, one after the other. Same run folder, same checkpoint,
    same outputs (checked voxel for voxel). Two models, each trained for one
    epoch on 4 cases by ``medvol train`` inside the benchmark (weights do not
-   change the cost of inference): ``config_unet``, the UNet of
-   ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (base 16 filters, 4 levels, patch
+   change the cost of inference): ``config_unet``, the UNet
+   ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` used until it moved to residual units
+   at 32 filters (base 16 filters, 4 levels, patch
    40×56×40), and ``small_unet`` (base 4, 3 levels, patch 32³), where loading
    and saving are a larger share of the work. ``medvol predict`` runs with
    its defaults: 2 I/O threads, torch on its own thread setting. Both are

@@ -27,7 +27,7 @@ Parts (every part times its baseline in the same run):
    input), bf16 autocast, both, and ``torch.compile`` (compile time, i.e. the
    first step minus a steady step, reported apart from the steady state). For
    the ResNet-18 above at the protocol width (28³, batch 32, real images), the
-   hippocampus UNet of ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` (40×56×40
+   16-filter hippocampus UNet ``medvol/studies/recipes/hippocampus-unet-cpu.yaml`` used (40×56×40
    patches, batch 4, Dice + CE, random inputs) and the UNet with medvol's
    defaults (64³, batch 2). Dynamo is reset before each model, so every model
    compiles afresh. The first step's loss from identical weights and batch is
@@ -68,7 +68,7 @@ from medvol.losses import create_loss
 from medvol.models import create_model
 
 ADRENAL = Path("adrenalmnist3d") / "adrenalmnist3d.npz"
-UNET_OPTIONS = demo.unet_options(base_filters=16, num_levels=4)  # the hippocampus config's UNet
+UNET_OPTIONS = demo.unet_options(base_filters=16, num_levels=4)  # the hippocampus recipe's earlier UNet
 LR = 1e-3
 
 

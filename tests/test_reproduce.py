@@ -50,6 +50,16 @@ def test_every_study_loads_and_its_configs_parse() -> None:
         assert all(row["source"] in study.published["sources"] for row in rows), name
 
 
+def test_published_files_name_the_machine_folders_by_name() -> None:
+    from medvol.reproduce.ledger import without_machine_paths
+
+    text = '{"a": "/x/out/runs/r", "b": "/x/out-2/runs", "c": "/x/out", "d": "/x/out/data/f.npz"}'
+    named = {"OUT": Path("/x/out"), "DATA": Path("/x/out/data")}
+    assert without_machine_paths(text, named) == (
+        '{"a": "OUT/runs/r", "b": "/x/out-2/runs", "c": "OUT", "d": "DATA/f.npz"}'
+    )
+
+
 def test_unknown_study_and_budget_are_refused(tmp_path: Path) -> None:
     with pytest.raises(MedvolError, match="unknown study 'nope'; available: adrenalmnist3d"):
         load_study("nope")
@@ -113,6 +123,11 @@ def test_classification_study_over_two_seeds_resumes_without_retraining(
     assert "configs/adrenalmnist3d-cpu-seed0.yaml" in copied
     assert not any(name.endswith(".pt") or "predictions" in name for name in copied)
     assert sum(p.stat().st_size for p in published.rglob("*")) < 200_000
+    # What is committed names no folder of the machine that ran it.
+    assert not [name for name in copied if str(out.resolve()) in (published / name).read_text()]
+    assert json.loads((published / "results.json").read_text())["runs"][0]["run_dir"] == (
+        "OUT/runs/adrenalmnist3d-cpu-seed0"
+    )
 
     # Scoring the test split again outside reproduce is counted, not hidden.
     evaluate_run(results["runs"][0]["run_dir"], split="test")
@@ -169,7 +184,9 @@ TINY_UNET = (
 )
 
 
-def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_path: Path) -> None:
+def test_segmentation_study_scores_the_validation_fold(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = copy_hippocampus_pairs(shared_data, tmp_path / "hippo", ("001", "004", "006", "007", "008"))
     out = tmp_path / "repro"
     arguments = ["reproduce", "hippocampus", "--seeds", "1", "--out", str(out)]
@@ -179,13 +196,26 @@ def test_segmentation_study_scores_the_validation_fold(shared_data: Path, tmp_pa
     results = json.loads((out / "results.json").read_text())
     summary = json.loads((Path(results["runs"][0]["run_dir"]) / "reproduce-val" / "summary.json").read_text())
     assert summary["split"] == "val" and summary["checkpoint"] == "last" and summary["n_cases"] == 1
+    assert summary["tta"] is True and summary["tta_flip_axes"] == [0]  # left-right only, as trained
     assert set(results["over_seeds"]) == {"dice_1", "dice_2"}
     table = (out / "results.md").read_text()
     assert "nnU-Net 3d_fullres (5-fold CV) (published [1]) | 0.8975 | 0.8807" in table
     assert "| | Dice anterior (1) | Dice posterior (2) |" in table
-    assert "Scored: the validation cases, once per seed (1 seed), checkpoint last" in table
+    assert (
+        "Scored: the validation cases, once per seed (1 seed), checkpoint last, "
+        "averaged over the flips the recipe trains with (flip TTA)"
+    ) in table
     assert "baseline" in results and results["baseline"] is None
     assert not (out / "test-evaluations.json").exists()
+    # A seed scored without flip TTA is not mixed into a table that says it used it.
+    summary_path = out / "runs" / "hippocampus-cpu-seed0" / "reproduce-val" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["tta"] = False
+    summary_path.write_text(json.dumps(summary))
+    capsys.readouterr()
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert str(summary_path) in error and "evaluated without flip TTA" in error and "remove" in error
 
 
 # Seven cases in nnU-Net's five folds: folds 0 and 1 validate on 2 cases each, folds 2 to 4 on 1.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -97,12 +97,16 @@ def _read_test_evaluations(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def publish_results(out: Path, results: dict[str, Any], target: Path) -> list[Path]:
+def publish_results(
+    out: Path, results: dict[str, Any], target: Path, places: dict[str, Path] | None = None
+) -> list[Path]:
     """Copy what every figure of ``results.json`` comes from into ``target``, in the same layout.
 
     ``results.json``, ``test-evaluations.json``, ``configs/RUN.yaml`` and, for each run,
     ``runs/RUN/EVALUATION/summary.json`` and ``cases.csv`` (kilobytes; no checkpoint, no
-    prediction).
+    prediction). The machine's absolute paths are written by name: ``OUT`` for ``out``,
+    and each of ``places`` (``{"DATA": data_dir, ...}``), so what is committed names no
+    folder of the machine that ran it.
 
     Returns:
         The files written.
@@ -115,12 +119,25 @@ def publish_results(out: Path, results: dict[str, Any], target: Path) -> list[Pa
                 Path(run["folder"]) / evaluation / "summary.json",
                 Path(run["folder"]) / evaluation / "cases.csv",
             ]
+    named = {"OUT": out, **(places or {})}
     written = []
     for path in relative:
         if not (out / path).is_file():
             continue
         (target / path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target / path) as temporary:
-            shutil.copyfile(out / path, temporary)
+            temporary.write_text(without_machine_paths((out / path).read_text(), named))
         written.append(target / path)
     return written
+
+
+def without_machine_paths(text: str, named: dict[str, Path]) -> str:
+    """``text`` with each folder of ``named`` (and every path under it) written by its name.
+
+    A folder's absolute and resolved forms are matched whole (``/a/out`` is not replaced in
+    ``/a/out-2``), the longest first, so a folder inside another keeps its own name.
+    """
+    forms = {(str(form), name) for name, path in named.items() for form in (path.absolute(), path.resolve())}
+    for folder, name in sorted(forms, key=lambda pair: -len(pair[0])):
+        text = re.sub(re.escape(folder) + r"(?![\w.-])", name, text)
+    return text

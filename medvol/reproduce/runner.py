@@ -16,7 +16,7 @@ from medvol.logs import get_logger, track
 from medvol.reproduce.folds import CROSS_VALIDATION_INTERVALS, check_folds, cross_validation
 from medvol.reproduce.ledger import publish_results, record_test_evaluations
 from medvol.reproduce.scores import SEED_INTERVALS, majority_baseline, over_seeds, seed_entry
-from medvol.reproduce.study import Study
+from medvol.reproduce.study import STUDIES_DIR, Study
 from medvol.reproduce.tables import format_results
 
 if TYPE_CHECKING:
@@ -103,7 +103,7 @@ def reproduce(
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     if publish is not None:
-        publish_results(out, results, publish)
+        publish_results(out, results, publish, {"DATA": data_folder(data_dir), "MEDVOL": STUDIES_DIR.parent})
     return results
 
 
