@@ -278,3 +278,23 @@ def test_case_ids_name_the_series_not_the_folder_given(tmp_path: Path) -> None:
     assert [scan.case_id for scan in found.scans] == [expected, expected]
     assert sorted(scan.name for scan in found.scans) == [f"one/a/{expected}", f"two/a/{expected}"]
     assert not found.failures
+
+
+def test_series_without_a_uid_are_told_apart_by_their_content(tmp_path: Path) -> None:
+    """Two different series with a blank SeriesInstanceUID are two cases, not one and its "copy"."""
+    root = tmp_path / "export"
+    write_series(root / "a", Geometry(), seed=35)
+    write_series(root / "b", Geometry(rows=12, columns=10, slices=5), base=700, seed=36)
+    for path in (p for p in root.rglob("*") if p.is_file()):
+        dataset = pydicom.dcmread(path)
+        dataset.SeriesInstanceUID = ""
+        dataset.save_as(path)
+    shutil.copytree(root / "a", root / "copy" / "a")
+    cases, findings = discover_dicom(root)  # medvol index of the parent
+    ids = {Path(case.images[0]).relative_to(root).as_posix(): case.case_id for case in cases}
+    assert set(ids) == {"a", "b"} and ids["a"] != ids["b"]
+    (duplicate,) = [f for f in findings if f.kind == "duplicate"]  # the true copy, and only it
+    assert duplicate.case_id == ids["a"] and duplicate.path == str(root / "copy" / "a")
+    assert not any(f.kind == "series_in_several_folders" for f in findings)
+    assert [scan.case_id for scan in find_scans(root / "b").scans] == [ids["b"]]  # the folder given
+    assert [scan.case_id for scan in find_scans(root / "copy").scans] == [ids["a"]]

@@ -26,6 +26,7 @@ Patient identifiers are never read into medvol's records.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -154,8 +155,9 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
     its own; the mosaics of one series form one group (each mosaic one of its
     volumes; copies of one mosaic, which share an InstanceNumber, a group
     each), apart from any single slices. Groups are
-    ordered by series number, then key, then folder; the key is the UID, with
-    ``#2``, ``#3``... for further parts of one UID split within one folder.
+    ordered by series number, then key, then folder; the key is the UID (for images
+    without one, :func:`unnamed_series_key`), with ``#2``, ``#3``... for further parts
+    of one UID split within one folder.
     """
     groups: dict[tuple[Any, ...], list[SliceHeader]] = {}
     for header in headers:
@@ -171,11 +173,28 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
     parts: dict[tuple[str, str], int] = {}
     series = []
     for group_key in sorted(groups, key=lambda k: (_series_number(groups[k]), str(k))):
-        uid, folder = group_key[0], group_key[-1]
+        uid, folder = group_key[0] or unnamed_series_key(groups[group_key]), group_key[-1]
         parts[uid, folder] = parts.get((uid, folder), 0) + 1
         name = uid if parts[uid, folder] == 1 else f"{uid}#{parts[uid, folder]}"
         series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
     return series
+
+
+def unnamed_series_key(headers: Sequence[SliceHeader]) -> str:
+    """The key of images without a SeriesInstanceUID: ``no-uid-`` and a hash of their content.
+
+    The hash covers the bytes of the group's first image (by InstanceNumber, then position,
+    then file name), never its path: copies of the series in several folders share the key,
+    as copies of a series with a UID do, and two different series do not. Should that file
+    have become unreadable, the hash covers the images' numbers, positions and sizes instead.
+    """
+    first = min(headers, key=lambda h: (h.instance_number or 0, h.position or (), os.path.basename(h.path)))
+    try:
+        content = Path(first.path).read_bytes()
+    except OSError:
+        described = sorted((h.instance_number or 0, h.position or (), h.rows, h.columns) for h in headers)
+        content = repr(described).encode()
+    return "no-uid-" + hashlib.sha256(content).hexdigest()[:16]
 
 
 def _copies_of_one_mosaic_apart(
@@ -204,7 +223,7 @@ def series_in_several_folders(series: Sequence[DicomSeries]) -> list[str]:
     """
     folders: dict[str, dict[Path, set[tuple[float, ...]]]] = {}
     for item in series:
-        if not item.key:
+        if not item.first.series_uid:
             continue  # no SeriesInstanceUID: nothing says the folders share a series
         positions = {
             tuple(np.round(position, 3))
