@@ -26,7 +26,6 @@ Patient identifiers are never read into medvol's records.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -39,7 +38,7 @@ import SimpleITK as sitk
 
 from medvol.errors import SeriesError, UnreadableFileError
 from medvol.io.dicom_headers import SkippedFile, SliceHeader, pair_name, read_header
-from medvol.io.discovery import list_files
+from medvol.io.discovery import list_files, unnamed_series_key
 from medvol.io.geometry import affine_from_columns
 from medvol.logs import get_logger
 
@@ -178,23 +177,6 @@ def group_series(headers: Iterable[SliceHeader]) -> list[DicomSeries]:
         name = uid if parts[uid, folder] == 1 else f"{uid}#{parts[uid, folder]}"
         series.append(DicomSeries(key=name, headers=tuple(groups[group_key])))
     return series
-
-
-def unnamed_series_key(headers: Sequence[SliceHeader]) -> str:
-    """The key of images without a SeriesInstanceUID: ``no-uid-`` and a hash of their content.
-
-    The hash covers the bytes of the group's first image (by InstanceNumber, then position,
-    then file name), never its path: copies of the series in several folders share the key,
-    as copies of a series with a UID do, and two different series do not. Should that file
-    have become unreadable, the hash covers the images' numbers, positions and sizes instead.
-    """
-    first = min(headers, key=lambda h: (h.instance_number or 0, h.position or (), os.path.basename(h.path)))
-    try:
-        content = Path(first.path).read_bytes()
-    except OSError:
-        described = sorted((h.instance_number or 0, h.position or (), h.rows, h.columns) for h in headers)
-        content = repr(described).encode()
-    return "no-uid-" + hashlib.sha256(content).hexdigest()[:16]
 
 
 def _copies_of_one_mosaic_apart(

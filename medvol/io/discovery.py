@@ -4,14 +4,20 @@
 (``medvol.prediction``) and DICOM series discovery (``medvol.io.dicom``) all
 walk folders with :func:`list_files`, recognise scan files by
 :data:`SCAN_FILE_SUFFIXES` and name a DICOM series with :func:`dicom_case_id`,
-so a scan has the same id whichever verb found it.
+so a scan has the same id whichever verb found it (images without a
+SeriesInstanceUID: :func:`unnamed_series_key`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from medvol.io.dicom_headers import SliceHeader
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_READ_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
@@ -44,10 +50,27 @@ def list_files(folder: Path, exclude: Path | None = None, unreadable: list[Path]
 def dicom_case_id(series_key: str) -> str:
     """``dicom-<hash>``: a DICOM series' case id.
 
-    The hash covers the series key only (its SeriesInstanceUID, with ``#2``...
+    The hash covers the series key only (its SeriesInstanceUID or :func:`unnamed_series_key`, with ``#2``...
     when one folder holds several volumes of one UID), never the path the user
     gave: the series has the same id under ``medvol index PARENT`` and
     ``medvol predict FOLDER``, in every run, and the id carries no patient data.
     Copies of one series in several folders share the id (they are one series).
     """
     return "dicom-" + hashlib.sha256(series_key.encode()).hexdigest()[:12]
+
+
+def unnamed_series_key(headers: Sequence[SliceHeader]) -> str:
+    """The key of images without a SeriesInstanceUID: ``no-uid-`` and a hash of their content.
+
+    The hash covers the bytes of the group's first image (by InstanceNumber, then position,
+    then file name), never its path: copies of the series in several folders share the key,
+    as copies of a series with a UID do, and two different series do not. Should that file
+    have become unreadable, the hash covers the images' numbers, positions and sizes instead.
+    """
+    first = min(headers, key=lambda h: (h.instance_number or 0, h.position or (), os.path.basename(h.path)))
+    try:
+        content = Path(first.path).read_bytes()
+    except OSError:
+        described = sorted((h.instance_number or 0, h.position or (), h.rows, h.columns) for h in headers)
+        content = repr(described).encode()
+    return "no-uid-" + hashlib.sha256(content).hexdigest()[:16]
