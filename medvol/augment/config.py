@@ -35,7 +35,8 @@ class AugmentConfig:
         flip_axes: voxel axes (0 = X, 1 = Y, 2 = Z) that may be flipped. Empty
             by default: a flip swaps left/right or anterior/posterior and so the
             meaning of direction-bearing labels (hippocampus anterior/posterior,
-            left/right organs). Declare axes only where that is harmless.
+            left/right organs). Declare axes only where that is harmless. Flip TTA
+            (``--flip-tta``) mirrors these axes and no others.
         flip_prob: probability of flipping, drawn independently per allowed axis.
         affine_prob: probability of one random affine (all of the next four).
         rotate_deg: largest rotation about each axis, degrees (uniform ±).
