@@ -123,7 +123,9 @@ def test_classification_study_over_two_seeds_resumes_without_retraining(
     assert "configs/adrenalmnist3d-cpu-seed0.yaml" in copied
     assert not any(name.endswith(".pt") or "predictions" in name for name in copied)
     assert sum(p.stat().st_size for p in published.rglob("*")) < 200_000
-    # What is committed names no folder of the machine that ran it.
+    # What is committed names no folder of the machine that ran it, and is otherwise a byte-for-byte copy.
+    cases = "runs/adrenalmnist3d-cpu-seed0/reproduce-test/cases.csv"
+    assert (published / cases).read_bytes() == (out / cases).read_bytes()
     assert not [name for name in copied if str(out.resolve()) in (published / name).read_text()]
     assert json.loads((published / "results.json").read_text())["runs"][0]["run_dir"] == (
         "OUT/runs/adrenalmnist3d-cpu-seed0"

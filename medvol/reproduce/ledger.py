@@ -126,7 +126,8 @@ def publish_results(
             continue
         (target / path).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(target / path) as temporary:
-            temporary.write_text(without_machine_paths((out / path).read_text(), named))
+            text = (out / path).read_bytes().decode()  # bytes: cases.csv keeps its CRLF line ends
+            temporary.write_bytes(without_machine_paths(text, named).encode())
         written.append(target / path)
     return written
 
