@@ -320,6 +320,11 @@ def _add_evaluate(verbs: Any, common: argparse.ArgumentParser) -> None:
         action="store_true",
         help="average over flips of the axes the run was trained to flip (segmentation)",
     )
+    evaluate.add_argument(
+        "--largest-component",
+        action="store_true",
+        help="score with only the largest component of each class kept (segmentation)",
+    )
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     evaluate.set_defaults(run=run_evaluate)
 
@@ -754,6 +759,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         n_resamples=args.n_resamples,
         flip_tta=args.flip_tta,
+        largest_component=args.largest_component,
         device=args.device,
     )
     for notice in evaluation.notices:

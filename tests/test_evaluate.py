@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
+from scipy import ndimage
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from medvol import demo
@@ -226,6 +227,8 @@ def test_classification_refuses_a_manifest_and_a_bad_threshold(classifier: Path,
         evaluate_run(classifier, cases=manifest)
     with pytest.raises(MedvolError, match="threshold"):
         evaluate_run(classifier, threshold=1.5)
+    with pytest.raises(MedvolError, match="--largest-component apply to segmentation runs"):
+        evaluate_run(classifier, largest_component=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,6 +269,33 @@ def test_segmenter_val_evaluation(segmenter: Path, tmp_path_factory: pytest.Temp
         mean = np.mean([float(r["dice"]) for r in rows if r["class"] == value])
         assert dice["mean"] == pytest.approx(mean)
         assert dice["low"] <= dice["mean"] <= dice["high"] and dice["n"] == len(val)
+
+
+def test_segmenter_scored_with_the_largest_component_of_each_class(segmenter: Path, tmp_path: Path) -> None:
+    """``largest_component`` scores what scipy's 26-connected labelling keeps of the plain prediction."""
+    run_dir = copy_run(segmenter, tmp_path)
+    plain = evaluate_run(run_dir, out=tmp_path / "plain", n_resamples=20, device="cpu")
+    kept = evaluate_run(run_dir, out=tmp_path / "kept", n_resamples=20, device="cpu", largest_component=True)
+    assert plain.summary["largest_component"] is False and kept.summary["largest_component"] is True
+    rows = read_csv(kept.out / "cases.csv")
+    labels = segmenter.parents[1] / "hippocampus" / "labels"
+    changed = 0
+    for case_id in json.loads((run_dir / "split.json").read_text())["val"]:
+        predicted = np.asarray(nib.load(plain.out / "predictions" / f"{case_id}.nii.gz").dataobj)
+        expected = np.zeros_like(predicted)
+        for value in (1, 2):
+            components, count = ndimage.label(predicted == value, structure=np.ones((3, 3, 3)))
+            if count:
+                sizes = np.bincount(components.ravel())[1:]
+                expected[components == 1 + int(np.argmax(sizes))] = value
+        scored = np.asarray(nib.load(kept.out / "predictions" / f"{case_id}.nii.gz").dataobj)
+        np.testing.assert_array_equal(scored, expected)
+        changed += int(not np.array_equal(scored, predicted))
+        label = np.asarray(nib.load(labels / f"{case_id}.nii.gz").dataobj).astype(int)
+        dice = dice_per_class(expected, label, (1, 2))
+        for row in (r for r in rows if r["case_id"] == case_id):
+            assert float(row["dice"]) == pytest.approx(dice[int(row["class"])])
+    assert changed  # the 2-epoch model leaves stray components for the option to remove
 
 
 def test_segmenter_on_a_manifest_scores_good_cases_and_lists_bad_ones(

@@ -218,6 +218,11 @@ def test_segmentation_study_scores_the_validation_fold(
     assert main(arguments) == 1
     error = capsys.readouterr().err
     assert str(summary_path) in error and "evaluated without flip TTA" in error and "remove" in error
+    summary.update(tta=True, largest_component=True)  # the study keeps every component
+    summary_path.write_text(json.dumps(summary))
+    assert main(arguments) == 1
+    error = capsys.readouterr().err
+    assert "evaluated with the largest component kept" in error and "evaluate.largest_component" in error
 
 
 # Seven cases in nnU-Net's five folds: folds 0 and 1 validate on 2 cases each, folds 2 to 4 on 1.

@@ -69,6 +69,7 @@ def evaluate_run(
     confidence: float = 0.95,
     seed: int = 0,
     flip_tta: bool = False,
+    largest_component: bool = False,
     device: str = "auto",
     policy: EmptyPolicy = DEFAULT_EMPTY_POLICY,
 ) -> Evaluation:
@@ -89,12 +90,15 @@ def evaluate_run(
         seed: seed of the bootstrap resampling (recorded).
         flip_tta: average the segmentation over the flips of the axes the run was trained
             to flip (``augment.flip_axes``; refused for a run trained without flips).
+        largest_component: score the segmentation with only the largest 26-connected
+            component of each foreground class kept (as ``medvol predict --largest-component``).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         policy: values of segmentation metrics on empty masks (recorded).
 
     Raises:
         MedvolError: no run folder, config or checkpoint; a split the run does not have; a
-            manifest without label maps (classes); a threshold outside [0, 1]. A case that cannot be
+            manifest without label maps (classes); a threshold outside [0, 1]; flip TTA or
+            largest components asked of a classifier. A case that cannot be
             scored (unreadable, label on another grid) does not raise: it is listed in the
             summary's ``errors`` and the other cases are scored.
     """
@@ -112,6 +116,10 @@ def evaluate_run(
         raise MedvolError(None, f"split must be 'val' or 'test', got {split!r}")
     cases_path = None if cases is None else Path(cases)
     trained = load_trained(run.path, checkpoint, device)
+    segmentation_only = {"--flip-tta": flip_tta, "--largest-component": largest_component}
+    used = [flag for flag, on in segmentation_only.items() if on]
+    if trained.task.output != "segmentation" and used:
+        raise MedvolError(run.path, f"{', '.join(used)} apply to segmentation runs; this is a classifier")
     if not isinstance(trained.task, MedMNISTTask) and cases_path is None and split == "test":
         run.split_ids("test")  # raises before anything is written
     out_dir = Path(out) if out is not None else default_out(run.path, split, cases_path)
@@ -122,7 +130,16 @@ def evaluate_run(
         header["test_evaluation_number"] = _count_test_evaluations(run, out_dir, notices) + 1
     if trained.task.output == "segmentation":
         scores = evaluate_segmentation(
-            trained, cases_path, split, out_dir, flip_tta, policy, n_resamples, confidence, seed
+            trained,
+            cases_path,
+            split,
+            out_dir,
+            flip_tta,
+            largest_component,
+            policy,
+            n_resamples,
+            confidence,
+            seed,
         )
     else:
         scores = evaluate_classification(

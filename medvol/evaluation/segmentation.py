@@ -37,12 +37,16 @@ def evaluate_segmentation(
     split: str,
     out_dir: Path,
     flip_tta: bool,
+    largest_component: bool,
     policy: EmptyPolicy,
     n_resamples: int,
     confidence: float,
     seed: int,
 ) -> dict[str, Any]:
-    """Segment each case on its own grid and score it against its label map; see the package docstring."""
+    """Segment each case on its own grid and score it against its label map; see the package docstring.
+
+    ``flip_tta`` and ``largest_component`` are passed to :func:`medvol.engine.inference.segment`.
+    """
     from medvol.data.cases import load_case
     from medvol.engine.inference import segment, tta_flip_axes
     from medvol.evaluation.overlays import OverlaySlices, overlay_slices, save_overlays
@@ -64,7 +68,7 @@ def evaluate_segmentation(
             if label is None:
                 errors.append(case_error(case.case_id, None, "no label map"))
                 continue
-            predicted = segment(trained, image, flip_tta=flip_tta).label
+            predicted = segment(trained, image, flip_tta=flip_tta, largest_component=largest_component).label
             accumulator.add(case.case_id, predicted.array[0], label.array[0], label.spacing)
             meta = {"source": "medvol evaluate", "checkpoint": trained.checkpoint}
             save(
@@ -85,6 +89,7 @@ def evaluate_segmentation(
         "errors": errors,
         "tta": flip_tta,
         "tta_flip_axes": list(flip_axes),
+        "largest_component": largest_component,
         "empty_policy": policy.to_dict(),
         "class_names": class_names(config),
         "predictions": f"{evaluation.predictions.name}/",

@@ -9,7 +9,8 @@ path given as NAME)::
     data:                                       # medvol.fetch: where the recipes' data comes from
       - {path: adrenalmnist3d/adrenalmnist3d.npz, url: https://..., md5: bbd3...}
     evaluate: {split: test, checkpoint: best}   # what is scored once, after training
-                                                # flip_tta: true averages over the trained flips
+                                                # flip_tta: true averages over the trained flips;
+                                                # largest_component: true keeps each class's largest component
     metrics: [auc, accuracy, balanced_accuracy] # the columns of the table
     published:
       sources: {medmnist: paper, table and year of the published figures}

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from medvol.engine.run_folder import RunFolder
+from medvol.engine.run_folder import EvaluationFolder, RunFolder
 from medvol.errors import MedvolError
 from medvol.fetch import Fetched, data_folder, fetch
 from medvol.io.atomic import atomic_path, json_safe, write_json
@@ -84,6 +84,7 @@ def reproduce(
             "cases": None if study.cases is None else str(study.cases),
             "checkpoint": study.checkpoint,
             "flip_tta": study.flip_tta,
+            "largest_component": study.largest_component,
         },
         "data": [_data_entry(item) for item in fetched],
         "seeds": list(range(seeds)),
@@ -159,15 +160,11 @@ def _reproduce_run(
             checkpoint="last" if study.checkpoint == "last" else "best",
             out=evaluation.path,
             flip_tta=study.flip_tta,
+            largest_component=study.largest_component,
         )
     else:
         print(f"{label} already evaluated: {evaluation.path}", flush=True)
-        if bool(evaluation.read_summary().get("tta", False)) != study.flip_tta:
-            raise MedvolError(
-                evaluation.summary,
-                f"evaluated {'with' if not study.flip_tta else 'without'} flip TTA, and the study's "
-                f"evaluate.flip_tta is {study.flip_tta}; remove {evaluation.path} to evaluate it again",
-            )
+        _check_same_evaluation(study, evaluation)
     entry = seed_entry(study, seed, run, evaluation)
     if fold is not None:
         entry = {"fold": fold, **entry}
@@ -175,6 +172,32 @@ def _reproduce_run(
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
     return entry, run
+
+
+def _check_same_evaluation(study: Study, evaluation: EvaluationFolder) -> None:
+    """An evaluation found in the output folder was made as the study's ``evaluate`` asks.
+
+    Raises:
+        MedvolError: it was made with another flip TTA or largest-component setting
+            (summaries written before ``largest_component`` was recorded count as without).
+    """
+    summary = evaluation.read_summary()
+    settings = (
+        ("flip_tta", "flip TTA", study.flip_tta, summary.get("tta", False)),
+        (
+            "largest_component",
+            "the largest component kept",
+            study.largest_component,
+            summary.get("largest_component", False),
+        ),
+    )
+    for key, words, asked, found in settings:
+        if bool(found) != asked:
+            raise MedvolError(
+                evaluation.summary,
+                f"evaluated {'with' if found else 'without'} {words}, and the study's "
+                f"evaluate.{key} is {asked}; remove {evaluation.path} to evaluate it again",
+            )
 
 
 def prepare_data(

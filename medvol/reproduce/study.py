@@ -26,6 +26,7 @@ class Study:
     cases: Path | None
     checkpoint: str
     flip_tta: bool
+    largest_component: bool
     metrics: list[str]
     published: dict[str, Any]
     data: list[Source]
@@ -72,6 +73,7 @@ def load_study(name_or_path: str | Path) -> Study:
         cases=None if evaluate.get("cases") is None else (path.parent / evaluate["cases"]).resolve(),
         checkpoint=str(evaluate.get("checkpoint", "best")),
         flip_tta=bool(evaluate.get("flip_tta", False)),
+        largest_component=bool(evaluate.get("largest_component", False)),
         metrics=[str(m) for m in data["metrics"]],
         published=dict(data["published"]),
         data=parse_sources(data.get("data"), path),

@@ -157,9 +157,12 @@ def _run_label(run: dict[str, Any]) -> str:
 
 
 def _evaluated_with(evaluated: dict[str, Any]) -> str:
-    """The checkpoint scored, and the flip TTA when the study asks for it."""
+    """The checkpoint scored, and the flip TTA and largest components when the study asks for them."""
     tta = ", averaged over the flips the recipe trains with (flip TTA)" if evaluated.get("flip_tta") else ""
-    return f"checkpoint {evaluated['checkpoint']}{tta}"
+    kept = (
+        ", the largest connected component of each class kept" if evaluated.get("largest_component") else ""
+    )
+    return f"checkpoint {evaluated['checkpoint']}{tta}{kept}"
 
 
 def _scored_line(results: dict[str, Any]) -> str:
