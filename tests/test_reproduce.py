@@ -171,6 +171,8 @@ def test_a_changed_recipe_is_not_mixed_with_earlier_runs(
         arguments += ["--set", override]
     assert main(arguments) == 0
     capsys.readouterr()
+    assert main([*arguments, "--set", "data.prefetch=false"]) == 0  # same weights: the same recipe
+    assert "already evaluated" in capsys.readouterr().out
     assert main([*arguments, "--set", "optimizer.lr=0.01"]) == 1
     error = capsys.readouterr().err
     assert "adrenalmnist3d-cpu-seed0" in error and "another recipe (changed since: optimizer)" in error

@@ -239,8 +239,9 @@ def _data_entry(item: Fetched) -> dict[str, Any]:
 def _check_same_recipe(run: RunFolder, config_text: str) -> None:
     """Refuse to continue or reuse a run trained with another recipe (study config or ``--set`` changed).
 
-    ``tracking`` (where the run is written) is not part of the recipe. The run's
-    config is read with the typed loader, so a run folder of an earlier medvol
+    ``tracking`` (where the run is written) and ``data.prefetch`` (the same batches and
+    weights with and without it, ``tests/test_prefetch.py``) are not part of the recipe.
+    The run's config is read with the typed loader, so a run folder of an earlier medvol
     compares by what it means, not by how it was spelt.
     """
     from medvol.config import dump_config
@@ -249,6 +250,8 @@ def _check_same_recipe(run: RunFolder, config_text: str) -> None:
         return
     before = yaml.safe_load(dump_config(run.read_config()))
     now = yaml.safe_load(config_text)
+    for config in (before, now):
+        config.get("data", {}).pop("prefetch", None)
     changed = sorted(k for k in (before.keys() | now.keys()) - {"tracking"} if before.get(k) != now.get(k))
     if changed:
         raise MedvolError(
