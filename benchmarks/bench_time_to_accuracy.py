@@ -10,8 +10,9 @@ The two runs of a seed:
 
 - ``sample``: augmentation per sample in the loader and no prefetch thread
   (``augment.where: sample``, ``data.prefetch: false``): the path before the change;
-- ``default``: the recipe as shipped (batched augmentation in the training thread, batches read
-  ahead by the prefetch thread).
+- ``default``: the recipe as shipped (batched augmentation in the training thread; batches read
+  ahead by the prefetch thread unless the recipe turns it off, as the hippocampus recipe has done
+  since its session-11 measurement).
 
 They follow each other, in alternating order from seed to seed, so the drift of a shared machine
 falls on both alike; compare the ratio within a seed. Reported per run: wall time of ``medvol
