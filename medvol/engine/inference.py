@@ -201,6 +201,15 @@ def segment(
     return Segmentation(label, Volume(on_source.astype(np.float32), scan.affine.copy(), meta))
 
 
+def refuse_segmentation_options(trained: TrainedModel, options: dict[str, bool]) -> None:
+    """Raise when a classifier is given options that only a segmenter has (``{"--flag": on}``)."""
+    used = [flag for flag, on in options.items() if on]
+    if trained.task.output == "classification" and used:
+        raise MedvolError(
+            trained.run_dir, f"{', '.join(used)} apply to segmentation runs; this is a classifier"
+        )
+
+
 def tta_flip_axes(trained: TrainedModel) -> tuple[int, ...]:
     """The voxel axes flip TTA mirrors: those the run was trained to flip (``augment.flip_axes``).
 

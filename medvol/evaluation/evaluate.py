@@ -102,7 +102,7 @@ def evaluate_run(
             scored (unreadable, label on another grid) does not raise: it is listed in the
             summary's ``errors`` and the other cases are scored.
     """
-    from medvol.engine.inference import load_trained
+    from medvol.engine.inference import load_trained, refuse_segmentation_options
     from medvol.evaluation.classification import evaluate_classification
     from medvol.evaluation.segmentation import evaluate_segmentation
     from medvol.tasks import MedMNISTTask
@@ -116,7 +116,7 @@ def evaluate_run(
         raise MedvolError(None, f"split must be 'val' or 'test', got {split!r}")
     cases_path = None if cases is None else Path(cases)
     trained = load_trained(run.path, checkpoint, device)
-    _refuse_segmentation_options(trained, flip_tta, largest_component)
+    refuse_segmentation_options(trained, {"--flip-tta": flip_tta, "--largest-component": largest_component})
     if not isinstance(trained.task, MedMNISTTask) and cases_path is None and split == "test":
         run.split_ids("test")  # raises before anything is written
     out_dir = Path(out) if out is not None else default_out(run.path, split, cases_path)
@@ -154,16 +154,6 @@ def evaluate_run(
     write_json(folder.summary, summary, allow_nan=False)
     MlflowRun.send_files(run.path, [folder.summary, folder.cases], out_dir.name)
     return Evaluation(out_dir, summary, notices)
-
-
-def _refuse_segmentation_options(trained: TrainedModel, flip_tta: bool, largest_component: bool) -> None:
-    """Raise when a classifier is asked for flip TTA or largest components."""
-    flags = {"--flip-tta": flip_tta, "--largest-component": largest_component}
-    used = [flag for flag, on in flags.items() if on]
-    if trained.task.output != "segmentation" and used:
-        raise MedvolError(
-            trained.run_dir, f"{', '.join(used)} apply to segmentation runs; this is a classifier"
-        )
 
 
 def _header(trained: TrainedModel, requested: str, split: str, n_resamples: int, seed: int) -> dict[str, Any]:

@@ -73,7 +73,7 @@ class Predictor:
 
     def load_model(self) -> TrainedModel:
         """The run's model or a package's (ONNX Runtime runs a package, or ``engine="onnxruntime"``)."""
-        from medvol.engine.inference import load_trained, tta_flip_axes
+        from medvol.engine.inference import load_trained, refuse_segmentation_options, tta_flip_axes
         from medvol.export import is_package, load_package, with_onnxruntime
         from medvol.export.runtime import check_device
 
@@ -96,13 +96,8 @@ class Predictor:
             "--probabilities": self.options.probabilities,
             "--dicom-seg": self.options.dicom_seg,
         }
-        if trained.task.output == "classification":
-            used = [flag for flag, on in segmentation_only.items() if on]
-            if used:
-                raise MedvolError(
-                    self.run_dir, f"{', '.join(used)} apply to segmentation runs; this is a classifier"
-                )
-        elif self.options.flip_tta:
+        refuse_segmentation_options(trained, segmentation_only)
+        if trained.task.output == "segmentation" and self.options.flip_tta:
             tta_flip_axes(trained)  # refuses a run trained without flips before any scan is read
         return trained
 
