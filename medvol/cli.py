@@ -425,6 +425,13 @@ def _add_reproduce(verbs: Any, common: argparse.ArgumentParser) -> None:
         help="also copy results.json, the record of test evaluations, each seed's config and each "
         "evaluation's summary.json and cases.csv to DIR (e.g. docs/results/NAME-BUDGET)",
     )
+    reproduce.add_argument(
+        "--reuse",
+        type=Path,
+        metavar="DIR",
+        help="take the runs published in DIR (by --publish) instead of training them again, when "
+        "trained with the same recipe; the others are trained (e.g. add seeds to a published table)",
+    )
     reproduce.set_defaults(run=run_reproduce)
 
 
@@ -841,6 +848,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         publish=args.publish,
         folds=folds,
+        reuse=args.reuse,
     )
     print(format_results(results))
     print(f"wrote {out / 'results.md'} and {out / 'results.json'}")

@@ -178,6 +178,84 @@ def test_a_changed_recipe_is_not_mixed_with_earlier_runs(
     assert "adrenalmnist3d-cpu-seed0" in error and "another recipe (changed since: optimizer)" in error
 
 
+def test_published_runs_are_reused_without_training_and_give_the_same_table(
+    adrenal_tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import medvol.engine.train
+
+    published = tmp_path / "docs" / "results" / "adrenal"
+    arguments = ["reproduce", "adrenalmnist3d", "--seeds", "1"]
+    for override in [f"data.root={adrenal_tiny}", *TINY_RESNET]:
+        arguments += ["--set", override]
+    assert main([*arguments, "--out", str(tmp_path / "first"), "--publish", str(published)]) == 0
+    first = json.loads((tmp_path / "first" / "results.json").read_text())
+    run_files = published / "runs" / "adrenalmnist3d-cpu-seed0"
+    assert {"environment.json", "fingerprint.json", "metrics.jsonl"} <= {p.name for p in run_files.iterdir()}
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a published run was trained again")
+
+    monkeypatch.setattr(medvol.engine.train, "train", no_training)
+    again = tmp_path / "again"
+    assert main([*arguments, "--out", str(again), "--reuse", str(published)]) == 0
+    assert "taken from" in capsys.readouterr().out
+    results = json.loads((again / "results.json").read_text())
+    for key in ("over_seeds", "baseline", "environment"):
+        assert results[key] == first[key], key
+    (run,) = results["runs"]
+    assert run["run_dir"] == str((again / "runs" / "adrenalmnist3d-cpu-seed0").absolute())
+    assert run["reused_from"] == str(published)
+    assert {k: v for k, v in run.items() if k not in ("run_dir", "reused_from", "session_seconds")} == {
+        k: v for k, v in first["runs"][0].items() if k not in ("run_dir", "session_seconds")
+    }
+    assert results["test_evaluations"]["count"] == 1  # the published scoring, counted once
+    # A run published before its per-epoch record and environment were keeps its published figures.
+    for name in ("metrics.jsonl", "environment.json"):
+        (run_files / name).unlink()
+    older = tmp_path / "older"
+    assert main([*arguments, "--out", str(older), "--reuse", str(published)]) == 0
+    results = json.loads((older / "results.json").read_text())
+    assert results["runs"][0]["train_seconds"] == first["runs"][0]["train_seconds"] > 0
+    assert results["environment"] == first["environment"]
+    # Another recipe is refused before anything is copied.
+    capsys.readouterr()
+    changed = tmp_path / "changed"
+    assert (
+        main([*arguments, "--out", str(changed), "--reuse", str(published), "--set", "optimizer.lr=0.01"])
+        == 1
+    )
+    error = capsys.readouterr().err
+    assert "adrenalmnist3d-cpu-seed0.yaml" in error and "another recipe (changed since: optimizer)" in error
+    assert not (changed / "runs" / "adrenalmnist3d-cpu-seed0").exists()
+    (published / "results.json").write_text("{")
+    assert main([*arguments, "--out", str(tmp_path / "broken"), "--reuse", str(published)]) == 1
+    assert "results.json" in capsys.readouterr().err
+
+
+def test_the_committed_hippocampus_runs_are_the_shipped_recipe(tmp_path: Path) -> None:
+    """Each run of docs/results/hippocampus-cpu-5fold can be reused (``--reuse``) with today's recipe."""
+    from medvol.config import dump_config, load_config
+    from medvol.engine.run_folder import RunFolder
+    from medvol.reproduce.ledger import restore_run
+    from medvol.reproduce.runner import _recipe_changes, _with_data_root
+
+    published = Path(__file__).resolve().parents[1] / "docs" / "results" / "hippocampus-cpu-5fold"
+    study = load_study("hippocampus")
+    places = {"OUT": tmp_path, "DATA": tmp_path / "data", "MEDVOL": Path(__file__).resolve().parents[1]}
+    runs = json.loads((published / "results.json").read_text())["runs"]
+    assert sorted({run["fold"] for run in runs}) == [0, 1, 2, 3, 4]
+    for entry in runs:
+        run = RunFolder(tmp_path / entry["folder"])
+        assert restore_run(published, run, places) is not None
+        config = load_config(
+            study.budgets["cpu"], [f"data.split.fold={entry['fold']}", f"train.seed={entry['seed']}"]
+        )
+        config = _with_data_root(config, places["DATA"] / config.data.root)
+        assert _recipe_changes(run, dump_config(config)) == [], run.name
+        summary = run.reproduction("val").read_summary()
+        assert summary["cases_root"] == str((places["DATA"] / "msd-hippocampus").absolute())
+
+
 TINY_UNET = (
     "data.num_workers=0",
     "data.patch_size=[32,32,32]",

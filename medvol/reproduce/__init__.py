@@ -41,7 +41,11 @@ kept in ``test-evaluations.json`` (which runs, which recipe, when), so the
 table states how many times the test split was scored and for which recipes.
 ``--publish DIR`` copies ``results.json``, that record, each seed's config and
 each evaluation's ``summary.json`` and ``cases.csv`` to ``DIR``: the small
-files every figure of the table can be derived from again.
+files every figure of the table can be derived from again, with each run's
+``environment.json``, ``fingerprint.json`` and ``metrics.jsonl``. ``--reuse DIR``
+takes the runs published in ``DIR`` instead of training them again (their
+recipe must be the one asked for): the table is derived again from the
+committed files, and a published table can be extended by seeds or folds.
 
 ``--folds 0-4`` (a segmentation study scored on validation cases, whose recipe
 is split into folds) runs every seed on each fold given, one run folder per

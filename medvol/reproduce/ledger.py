@@ -20,6 +20,10 @@ if TYPE_CHECKING:
 
 TEST_LEDGER = "test-evaluations.json"
 
+#: A run's small files published beside its evaluations: its environment, data fingerprint
+#: and per-epoch record (training time), so a published run can be reused (:func:`restore_run`).
+PUBLISHED_RUN_FILES = ("environment.json", "fingerprint.json", "metrics.jsonl")
+
 
 def recipe_fingerprint(config: ExperimentConfig) -> str:
     """12 hex digits naming a recipe: its resolved config without the seed, output and data location."""
@@ -103,10 +107,11 @@ def publish_results(
     """Copy what every figure of ``results.json`` comes from into ``target``, in the same layout.
 
     ``results.json``, ``test-evaluations.json``, ``configs/RUN.yaml`` and, for each run,
-    ``runs/RUN/EVALUATION/summary.json`` and ``cases.csv`` (kilobytes; no checkpoint, no
-    prediction). The machine's absolute paths are written by name: ``OUT`` for ``out``,
-    and each of ``places`` (``{"DATA": data_dir, ...}``), so what is committed names no
-    folder of the machine that ran it.
+    ``runs/RUN/EVALUATION/summary.json`` and ``cases.csv`` and the run's
+    :data:`PUBLISHED_RUN_FILES` (kilobytes; no checkpoint, no prediction). The machine's
+    absolute paths are written by name: ``OUT`` for ``out``, and each of ``places``
+    (``{"DATA": data_dir, ...}``), so what is committed names no folder of the machine
+    that ran it.
 
     Returns:
         The files written.
@@ -114,6 +119,7 @@ def publish_results(
     relative = [Path("results.json"), Path(TEST_LEDGER)]
     for run in results["runs"]:
         relative.append(Path("configs") / f"{Path(run['folder']).name}.yaml")
+        relative += [Path(run["folder"]) / name for name in PUBLISHED_RUN_FILES]
         for evaluation in run["evaluations"]:
             relative += [
                 Path(run["folder"]) / evaluation / "summary.json",
@@ -142,3 +148,56 @@ def without_machine_paths(text: str, named: dict[str, Path]) -> str:
     for folder, name in sorted(forms, key=lambda pair: -len(pair[0])):
         text = re.sub(re.escape(folder) + r"(?![\w.-])", name, text)
     return text
+
+
+def restore_run(source: Path, run: RunFolder, places: dict[str, Path]) -> dict[str, Any] | None:
+    """Copy a run published in ``source`` (by ``--publish``) into the run folder ``run``.
+
+    Its config (``configs/RUN.yaml`` as ``config.yaml``), each evaluation's ``summary.json``
+    and ``cases.csv`` and its :data:`PUBLISHED_RUN_FILES` are copied with each name of
+    ``places`` (``OUT``, ``DATA``, ``MEDVOL``) written back as the folder it names. A run
+    published before its ``environment.json`` was, and listed first in ``results.json``, gets
+    that file's ``environment`` (which is its own). No checkpoint: the run can be scored
+    again only by training it again.
+
+    Returns:
+        The run's entry in ``source/results.json``; ``None`` when it is not published there.
+
+    Raises:
+        MedvolError: ``source`` holds no readable ``results.json``, or misses a file of the run.
+    """
+    listed = source / "results.json"
+    try:
+        published = json.loads(listed.read_text())
+        runs = published["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MedvolError(listed, f"not the results.json of a published reproduction ({error})") from error
+    entry = next((e for e in runs if e.get("folder") == f"runs/{run.name}"), None)
+    if entry is None:
+        return None
+    copies = {source / "configs" / f"{run.name}.yaml": run.config}
+    for name in PUBLISHED_RUN_FILES:
+        if (source / entry["folder"] / name).is_file():
+            copies[source / entry["folder"] / name] = run.path / name
+    for evaluation in entry["evaluations"]:
+        for name in ("summary.json", "cases.csv"):
+            copies[source / entry["folder"] / evaluation / name] = run.path / evaluation / name
+    for origin, destination in copies.items():
+        if not origin.is_file():
+            raise MedvolError(origin, f"missing from the published run {entry['folder']}; publish it again")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(destination) as temporary:
+            temporary.write_bytes(with_machine_paths(origin.read_bytes().decode(), places).encode())
+    if not run.environment.is_file() and runs[0] is entry and published.get("environment"):
+        text = with_machine_paths(json.dumps(published["environment"]), places)
+        write_json(run.environment, json.loads(text))
+    return dict(entry)
+
+
+def with_machine_paths(text: str, named: dict[str, Path]) -> str:
+    """The inverse of :func:`without_machine_paths`: each name of ``named`` that starts a path
+    (``OUT``, ``OUT/runs/r``), written as the folder it names."""
+    if not named:
+        return text
+    pattern = r"(?<![\w./-])(" + "|".join(map(re.escape, named)) + r")(?![\w.-])"
+    return re.sub(pattern, lambda match: str(named[match.group(1)].absolute()), text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,13 @@ from medvol.fetch import Fetched, data_folder, fetch
 from medvol.io.atomic import atomic_path, json_safe, write_json
 from medvol.logs import get_logger, track
 from medvol.reproduce.folds import CROSS_VALIDATION_INTERVALS, check_folds, cross_validation
-from medvol.reproduce.ledger import publish_results, record_test_evaluations
+from medvol.reproduce.ledger import (
+    TEST_LEDGER,
+    publish_results,
+    record_test_evaluations,
+    restore_run,
+    with_machine_paths,
+)
 from medvol.reproduce.scores import SEED_INTERVALS, majority_baseline, over_seeds, seed_entry
 from medvol.reproduce.study import STUDIES_DIR, Study
 from medvol.reproduce.tables import format_results
@@ -35,6 +42,7 @@ def reproduce(
     data_dir: Path | None = None,
     publish: Path | None = None,
     folds: list[int] | None = None,
+    reuse: Path | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate ``seeds`` runs of a study's budget; write ``results.json`` and ``results.md``.
 
@@ -50,6 +58,9 @@ def reproduce(
             (:func:`publish_results`).
         folds: cross-validation folds to run (:func:`parse_folds`), each with every seed, and
             pooled (:func:`cross_validation`); ``None``: the recipe's own fold, one run per seed.
+        reuse: a folder written by ``publish`` (e.g. ``docs/results/NAME-BUDGET``): each run
+            it holds that ``out`` does not is copied from it (:func:`restore_run`) and counted
+            as evaluated, not trained again, when it was trained with the same recipe.
 
     Returns:
         The content of ``results.json``.
@@ -61,13 +72,16 @@ def reproduce(
     overrides = list(overrides or [])
     n_folds = None if folds is None else check_folds(study, budget, overrides, folds)
     data_root, fetched = prepare_data(study, budget, overrides, data_folder(data_dir))
+    places = {"OUT": out, "DATA": data_folder(data_dir), "MEDVOL": STUDIES_DIR.parent}
+    if reuse is not None:
+        _reuse_test_record(reuse, out, places)
     runs: list[dict[str, Any]] = []
     folders: list[tuple[int, RunFolder]] = []
     each_fold: list[int | None] = [None] if folds is None else list(folds)
     plan = [(fold, seed) for fold in each_fold for seed in range(seeds)]
     unit = "seed" if folds is None else "run"
     for fold, seed in track(plan, f"reproduce {study.name}", unit, logger):
-        entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root)
+        entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root, reuse, places)
         runs.append(entry)
         folders.append((seed, run))
     cv = None if n_folds is None else cross_validation(study.metrics, runs, n_folds)
@@ -104,7 +118,7 @@ def reproduce(
     with atomic_path(out / "results.md") as temporary:
         temporary.write_text(format_results(results))
     if publish is not None:
-        publish_results(out, results, publish, {"DATA": data_folder(data_dir), "MEDVOL": STUDIES_DIR.parent})
+        publish_results(out, results, publish, places)
     return results
 
 
@@ -116,11 +130,14 @@ def _reproduce_run(
     out: Path,
     overrides: list[str],
     data_root: Path | None,
+    reuse: Path | None = None,
+    places: dict[str, Path] | None = None,
 ) -> tuple[dict[str, Any], RunFolder]:
     """Train (unless finished) and evaluate (unless evaluated) one run; its ``results.json`` entry.
 
     The run folder is ``OUT/runs/STUDY-BUDGET-seedS``, or ``STUDY-BUDGET-foldF-seedS`` for a
-    fold named by ``--folds`` (``fold`` not ``None``: ``data.split.fold`` is set to it).
+    fold named by ``--folds`` (``fold`` not ``None``: ``data.split.fold`` is set to it). A run
+    that ``out`` lacks and ``reuse`` holds is copied from there (:func:`_reuse_run`).
     """
     from medvol.config import dump_config, load_config
     from medvol.engine.train import train
@@ -145,6 +162,9 @@ def _reproduce_run(
     if data_root is not None:
         config = _with_data_root(config, data_root)
     run = RunFolder(out / "runs" / name)
+    published = None
+    if reuse is not None and not run.path.exists():
+        published = _reuse_run(reuse, run, dump_config(config), places or {})
     _check_same_recipe(run, dump_config(config))
     evaluation = run.reproduction(study.split if study.cases is None else "cases")
     started = time.perf_counter()
@@ -166,6 +186,10 @@ def _reproduce_run(
         print(f"{label} already evaluated: {evaluation.path}", flush=True)
         _check_same_evaluation(study, evaluation)
     entry = seed_entry(study, seed, run, evaluation)
+    if published is not None:
+        entry["reused_from"] = str(reuse)
+        if not run.metrics.is_file():  # published before its per-epoch record was
+            entry["train_seconds"] = published.get("train_seconds")
     if fold is not None:
         entry = {"fold": fold, **entry}
     entry["session_seconds"] = round(time.perf_counter() - started, 1)
@@ -236,29 +260,69 @@ def _data_entry(item: Fetched) -> dict[str, Any]:
     }
 
 
-def _check_same_recipe(run: RunFolder, config_text: str) -> None:
-    """Refuse to continue or reuse a run trained with another recipe (study config or ``--set`` changed).
+def _reuse_run(
+    reuse: Path, run: RunFolder, config_text: str, places: dict[str, Path]
+) -> dict[str, Any] | None:
+    """Copy the run from the published folder ``reuse`` when it holds it and trained the same recipe.
 
-    ``tracking`` (where the run is written) and ``data.prefetch`` (the same batches and
-    weights with and without it, ``tests/test_prefetch.py``) are not part of the recipe.
-    The run's config is read with the typed loader, so a run folder of an earlier medvol
-    compares by what it means, not by how it was spelt.
+    Returns:
+        The run's published entry; ``None`` when ``reuse`` does not hold it (it is trained).
+
+    Raises:
+        MedvolError: the published run was trained with another recipe (nothing is copied).
     """
-    from medvol.config import dump_config
+    published = restore_run(reuse, run, places)
+    if published is None:
+        return None
+    changed = _recipe_changes(run, config_text)
+    if changed:
+        shutil.rmtree(run.path)
+        raise MedvolError(
+            reuse / "configs" / f"{run.name}.yaml",
+            f"the published run was trained with another recipe (changed since: {', '.join(changed)}); "
+            "reproduce without --reuse, or with the recipe it was published with",
+        )
+    print(f"[{run.name}] taken from {reuse} (not trained again)", flush=True)
+    return published
 
-    if not run.config.is_file():
-        return
-    before = yaml.safe_load(dump_config(run.read_config()))
-    now = yaml.safe_load(config_text)
-    for config in (before, now):
-        config.get("data", {}).pop("prefetch", None)
-    changed = sorted(k for k in (before.keys() | now.keys()) - {"tracking"} if before.get(k) != now.get(k))
+
+def _reuse_test_record(reuse: Path, out: Path, places: dict[str, Path]) -> None:
+    """Start ``out``'s record of test evaluations from the published one: the count goes on."""
+    published, record = reuse / TEST_LEDGER, out / TEST_LEDGER
+    if published.is_file() and not record.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(record) as temporary:
+            temporary.write_text(with_machine_paths(published.read_text(), places))
+
+
+def _check_same_recipe(run: RunFolder, config_text: str) -> None:
+    """Refuse to continue or reuse a run trained with another recipe (study config or ``--set`` changed)."""
+    changed = _recipe_changes(run, config_text)
     if changed:
         raise MedvolError(
             run.path,
             f"was trained with another recipe (changed since: {', '.join(changed)}); reproduce into "
             "another --out folder, or remove this run",
         )
+
+
+def _recipe_changes(run: RunFolder, config_text: str) -> list[str]:
+    """The top-level config sections in which ``run``'s config differs from ``config_text``.
+
+    ``tracking`` (where the run is written) and ``data.prefetch`` (the same batches and
+    weights with and without it, ``tests/test_prefetch.py``) are not part of the recipe.
+    The run's config is read with the typed loader, so a run folder of an earlier medvol
+    compares by what it means, not by how it was spelt. None when the run has no config yet.
+    """
+    from medvol.config import dump_config
+
+    if not run.config.is_file():
+        return []
+    before = yaml.safe_load(dump_config(run.read_config()))
+    now = yaml.safe_load(config_text)
+    for config in (before, now):
+        config.get("data", {}).pop("prefetch", None)
+    return sorted(k for k in (before.keys() | now.keys()) - {"tracking"} if before.get(k) != now.get(k))
 
 
 def _finished(run: RunFolder, epochs: int, patience: int | None) -> bool:
