@@ -135,20 +135,55 @@ def _reproduce_run(
 ) -> tuple[dict[str, Any], RunFolder]:
     """Train (unless finished) and evaluate (unless evaluated) one run; its ``results.json`` entry.
 
-    The run folder is ``OUT/runs/STUDY-BUDGET-seedS``, or ``STUDY-BUDGET-foldF-seedS`` for a
-    fold named by ``--folds`` (``fold`` not ``None``: ``data.split.fold`` is set to it). A run
-    that ``out`` lacks and ``reuse`` holds is copied from there (:func:`_reuse_run`).
+    A run that ``out`` lacks and ``reuse`` holds is copied from there (:func:`_reuse_run`).
     """
-    from medvol.config import dump_config, load_config
-    from medvol.engine.train import train
-    from medvol.evaluation import evaluate_run
+    from medvol.config import dump_config
+
+    config = _run_config(study, budget, fold, seed, out, overrides, data_root)
+    run = RunFolder(out / "runs" / config.tracking.name)
+    published = None
+    if reuse is not None and not run.path.exists():
+        published = _reuse_run(reuse, run, dump_config(config), places or {})
+    _check_same_recipe(run, dump_config(config))
+    evaluation = run.reproduction(study.split if study.cases is None else "cases")
+    label = f"[{study.name} seed {seed}]" if fold is None else f"[{study.name} fold {fold} seed {seed}]"
+    started = time.perf_counter()
+    if evaluation.summary.is_file():
+        print(f"{label} already evaluated: {evaluation.path}", flush=True)
+        _check_same_evaluation(study, evaluation)
+    else:
+        _train_and_evaluate(study, config, run, evaluation, label)
+    entry = seed_entry(study, seed, run, evaluation)
+    if published is not None:
+        entry["reused_from"] = str(reuse)
+        if not run.metrics.is_file():  # published before its per-epoch record was
+            entry["train_seconds"] = published.get("train_seconds")
+    if fold is not None:
+        entry = {"fold": fold, **entry}
+    entry["session_seconds"] = round(time.perf_counter() - started, 1)
+    (out / "configs").mkdir(parents=True, exist_ok=True)
+    (out / "configs" / f"{run.name}.yaml").write_text(dump_config(config))
+    return entry, run
+
+
+def _run_config(
+    study: Study,
+    budget: str,
+    fold: int | None,
+    seed: int,
+    out: Path,
+    overrides: list[str],
+    data_root: Path | None,
+) -> ExperimentConfig:
+    """The budget's recipe for one run, written to ``OUT/runs/STUDY-BUDGET-seedS``, or
+    ``STUDY-BUDGET-foldF-seedS`` for a fold named by ``--folds`` (``data.split.fold`` set to it)."""
+    from medvol.config import load_config
 
     name = (
         f"{study.name}-{budget}-seed{seed}"
         if fold is None
         else f"{study.name}-{budget}-fold{fold}-seed{seed}"
     )
-    label = f"[{study.name} seed {seed}]" if fold is None else f"[{study.name} fold {fold} seed {seed}]"
     config = load_config(
         study.budgets[budget],
         [
@@ -159,43 +194,29 @@ def _reproduce_run(
             f"tracking.name={name}",
         ],
     )
-    if data_root is not None:
-        config = _with_data_root(config, data_root)
-    run = RunFolder(out / "runs" / name)
-    published = None
-    if reuse is not None and not run.path.exists():
-        published = _reuse_run(reuse, run, dump_config(config), places or {})
-    _check_same_recipe(run, dump_config(config))
-    evaluation = run.reproduction(study.split if study.cases is None else "cases")
-    started = time.perf_counter()
-    if not evaluation.summary.is_file():
-        if not _finished(run, config.train.epochs, config.train.early_stop_patience):
-            print(f"{label} training {run.path}", flush=True)
-            train(config, resume=run.checkpoint("last").is_file())
-        print(f"{label} evaluating ({study.split}, {study.checkpoint})", flush=True)
-        evaluate_run(
-            run.path,
-            split="val" if study.split == "val" else "test",
-            cases=study.cases,
-            checkpoint="last" if study.checkpoint == "last" else "best",
-            out=evaluation.path,
-            flip_tta=study.flip_tta,
-            largest_component=study.largest_component,
-        )
-    else:
-        print(f"{label} already evaluated: {evaluation.path}", flush=True)
-        _check_same_evaluation(study, evaluation)
-    entry = seed_entry(study, seed, run, evaluation)
-    if published is not None:
-        entry["reused_from"] = str(reuse)
-        if not run.metrics.is_file():  # published before its per-epoch record was
-            entry["train_seconds"] = published.get("train_seconds")
-    if fold is not None:
-        entry = {"fold": fold, **entry}
-    entry["session_seconds"] = round(time.perf_counter() - started, 1)
-    (out / "configs").mkdir(parents=True, exist_ok=True)
-    (out / "configs" / f"{name}.yaml").write_text(dump_config(config))
-    return entry, run
+    return config if data_root is None else _with_data_root(config, data_root)
+
+
+def _train_and_evaluate(
+    study: Study, config: ExperimentConfig, run: RunFolder, evaluation: EvaluationFolder, label: str
+) -> None:
+    """Train the run unless it is finished (resuming an interrupted one), then score it once."""
+    from medvol.engine.train import train
+    from medvol.evaluation import evaluate_run
+
+    if not _finished(run, config.train.epochs, config.train.early_stop_patience):
+        print(f"{label} training {run.path}", flush=True)
+        train(config, resume=run.checkpoint("last").is_file())
+    print(f"{label} evaluating ({study.split}, {study.checkpoint})", flush=True)
+    evaluate_run(
+        run.path,
+        split="val" if study.split == "val" else "test",
+        cases=study.cases,
+        checkpoint="last" if study.checkpoint == "last" else "best",
+        out=evaluation.path,
+        flip_tta=study.flip_tta,
+        largest_component=study.largest_component,
+    )
 
 
 def _check_same_evaluation(study: Study, evaluation: EvaluationFolder) -> None:
