@@ -232,12 +232,16 @@ def test_published_runs_are_reused_without_training_and_give_the_same_table(
     assert "results.json" in capsys.readouterr().err
 
 
-def test_the_committed_hippocampus_runs_are_the_shipped_recipe(tmp_path: Path) -> None:
-    """Each run of docs/results/hippocampus-cpu-5fold can be reused (``--reuse``) with today's recipe."""
+def test_the_committed_hippocampus_runs_are_the_shipped_recipe_and_give_their_table(tmp_path: Path) -> None:
+    """Each run of docs/results/hippocampus-cpu-5fold can be reused (``--reuse``) with today's
+    recipe, and its committed files give the committed figures again."""
     from medvol.config import dump_config, load_config
     from medvol.engine.run_folder import RunFolder
+    from medvol.io.atomic import json_safe
+    from medvol.reproduce import cross_validation
     from medvol.reproduce.ledger import restore_run
     from medvol.reproduce.runner import _recipe_changes, _with_data_root
+    from medvol.reproduce.scores import seed_entry
 
     published = Path(__file__).resolve().parents[1] / "docs" / "results" / "hippocampus-cpu-5fold"
     study = load_study("hippocampus")
@@ -254,6 +258,14 @@ def test_the_committed_hippocampus_runs_are_the_shipped_recipe(tmp_path: Path) -
         assert _recipe_changes(run, dump_config(config)) == [], run.name
         summary = run.reproduction("val").read_summary()
         assert summary["cases_root"] == str((places["DATA"] / "msd-hippocampus").absolute())
+        again = seed_entry(study, entry["seed"], run, run.reproduction("val"))
+        assert again["metrics"] == entry["metrics"] and again["cases"] == entry["cases"], run.name
+        entry["run_dir"] = str(run.path)
+    derived = json_safe(cross_validation(study.metrics, runs, 5))  # None, not NaN, as results.json holds
+    committed = json.loads((published / "results.json").read_text())
+    assert derived["per_seed"] == committed["cross_validation"]["per_seed"]
+    assert derived["per_fold"] == committed["cross_validation"]["per_fold"]
+    assert derived["over_seeds"] == committed["over_seeds"]
 
 
 TINY_UNET = (
