@@ -197,8 +197,18 @@ def test_published_runs_are_reused_without_training_and_give_the_same_table(
 
     monkeypatch.setattr(medvol.engine.train, "train", no_training)
     again = tmp_path / "again"
-    assert main([*arguments, "--out", str(again), "--reuse", str(published)]) == 0
+    republished = tmp_path / "republished"
+    assert (
+        main([*arguments, "--out", str(again), "--reuse", str(published), "--publish", str(republished)]) == 0
+    )
     assert "taken from" in capsys.readouterr().out
+    files = sorted(p.relative_to(published) for p in published.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(republished) for p in republished.rglob("*") if p.is_file())
+    for name in files:  # published again unchanged (results.json adds where the runs came from)
+        assert (
+            name == Path("results.json")
+            or (published / name).read_bytes() == (republished / name).read_bytes()
+        )
     results = json.loads((again / "results.json").read_text())
     for key in ("over_seeds", "baseline", "environment"):
         assert results[key] == first[key], key
