@@ -81,7 +81,8 @@ def reproduce(
     plan = [(fold, seed) for fold in each_fold for seed in range(seeds)]
     unit = "seed" if folds is None else "run"
     for fold, seed in track(plan, f"reproduce {study.name}", unit, logger):
-        entry, run = _reproduce_run(study, budget, fold, seed, out, overrides, data_root, reuse, places)
+        config = _run_config(study, budget, fold, seed, out, overrides, data_root)
+        entry, run = _reproduce_run(study, config, fold, out, reuse, places)
         runs.append(entry)
         folders.append((seed, run))
     cv = None if n_folds is None else cross_validation(study.metrics, runs, n_folds)
@@ -124,22 +125,19 @@ def reproduce(
 
 def _reproduce_run(
     study: Study,
-    budget: str,
+    config: ExperimentConfig,
     fold: int | None,
-    seed: int,
     out: Path,
-    overrides: list[str],
-    data_root: Path | None,
     reuse: Path | None = None,
     places: dict[str, Path] | None = None,
 ) -> tuple[dict[str, Any], RunFolder]:
-    """Train (unless finished) and evaluate (unless evaluated) one run; its ``results.json`` entry.
-
-    A run that ``out`` lacks and ``reuse`` holds is copied from there (:func:`_reuse_run`).
+    """Train (unless finished) and evaluate (unless evaluated) one run (:func:`_run_config`);
+    its ``results.json`` entry. A run that ``out`` lacks and ``reuse`` holds is copied from
+    there (:func:`_reuse_run`).
     """
     from medvol.config import dump_config
 
-    config = _run_config(study, budget, fold, seed, out, overrides, data_root)
+    seed = config.train.seed
     run = RunFolder(out / "runs" / config.tracking.name)
     published = None
     if reuse is not None and not run.path.exists():
