@@ -160,7 +160,10 @@ def _reproduce_run(
         entry = {"fold": fold, **entry}
     entry["session_seconds"] = round(time.perf_counter() - started, 1)
     (out / "configs").mkdir(parents=True, exist_ok=True)
-    (out / "configs" / f"{run.name}.yaml").write_text(dump_config(config))
+    trained = (
+        run.config.read_text() if run.config.is_file() else dump_config(config)
+    )  # with its data.prefetch
+    (out / "configs" / f"{run.name}.yaml").write_text(trained)
     return entry, run
 
 

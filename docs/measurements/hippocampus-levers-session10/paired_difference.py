@@ -3,7 +3,8 @@
 From the project root:
 ``.venv/bin/python docs/measurements/hippocampus-levers-session10/paired_difference.py
 docs/results/hippocampus-cpu-5fold-unet16 docs/results/hippocampus-cpu-5fold``.
-Prints, per class, both pooled means over the 260 validation cases, the mean paired
+Seed 0 of each fold of both (the earlier table has one seed). Prints, per class,
+both pooled means over the 260 validation cases, the mean paired
 difference (second minus first) with a 95% percentile bootstrap interval over cases
 (10,000 resamples, seed 0), and in how many cases each is better.
 """
@@ -18,9 +19,9 @@ import numpy as np
 
 
 def per_case(folder: Path) -> dict[tuple[str, str], float]:
-    """``{(case_id, class): dice}`` over every run's ``reproduce-val/cases.csv``."""
+    """``{(case_id, class): dice}`` over the ``reproduce-val/cases.csv`` of each fold's seed-0 run."""
     values = {}
-    for path in sorted(folder.glob("runs/*/reproduce-val/cases.csv")):
+    for path in sorted(folder.glob("runs/*-seed0/reproduce-val/cases.csv")):
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 values[row["case_id"], row["class"]] = float(row["dice"])
