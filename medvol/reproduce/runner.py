@@ -137,12 +137,12 @@ def _reproduce_run(
     """
     from medvol.config import dump_config
 
-    seed = config.train.seed
+    seed, config_text = config.train.seed, dump_config(config)
     run = RunFolder(out / "runs" / config.tracking.name)
     published = None
     if reuse is not None and not run.path.exists():
-        published = _reuse_run(reuse, run, dump_config(config), places or {})
-    _check_same_recipe(run, dump_config(config))
+        published = _reuse_run(reuse, run, config_text, places or {})
+    _check_same_recipe(run, config_text)
     evaluation = run.reproduction(study.split if study.cases is None else "cases")
     label = f"[{study.name} seed {seed}]" if fold is None else f"[{study.name} fold {fold} seed {seed}]"
     started = time.perf_counter()
@@ -160,9 +160,8 @@ def _reproduce_run(
         entry = {"fold": fold, **entry}
     entry["session_seconds"] = round(time.perf_counter() - started, 1)
     (out / "configs").mkdir(parents=True, exist_ok=True)
-    trained = (
-        run.config.read_text() if run.config.is_file() else dump_config(config)
-    )  # with its data.prefetch
+    # The config the run was trained with: the same recipe, and the data.prefetch it used.
+    trained = run.config.read_text() if run.config.is_file() else config_text
     (out / "configs" / f"{run.name}.yaml").write_text(trained)
     return entry, run
 
@@ -291,7 +290,7 @@ def _reuse_run(
         The run's published entry; ``None`` when ``reuse`` does not hold it (it is trained).
 
     Raises:
-        MedvolError: the published run was trained with another recipe (nothing is copied).
+        MedvolError: the published run was trained with another recipe (nothing copied is left).
     """
     published = restore_run(reuse, run, places)
     if published is None:
