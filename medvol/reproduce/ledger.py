@@ -185,13 +185,18 @@ def restore_run(source: Path, run: RunFolder, places: dict[str, Path]) -> dict[s
     for origin, destination in copies.items():
         if not origin.is_file():
             raise MedvolError(origin, f"missing from the published run {entry['folder']}; publish it again")
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(destination) as temporary:
-            temporary.write_bytes(with_machine_paths(origin.read_bytes().decode(), places).encode())
+        copy_with_machine_paths(origin, destination, places)
     if not run.environment.is_file() and runs[0] is entry and published.get("environment"):
         text = with_machine_paths(json.dumps(published["environment"]), places)
         write_json(run.environment, json.loads(text))
     return dict(entry)
+
+
+def copy_with_machine_paths(origin: Path, destination: Path, places: dict[str, Path]) -> None:
+    """Write a published file into place, each name of ``places`` written back as its folder."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(destination) as temporary:  # bytes: cases.csv keeps its CRLF line ends
+        temporary.write_bytes(with_machine_paths(origin.read_bytes().decode(), places).encode())
 
 
 def with_machine_paths(text: str, named: dict[str, Path]) -> str:

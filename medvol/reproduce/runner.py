@@ -17,10 +17,10 @@ from medvol.logs import get_logger, track
 from medvol.reproduce.folds import CROSS_VALIDATION_INTERVALS, check_folds, cross_validation
 from medvol.reproduce.ledger import (
     TEST_LEDGER,
+    copy_with_machine_paths,
     publish_results,
     record_test_evaluations,
     restore_run,
-    with_machine_paths,
 )
 from medvol.reproduce.scores import SEED_INTERVALS, majority_baseline, over_seeds, seed_entry
 from medvol.reproduce.study import STUDIES_DIR, Study
@@ -128,8 +128,8 @@ def _reproduce_run(
     config: ExperimentConfig,
     fold: int | None,
     out: Path,
-    reuse: Path | None = None,
-    places: dict[str, Path] | None = None,
+    reuse: Path | None,
+    places: dict[str, Path],
 ) -> tuple[dict[str, Any], RunFolder]:
     """Train (unless finished) and evaluate (unless evaluated) one run (:func:`_run_config`);
     its ``results.json`` entry. A run that ``out`` lacks and ``reuse`` holds is copied from
@@ -141,7 +141,7 @@ def _reproduce_run(
     run = RunFolder(out / "runs" / config.tracking.name)
     published = None
     if reuse is not None and not run.path.exists():
-        published = _reuse_run(reuse, run, config_text, places or {})
+        published = _reuse_run(reuse, run, config_text, places)
     _check_same_recipe(run, config_text)
     evaluation = run.reproduction(study.split if study.cases is None else "cases")
     label = f"[{study.name} seed {seed}]" if fold is None else f"[{study.name} fold {fold} seed {seed}]"
@@ -311,9 +311,7 @@ def _reuse_test_record(reuse: Path, out: Path, places: dict[str, Path]) -> None:
     """Start ``out``'s record of test evaluations from the published one: the count goes on."""
     published, record = reuse / TEST_LEDGER, out / TEST_LEDGER
     if published.is_file() and not record.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(record) as temporary:
-            temporary.write_text(with_machine_paths(published.read_text(), places))
+        copy_with_machine_paths(published, record, places)
 
 
 def _check_same_recipe(run: RunFolder, config_text: str) -> None:
