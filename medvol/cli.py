@@ -49,7 +49,19 @@ def _termination_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code."""
+    """Run the CLI; returns the process exit code.
+
+    A process that joined a torchrun process group (``medvol train`` under torchrun)
+    ends here instead, with that code (``medvol.engine.distributed.end_process_if_joined``).
+    """
+    code = _run_verb(argv)
+    if "medvol.engine.distributed" in sys.modules:  # not imported here: it would load torch for every verb
+        sys.modules["medvol.engine.distributed"].end_process_if_joined(code)
+    return code
+
+
+def _run_verb(argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run its verb; returns the exit code, and prints one line on an error."""
     from medvol.logs import console
 
     parser = build_parser()

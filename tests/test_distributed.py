@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -63,3 +69,50 @@ def test_a_lost_peer_is_told_in_one_line_and_other_errors_are_not() -> None:
     assert lost_peer(two, RuntimeError("shapes cannot be multiplied")) is None
     one = Runtime(device=torch.device("cpu"), rank=0, world_size=1, local_rank=0)
     assert lost_peer(one, gloo) is None
+
+
+AFTER_DISTRIBUTED_TRAINING = """
+import atexit, sys, torch
+from medvol.engine import distributed
+runtime = distributed.start("cpu")
+model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))
+model(torch.ones(1, 2)).sum().backward()
+del model
+distributed.stop(runtime)
+atexit.register(print, "interpreter shutdown ran", flush=True)
+print(f"rank {runtime.rank} wrote its files")  # buffered: stdout is a pipe
+distributed.end_process_if_joined(int(sys.argv[1]))
+print("still running", flush=True)
+"""
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_process_that_joined_a_group_ends_with_its_code_and_its_output_flushed(
+    tmp_path: Path, code: int
+) -> None:
+    """The gloo threads DDP leaves behind are never torn down by interpreter shutdown, which
+    sometimes aborted a finished training run (SIGABRT) and made torchrun report it failed."""
+    script = tmp_path / "after_training.py"
+    script.write_text(AFTER_DISTRIBUTED_TRAINING)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None
+    result = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node=2", str(script), str(code)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
+    output = result.stdout + result.stderr
+    assert "rank 0 wrote its files" in output and "rank 1 wrote its files" in output, output[-3000:]
+    assert "interpreter shutdown ran" not in output and "still running" not in output
+    if code == 0:
+        assert result.returncode == 0, output[-3000:]
+    else:
+        assert result.returncode != 0 and f"exitcode  : {code}" in output, output[-3000:]
+
+
+def test_a_single_process_returns_from_end_process_if_joined() -> None:
+    from medvol.engine import distributed
+
+    distributed.end_process_if_joined(0)  # no process group joined in this process: returns
