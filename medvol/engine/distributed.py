@@ -84,8 +84,8 @@ def end_process_if_joined(code: int) -> None:
     Once ``DistributedDataParallel`` has used it, torch keeps the process group and
     its gloo threads alive after ``destroy_process_group``. Their teardown during
     interpreter shutdown sometimes aborts the process ("terminate called without an
-    active exception", SIGABRT; about one run in six on a loaded 2-core machine) after
-    every file of the run was written, and torchrun then reports the job failed. So
+    active exception", SIGABRT; 1 of 24 two-process runs on a loaded 2-core machine)
+    after every file of the run was written, and torchrun then reports the job failed. So
     the process flushes its logs and output and ends without interpreter shutdown;
     medvol registers no exit handlers that would be skipped.
     """
